@@ -1,0 +1,523 @@
+"""The ESMM model (Ma et al., "Entire Space Multi-Task Model", SIGIR 2018).
+
+Shared embeddings feed two MLP towers; the CTR tower outputs ``p_ctr``, the
+CVR tower ``p_cvr``, and ``p_ctcvr = p_ctr * p_cvr``. Only CTR and CTCVR are
+supervised, both over every impression; ``p_cvr`` is learned through the
+product. :class:`TowerModel` is the same embedding + one tower, a plain
+binary classifier, from which the paper's baselines are built.
+
+Parameter names (keys of ``model.params``):
+
+- ``embedding``: all fields' embeddings stacked, shape (sum(field_dims), k);
+  ESMM-NS (``share_embedding=False``) has ``ctr.embedding`` and ``cvr.embedding``.
+- per tower ``t`` in {ctr, cvr} and hidden layer ``i``: ``t.W{i}``, ``t.b{i}``,
+  with batch norm ``t.gamma{i}``, ``t.beta{i}``, with PReLU ``t.alpha{i}``;
+  the logit layer ``t.W_out`` (d, 1) and ``t.b_out`` (1,).
+
+Batch-norm running statistics are not trained by gradient; they live in
+``model.state``.
+"""
+
+import numpy as np
+
+from . import layers as L
+from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
+from .validate import check_dense, check_field_dims, check_ids, check_labels, check_binary
+
+_ACT_FORWARD = {"relu": L.relu_forward, "sigmoid": L.sigmoid_forward, "tanh": L.tanh_forward}
+_ACT_BACKWARD = {"relu": L.relu_backward, "sigmoid": L.sigmoid_backward, "tanh": L.tanh_backward}
+
+
+# ----------------------------------------------------------------- one tower
+
+def init_tower(rng, prefix, d_in, units, activation, batch_norm, dtype):
+    """Create the parameters and batch-norm state of one MLP tower.
+
+    Weights use He-uniform scaling (variance 2 / d_in), suited to ReLU-like
+    units; biases start at 0, PReLU slopes at 0.25, BN scale 1 and shift 0.
+
+    Returns
+    -------
+    params : dict[str, ndarray]
+    state : dict[str, ndarray]  batch-norm running mean and variance
+    """
+    params, state = {}, {}
+    d = d_in
+    for i, u in enumerate(units):
+        limit = np.sqrt(6.0 / d)
+        params[f"{prefix}.W{i}"] = rng.uniform(-limit, limit, size=(d, u)).astype(dtype)
+        params[f"{prefix}.b{i}"] = np.zeros(u, dtype=dtype)
+        if batch_norm:
+            params[f"{prefix}.gamma{i}"] = np.ones(u, dtype=dtype)
+            params[f"{prefix}.beta{i}"] = np.zeros(u, dtype=dtype)
+            state[f"{prefix}.bn_mean{i}"] = np.zeros(u, dtype=dtype)
+            state[f"{prefix}.bn_var{i}"] = np.ones(u, dtype=dtype)
+        if activation == "prelu":
+            params[f"{prefix}.alpha{i}"] = np.full(u, 0.25, dtype=dtype)
+        d = u
+    limit = np.sqrt(6.0 / (d + 1))  # Glorot-uniform for the single-unit logit layer
+    params[f"{prefix}.W_out"] = rng.uniform(-limit, limit, size=(d, 1)).astype(dtype)
+    params[f"{prefix}.b_out"] = np.zeros(1, dtype=dtype)
+    return params, state
+
+
+def tower_forward(params, state, prefix, h, cfg, train, rng=None, masks=None):
+    """Run one tower: per hidden layer affine -> [batch norm] -> activation -> [dropout].
+
+    Parameters
+    ----------
+    params, state : the model's dicts
+    prefix : "ctr", "cvr", ...
+    h : ndarray of shape (n, d_in), the tower input
+    cfg : dict with keys units, activation, batch_norm, dropout
+    train : bool; dropout and batch statistics only in training mode
+    rng : numpy.random.Generator for the dropout masks
+    masks : list of fixed dropout masks, one per hidden layer (gradient checks)
+
+    Returns
+    -------
+    logit : ndarray of shape (n,)
+    cache : list of per-step caches, for :func:`tower_backward`
+    """
+    steps = []
+    for i in range(len(cfg["units"])):
+        h, c = L.affine_forward(h, params[f"{prefix}.W{i}"], params[f"{prefix}.b{i}"])
+        steps.append(("affine", i, c))
+        if cfg["batch_norm"]:
+            h, c, stats = L.batchnorm_forward(
+                h, params[f"{prefix}.gamma{i}"], params[f"{prefix}.beta{i}"],
+                state[f"{prefix}.bn_mean{i}"], state[f"{prefix}.bn_var{i}"], train)
+            steps.append(("bn", i, (c, stats)))
+        if cfg["activation"] == "prelu":
+            h, c = L.prelu_forward(h, params[f"{prefix}.alpha{i}"])
+        else:
+            h, c = _ACT_FORWARD[cfg["activation"]](h)
+        steps.append(("act", i, c))
+        if train and cfg["dropout"] > 0:
+            h, c = L.dropout_forward(h, cfg["dropout"], rng=rng,
+                                     mask=None if masks is None else masks[i])
+            steps.append(("dropout", i, c))
+    out, c = L.affine_forward(h, params[f"{prefix}.W_out"], params[f"{prefix}.b_out"])
+    steps.append(("affine", "_out", c))
+    return out[:, 0], steps
+
+
+def tower_backward(dlogit, steps, prefix, cfg, grads):
+    """Walk the tower's steps in reverse, writing parameter gradients into ``grads``.
+
+    Parameters
+    ----------
+    dlogit : ndarray of shape (n,)
+    steps : the cache from :func:`tower_forward`
+    grads : dict, filled with ``prefix.W{i}`` etc.
+
+    Returns
+    -------
+    dh : ndarray of shape (n, d_in), gradient of the tower input
+    """
+    dh = dlogit[:, None]                                       # (n, 1)
+    for kind, i, c in reversed(steps):
+        if kind == "affine":
+            dh, grads[f"{prefix}.W{i}"], grads[f"{prefix}.b{i}"] = L.affine_backward(dh, c)
+        elif kind == "bn":
+            dh, grads[f"{prefix}.gamma{i}"], grads[f"{prefix}.beta{i}"] = \
+                L.batchnorm_backward(dh, c[0])
+        elif kind == "act" and cfg["activation"] == "prelu":
+            dh, grads[f"{prefix}.alpha{i}"] = L.prelu_backward(dh, c)
+        elif kind == "act":
+            dh = _ACT_BACKWARD[cfg["activation"]](dh, c)
+        else:  # dropout
+            dh = L.dropout_backward(dh, c)
+    return dh
+
+
+def _fold_running_stats(state, prefix, steps, momentum):
+    """Move the running BN statistics toward this batch's (training loop only)."""
+    for kind, i, c in steps:
+        if kind == "bn":
+            mu, var = c[1]
+            m = state[f"{prefix}.bn_mean{i}"]
+            v = state[f"{prefix}.bn_var{i}"]
+            m *= momentum
+            m += (1 - momentum) * mu
+            v *= momentum
+            v += (1 - momentum) * var
+
+
+# ------------------------------------------------------------ shared base
+
+def _as_units(units, n_towers):
+    """Normalise ``units``: one tuple for every tower, or one tuple per tower."""
+    units = tuple(units)
+    if all(isinstance(u, (int, np.integer)) for u in units):
+        per = (tuple(int(u) for u in units),) * n_towers
+    elif len(units) == n_towers and all(isinstance(u, (tuple, list)) for u in units):
+        per = tuple(tuple(int(v) for v in u) for u in units)
+    else:
+        raise ValueError(f"tower_units must be a tuple of ints or {n_towers} such tuples, got {units!r}")
+    for u in per:
+        if any(v < 1 for v in u):
+            raise ValueError(f"tower_units must be positive, got {units!r}")
+    return per
+
+
+class _EmbeddingMLP:
+    """What ESMM and the single-tower model share: options, embeddings, input checks."""
+
+    def __init__(self, field_dims, embed_dim, *, activation, dropout, batch_norm,
+                 l2_reg_embedding, l2_reg_dnn, n_dense, dtype, seed, bn_momentum):
+        self.field_dims = check_field_dims(field_dims)
+        if activation not in L.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {L.ACTIVATIONS}, got {activation!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if int(embed_dim) < 1 or int(n_dense) < 0:
+            raise ValueError(f"embed_dim must be >= 1 and n_dense >= 0, got {embed_dim}, {n_dense}")
+        if l2_reg_embedding < 0 or l2_reg_dnn < 0:
+            raise ValueError("L2 strengths must be non-negative")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.embed_dim = int(embed_dim)
+        self.n_dense = int(n_dense)
+        self.activation = activation
+        self.dropout = float(dropout)
+        self.batch_norm = bool(batch_norm)
+        self.l2_reg_embedding = float(l2_reg_embedding)
+        self.l2_reg_dnn = float(l2_reg_dnn)
+        self.bn_momentum = float(bn_momentum)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)  # init now, dropout masks later
+        # Row offset of each field in the stacked table: field f's id j is row offsets[f] + j.
+        self.offsets = np.concatenate([[0], np.cumsum(self.field_dims)[:-1]]).astype(np.int64)
+        self.params, self.state = {}, {}
+        self.d_in = len(self.field_dims) * self.embed_dim + self.n_dense
+
+    def _new_table(self):
+        """An embedding table with small random rows (N(0, 0.05^2))."""
+        V = sum(self.field_dims)
+        return (0.05 * self.rng.standard_normal((V, self.embed_dim))).astype(self.dtype)
+
+    def _tower_cfg(self, units):
+        return {"units": units, "activation": self.activation,
+                "batch_norm": self.batch_norm, "dropout": self.dropout}
+
+    def _rows(self, X, dense):
+        """Validate ``X`` and ``dense``; return table rows (n, F) and dense (n, d) or None."""
+        X = check_ids(X, self.field_dims)
+        dense = check_dense(dense, X.shape[0], self.n_dense, self.dtype)
+        return X + self.offsets, dense  # (n, F) int64
+
+    def _l2(self, grads, lazy=False):
+        """Add the L2 penalties to ``grads``; return their value.
+
+        The tables' penalty is ``l2_reg_embedding * sum(E**2)`` over the whole
+        table, which makes its gradient dense. With ``lazy=True`` (the lazy
+        optimisers' training steps) only the rows this batch used are
+        penalised, so the gradient stays sparse; docs/derivation.md discusses
+        the difference.
+        """
+        total = 0.0
+        if self.l2_reg_embedding > 0:
+            lam = self.l2_reg_embedding
+            for name in self.tables:
+                g = grads[name]
+                if lazy:
+                    E_used = self.params[name][g.rows]                       # (u, k)
+                    total += float(lam * np.sum(E_used * E_used))
+                    grads[name] = L.SparseRows(g.rows, g.values + 2 * lam * E_used, g.n_rows)
+                else:
+                    pen, dpen = l2_penalty(self.params[name], lam)
+                    total += pen
+                    grads[name] = L.sparse_to_dense(g) + dpen
+        if self.l2_reg_dnn > 0:
+            for name in self.params:
+                if name.split(".")[0] in self.towers and ".W" in name:
+                    pen, dpen = l2_penalty(self.params[name], self.l2_reg_dnn)
+                    total += pen
+                    grads[name] = grads[name] + dpen
+        return total
+
+    def loss(self, X, *labels, dense=None, train=True, seed=None, masks=None):
+        """Loss and gradient of every parameter (see the subclass for the labels).
+
+        Parameters
+        ----------
+        X : ndarray of int, shape (n, n_fields)
+        *labels : the 0/1 label arrays, each shape (n,)
+        dense : ndarray of shape (n, n_dense) or None
+        train : bool
+            True (default): dropout and batch statistics, as in a training step.
+        seed : int, optional
+            Seeds this call's dropout masks, so repeated calls see the same
+            network (gradient checking needs that); by default they come from
+            the model's generator.
+        masks : fixed dropout masks per tower, overriding ``seed``
+
+        Returns
+        -------
+        loss : float
+            The data loss (means over the batch) plus the L2 penalties.
+        grads : dict[str, ndarray]
+            Same keys and shapes as ``params``.
+        """
+        rows, dense = self._rows(X, dense)
+        labels = self._check_labels(labels, rows.shape[0])
+        loss, grads, _ = self._loss_grads(rows, dense, labels, train, self._rng_for(seed), masks)
+        loss += self._l2(grads)
+        return loss, self._densify(grads)
+
+    def train_loss(self, rows, dense, labels, rng, lazy=False):
+        """One training step's loss and gradients on already-validated input.
+
+        Used by :func:`esmm_np.fit`: dropout and batch statistics on, the BN
+        running statistics updated, the embedding gradient left as
+        :class:`~esmm_np.layers.SparseRows` unless L2 on the table makes it dense.
+        """
+        loss, grads, caches = self._loss_grads(rows, dense, labels, True, rng)
+        loss += self._l2(grads, lazy=lazy)
+        self._fold_bn(caches)
+        return loss, grads
+
+    def _rng_for(self, seed):
+        return self.rng if seed is None else np.random.default_rng(seed)
+
+    def n_parameters(self):
+        """Total number of trainable scalars."""
+        return int(sum(p.size for p in self.params.values()))
+
+    def _densify(self, grads):
+        return {k: (L.sparse_to_dense(g) if isinstance(g, L.SparseRows) else g)
+                for k, g in grads.items()}
+
+
+# --------------------------------------------------------------------- ESMM
+
+class ESMM(_EmbeddingMLP):
+    """Entire Space Multi-Task Model.
+
+    Parameters
+    ----------
+    field_dims : sequence of int
+        Number of ids of each categorical field; ``X[:, f]`` is in ``[0, field_dims[f])``.
+    embed_dim : int
+        Embedding size k of every field.
+    tower_units : tuple of int, or pair of tuples
+        Hidden layer widths; one tuple for both towers, or ``(ctr_units, cvr_units)``
+        (the seed's ``tower_dnn_units_lists``).
+    activation : {"relu", "sigmoid", "tanh", "prelu"}
+    dropout : float
+        Inverted-dropout rate after each hidden activation (training only).
+    batch_norm : bool
+        Batch normalisation between each hidden affine layer and its activation.
+    l2_reg_embedding, l2_reg_dnn : float
+        L2 strengths ``lam * sum(w**2)`` on the embedding table(s) and on the
+        towers' weight matrices (not biases), as the seed's arguments of the same names.
+    n_dense : int
+        Number of numeric features concatenated after the embeddings.
+    loss_weights : (float, float)
+        Weights of the CTR and CTCVR losses.
+    ctcvr_loss : {"logspace", "naive"}
+        "logspace" (default) computes the CTCVR loss from the two logits and is
+        exact for any logits; "naive" multiplies probabilities and clips (teaching only).
+    share_embedding : bool
+        False gives ESMM-NS: each tower has its own table.
+    dtype : float64 (default) or float32
+    seed : int or None
+        Seeds initialisation and dropout masks.
+    bn_momentum : float
+        Running statistics move as ``r = m * r + (1 - m) * batch``.
+    """
+
+    towers = ("ctr", "cvr")
+
+    def __init__(self, field_dims, embed_dim=8, tower_units=(64, 32), *, activation="relu",
+                 dropout=0.0, batch_norm=False, l2_reg_embedding=0.0, l2_reg_dnn=0.0,
+                 n_dense=0, loss_weights=(1.0, 1.0), ctcvr_loss="logspace",
+                 share_embedding=True, dtype=np.float64, seed=0, bn_momentum=0.9):
+        super().__init__(field_dims, embed_dim, activation=activation, dropout=dropout,
+                         batch_norm=batch_norm, l2_reg_embedding=l2_reg_embedding,
+                         l2_reg_dnn=l2_reg_dnn, n_dense=n_dense, dtype=dtype, seed=seed,
+                         bn_momentum=bn_momentum)
+        if ctcvr_loss not in ("logspace", "naive"):
+            raise ValueError(f"ctcvr_loss must be 'logspace' or 'naive', got {ctcvr_loss!r}")
+        self.ctcvr_loss = ctcvr_loss
+        self.loss_weights = tuple(float(w) for w in loss_weights)
+        if len(self.loss_weights) != 2 or min(self.loss_weights) < 0:
+            raise ValueError(f"loss_weights must be two non-negative numbers, got {loss_weights!r}")
+        self.share_embedding = bool(share_embedding)
+        self.tower_units = _as_units(tower_units, 2)
+        self.tables = ("embedding",) if self.share_embedding else ("ctr.embedding", "cvr.embedding")
+        for name in self.tables:
+            self.params[name] = self._new_table()
+        for t, units in zip(self.towers, self.tower_units):
+            p, s = init_tower(self.rng, t, self.d_in, units, activation, batch_norm, self.dtype)
+            self.params.update(p)
+            self.state.update(s)
+
+    def _table(self, tower):
+        return "embedding" if self.share_embedding else f"{tower}.embedding"
+
+    def _forward(self, rows, dense, train, rng=None, masks=None):
+        """Embeddings -> two towers -> two logits; returns logits and caches."""
+        logits, caches = {}, {}
+        shared = None
+        for t, units in zip(self.towers, self.tower_units):
+            if self.share_embedding and shared is not None:
+                h0, emb_cache = shared
+            else:
+                e, emb_cache = L.embedding_forward(self.params[self._table(t)], rows)  # (n, F*k)
+                h0, cat_cache = L.concat_forward(e, dense)                             # (n, d_in)
+                emb_cache = (emb_cache, cat_cache)
+                shared = (h0, emb_cache)
+            logits[t], caches[t] = tower_forward(
+                self.params, self.state, t, h0, self._tower_cfg(units), train, rng,
+                None if masks is None else masks[t])
+            caches[t] = (caches[t], emb_cache)
+        return logits, caches
+
+    def predict(self, X, dense=None, batch_size=65536):
+        """Inference-mode probabilities for every impression.
+
+        Parameters
+        ----------
+        X : ndarray of int, shape (n, n_fields)
+        dense : ndarray of shape (n, n_dense) or None
+
+        Returns
+        -------
+        dict with "p_ctr", "p_cvr", "p_ctcvr", each ndarray of shape (n,)
+        """
+        rows, dense = self._rows(X, dense)
+        out = {"p_ctr": [], "p_cvr": [], "p_ctcvr": []}
+        for s in range(0, rows.shape[0], batch_size):   # chunks bound the memory
+            d = None if dense is None else dense[s:s + batch_size]
+            logits, _ = self._forward(rows[s:s + batch_size], d, train=False)
+            p_ctr, p_cvr = L.sigmoid(logits["ctr"]), L.sigmoid(logits["cvr"])
+            out["p_ctr"].append(p_ctr)
+            out["p_cvr"].append(p_cvr)
+            out["p_ctcvr"].append(p_ctr * p_cvr)
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def loss(self, X, click, conversion, dense=None, *, train=True, seed=None, masks=None):
+        """Loss and gradient of every parameter.
+
+        ``loss = w_ctr * mean BCE(click, p_ctr) + w_ctcvr * mean BCE(click * conversion, p_ctcvr)``
+        plus the L2 penalties; ``grads`` has exactly the keys and shapes of
+        ``params``. Keyword arguments as in ``_EmbeddingMLP.loss``: ``train``
+        (dropout and batch statistics), ``seed`` (fixes this call's dropout
+        masks), ``masks``.
+        """
+        return super().loss(X, click, conversion, dense=dense, train=train, seed=seed, masks=masks)
+
+    def _check_labels(self, labels, n):
+        if len(labels) != 2:
+            raise TypeError(f"ESMM needs two label arrays (click, conversion), got {len(labels)}")
+        return check_labels(labels[0], labels[1], n)
+
+    def _loss_grads(self, rows, dense, labels, train, rng, masks=None):
+        """Forward and backward on validated input; embedding grads stay sparse.
+
+        Returns (data loss without L2, grads, caches).
+        """
+        click, conversion = labels
+        logits, caches = self._forward(rows, dense, train, rng, masks)
+        a, b = logits["ctr"], logits["cvr"]                     # (n,), (n,)
+        z = click * conversion                                  # CTCVR label
+        w_ctr, w_ctcvr = self.loss_weights
+        loss_ctr, da_ctr = bce_with_logits(a, click)
+        if self.ctcvr_loss == "logspace":
+            loss_ctcvr, da_ctcvr, db = ctcvr_bce_logspace(a, b, z)
+        else:  # naive: probabilities, product, clip; then the two sigmoid backwards
+            p_ctr, s_ctr = L.sigmoid_forward(a)
+            p_cvr, s_cvr = L.sigmoid_forward(b)
+            loss_ctcvr, dp_ctr, dp_cvr = ctcvr_bce_naive(p_ctr, p_cvr, z)
+            da_ctcvr = L.sigmoid_backward(dp_ctr, s_ctr)
+            db = L.sigmoid_backward(dp_cvr, s_cvr)
+        dlogit = {"ctr": w_ctr * da_ctr + w_ctcvr * da_ctcvr,   # CTR logit feeds both losses
+                  "cvr": w_ctcvr * db}                          # CVR logit only via p_ctcvr
+        grads = {}
+        dh0_shared = None
+        for t, units in zip(self.towers, self.tower_units):
+            tower_cache, (emb_cache, cat_cache) = caches[t]
+            dh0 = tower_backward(dlogit[t], tower_cache, t, self._tower_cfg(units), grads)
+            if self.share_embedding:
+                # Both towers read the same h0: their gradients add before the lookup.
+                dh0_shared = dh0 if dh0_shared is None else dh0_shared + dh0
+            else:
+                grads[self._table(t)] = L.embedding_backward(
+                    L.concat_backward(dh0, cat_cache), emb_cache)
+        if self.share_embedding:
+            grads["embedding"] = L.embedding_backward(
+                L.concat_backward(dh0_shared, cat_cache), emb_cache)
+        return w_ctr * loss_ctr + w_ctcvr * loss_ctcvr, grads, caches
+
+    def _fold_bn(self, caches):
+        for t in self.towers:
+            _fold_running_stats(self.state, t, caches[t][0], self.bn_momentum)
+
+
+# ------------------------------------------------------- one-tower classifier
+
+class TowerModel(_EmbeddingMLP):
+    """Embedding + one MLP tower + sigmoid: a binary classifier on impressions.
+
+    The building block of the paper's baselines: a CVR network trained on
+    clicks (BASE and its variants), a CTR network, or a CTCVR network.
+    Same options as :class:`ESMM` (``tower_units`` is a single tuple).
+
+    ``predict(X)`` returns ``{"p": ...}``; ``loss(X, y)`` the mean BCE plus L2.
+    """
+
+    def __init__(self, field_dims, embed_dim=8, tower_units=(64, 32), *, activation="relu",
+                 dropout=0.0, batch_norm=False, l2_reg_embedding=0.0, l2_reg_dnn=0.0,
+                 n_dense=0, dtype=np.float64, seed=0, bn_momentum=0.9):
+        super().__init__(field_dims, embed_dim, activation=activation, dropout=dropout,
+                         batch_norm=batch_norm, l2_reg_embedding=l2_reg_embedding,
+                         l2_reg_dnn=l2_reg_dnn, n_dense=n_dense, dtype=dtype, seed=seed,
+                         bn_momentum=bn_momentum)
+        (self.tower_units,) = _as_units(tower_units, 1)
+        self.tables, self.towers = ("embedding",), ("net",)
+        self.params["embedding"] = self._new_table()
+        p, s = init_tower(self.rng, "net", self.d_in, self.tower_units, activation,
+                          batch_norm, self.dtype)
+        self.params.update(p)
+        self.state.update(s)
+
+    def _forward(self, rows, dense, train, rng=None, masks=None):
+        e, emb_cache = L.embedding_forward(self.params["embedding"], rows)   # (n, F*k)
+        h0, cat_cache = L.concat_forward(e, dense)                           # (n, d_in)
+        logit, tower_cache = tower_forward(self.params, self.state, "net", h0,
+                                           self._tower_cfg(self.tower_units), train, rng, masks)
+        return logit, (tower_cache, emb_cache, cat_cache)
+
+    def predict(self, X, dense=None, batch_size=65536):
+        """Inference-mode probability; returns ``{"p": ndarray of shape (n,)}``."""
+        rows, dense = self._rows(X, dense)
+        ps = []
+        for s in range(0, rows.shape[0], batch_size):
+            d = None if dense is None else dense[s:s + batch_size]
+            logit, _ = self._forward(rows[s:s + batch_size], d, train=False)
+            ps.append(L.sigmoid(logit))
+        return {"p": np.concatenate(ps)}
+
+    def loss(self, X, y, dense=None, *, train=True, seed=None, masks=None):
+        """Mean BCE(y, p) plus L2, and gradients keyed like ``params``."""
+        return super().loss(X, y, dense=dense, train=train, seed=seed, masks=masks)
+
+    def _check_labels(self, labels, n):
+        if len(labels) != 1:
+            raise TypeError(f"TowerModel needs one label array, got {len(labels)}")
+        return (check_binary(labels[0], n, "y"),)
+
+    def _loss_grads(self, rows, dense, labels, train, rng, masks=None):
+        (y,) = labels
+        logit, (tower_cache, emb_cache, cat_cache) = self._forward(rows, dense, train, rng, masks)
+        loss, dlogit = bce_with_logits(logit, y)
+        grads = {}
+        dh0 = tower_backward(dlogit, tower_cache, "net", self._tower_cfg(self.tower_units), grads)
+        grads["embedding"] = L.embedding_backward(L.concat_backward(dh0, cat_cache), emb_cache)
+        return loss, grads, tower_cache
+
+    def _fold_bn(self, cache):
+        _fold_running_stats(self.state, "net", cache, self.bn_momentum)
