@@ -14,6 +14,9 @@ import numpy as np
 from .layers import ctcvr_backward, ctcvr_forward, sigmoid
 
 
+_LN2 = float(np.log(2.0))
+
+
 def softplus(x):
     """``log(1 + exp(x))`` without overflow: ``max(x, 0) + log1p(exp(-|x|))``."""
     return np.logaddexp(0.0, x).astype(x.dtype, copy=False)
@@ -72,7 +75,8 @@ def ctcvr_bce_logspace(a, b, z):
     ``log p_ctcvr = -softplus(-a) - softplus(-b)``. For the other term,
     ``1 - sigmoid(a) sigmoid(b) = (e^-a + e^-b + e^-(a+b)) / ((1 + e^-a)(1 + e^-b))``, so
     ``log(1 - p_ctcvr) = lse(-a, -b, -a-b) - softplus(-a) - softplus(-b)``
-    with ``lse`` the log-sum-exp. Neither needs ``p_ctcvr`` itself, which
+    with ``lse`` the log-sum-exp; when ``p_ctcvr < 1/2`` we use the equal and
+    more accurate ``log1p(-exp(log p_ctcvr))``. Neither needs ``p_ctcvr`` itself, which
     underflows to 0 or rounds to 1 long before the logits are large.
 
     Gradients, per row (then divided by n for the mean):
@@ -87,7 +91,12 @@ def ctcvr_bce_logspace(a, b, z):
     sp_neg_a, sp_neg_b = softplus(-a), softplus(-b)          # -log p_ctr, -log p_cvr
     lse = _logsumexp3(-a, -b, -a - b)                        # (n,)
     log_p = -sp_neg_a - sp_neg_b                             # log p_ctcvr
-    log_1mp = lse - sp_neg_a - sp_neg_b                      # log(1 - p_ctcvr)
+    # log(1 - p_ctcvr): for p < 1/2, log1p(-p) is exact; the lse form would
+    # subtract two nearly equal numbers. For p >= 1/2 (both logits >= 0) the
+    # lse form is exact and never rounds p to 1.
+    small_p = log_p < -_LN2
+    log_1mp = np.where(small_p, np.log1p(-np.exp(np.minimum(log_p, -_LN2))),
+                       lse - sp_neg_a - sp_neg_b)            # (n,)
     per_row = -(zf * log_p + (1 - zf) * log_1mp)             # (n,)
     # z = 0 branch: sigmoid(-a) * p / (1 - p), evaluated as one exponent.
     neg_a = np.exp(-softplus(a) - lse)
