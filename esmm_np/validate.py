@@ -142,7 +142,7 @@ def check_binary(y, n, name):
     if bad.any():
         rows = np.nonzero(bad)[0]
         raise ValueError(f"{name} must hold only 0 and 1; {len(rows)} row(s) do not, "
-                         f"e.g. row {int(rows[0])} = {y[rows[0]]!r} (rows {_where(rows)})")
+                         f"e.g. row {int(rows[0])} = {y[rows[0]].item()!r} (rows {_where(rows)})")
     return y.astype(np.int8, copy=False)
 
 
