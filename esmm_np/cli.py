@@ -1,4 +1,4 @@
-"""Command line: ``esmm-np gradcheck`` (and the commands other modules add)."""
+"""Command line: ``esmm-np demo``, ``esmm-np experiment``, ``esmm-np gradcheck``."""
 
 import argparse
 import sys
@@ -18,6 +18,56 @@ def _gradcheck(args):
     return 0 if all(r["ok"] for r in rows) else 1
 
 
+def _report(result, sweep, out, figure):
+    from . import experiments as E
+
+    print()
+    print(E.format_table(result))
+    note = E.division_note(result)
+    if note:
+        print("\n" + note)
+    if sweep:
+        print("\nSparsity sweep (entire-space CVR AUC, percent):\n" + E._sweep_table(sweep))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        figure = False
+        print("\n(matplotlib is not installed: no figure; pip install matplotlib)")
+    paths = E.save(result, sweep, out, figure=figure)
+    print("\nwrote " + ", ".join(paths))
+
+
+def _demo(args):
+    from . import experiments as E
+
+    cfg = E.demo_config()
+    print("esmm-np demo: simulate a world where the true CVR of every impression is known,")
+    print("train ESMM and the paper's baselines on it, and compare them on held-out impressions.")
+    print("AUC in percent; bias = mean pCVR - mean true CVR, in percentage points.\n")
+    result = E.run_experiment(cfg)
+    world = result["world"]
+    print(f"\nIn this world clicked impressions have mean true CVR "
+          f"{100 * world['true_cvr_clicked']:.2f}% and unclicked ones "
+          f"{100 * world['true_cvr_unclicked']:.2f}%: a model trained on clicks learns the first.")
+    _report(result, None, args.out, figure=True)
+    return 0
+
+
+def _experiment(args):
+    from . import experiments as E
+
+    cfg = E.quick_config() if args.quick else E.ExperimentConfig()
+    if args.seeds is not None:
+        cfg.seeds = tuple(args.seeds)
+    if args.n is not None:
+        cfg.n_impressions = args.n
+    data = E.make_world(cfg)
+    result = E.run_experiment(cfg, data=data)
+    sweep = None if args.no_sweep else E.sparsity_sweep(cfg, data=data)
+    _report(result, sweep, args.out, figure=True)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="esmm-np", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,6 +77,16 @@ def main(argv=None):
     g.add_argument("--h", type=float, default=1e-5, help="finite-difference step")
     g.add_argument("--tol", type=float, default=1e-6, help="relative-error threshold")
     g.set_defaults(run=_gradcheck)
+    d = sub.add_parser("demo", help="simulate, train ESMM and the baselines, print and plot")
+    d.add_argument("--out", default="esmm_demo", help="folder for table, JSON and figure")
+    d.set_defaults(run=_demo)
+    e = sub.add_parser("experiment", help="the paper's Table 2 and sparsity sweep, several seeds")
+    e.add_argument("--out", default="results", help="folder for table, JSON and figure")
+    e.add_argument("--quick", action="store_true", help="a small configuration (seconds)")
+    e.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
+    e.add_argument("--n", type=int, help="number of simulated impressions")
+    e.add_argument("--no-sweep", action="store_true", help="skip the sparsity sweep")
+    e.set_defaults(run=_experiment)
     args = parser.parse_args(argv)
     return args.run(args)
 

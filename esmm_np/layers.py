@@ -48,7 +48,8 @@ def embedding_forward(table, ids):
     cache : tuple (ids, V)
     """
     n, F = ids.shape
-    e = table[ids].reshape(n, F * table.shape[1])  # (n, F, k) -> (n, F*k), no copy
+    # np.take is table[ids] (same result), about three times faster for row gathers.
+    e = np.take(table, ids, axis=0).reshape(n, F * table.shape[1])  # (n, F, k) -> (n, F*k)
     return e, (ids, table.shape[0])
 
 
@@ -64,7 +65,7 @@ def embedding_backward(de, cache):
     -------
     dtable : SparseRows
         Gradient of the table; rows not used by the batch are zero and are not
-        stored.
+        stored. ``rows`` come out sorted ascending.
 
     Notes
     -----
@@ -72,15 +73,36 @@ def embedding_backward(de, cache):
     (i, f) with ids[i, f] == v``. An id that occurs several times in the batch
     must receive the sum of all its gradients. ``dtable[ids] += de`` would be
     wrong: NumPy's buffered fancy assignment keeps only the last write for a
-    repeated index. We group the repeats with ``np.unique`` and sum each group
-    with the unbuffered ``np.add.at``.
+    repeated index.
+
+    So we sort the N = n * F occurrences by row, keeping batch order among
+    equal rows; then the occurrences of each row are adjacent. Each row starts
+    from its first occurrence's gradient, and the later ones are added with the
+    unbuffered ``np.add.at``: the same sums, in the same order, as adding every
+    occurrence to a zero row (``np.unique`` + ``np.add.at``, three times slower).
     """
     ids, V = cache
     k = de.shape[1] // ids.shape[1]
-    de_rows = de.reshape(-1, k)                                # (n*F, k)
-    rows, slot = np.unique(ids.ravel(), return_inverse=True)   # (u,), (n*F,)
-    values = np.zeros((rows.shape[0], k), dtype=de.dtype)      # (u, k)
-    np.add.at(values, slot, de_rows)                           # repeats summed
+    flat = ids.ravel().astype(np.int64, copy=False)          # (N,) one table row per occurrence
+    N = flat.shape[0]
+    # Stable argsort of flat, by sorting the keys row * N + position (< V * N,
+    # far below 2**63) and keeping the position: np.sort is several times
+    # faster than np.argsort.
+    order = np.sort(flat * N + np.arange(N)) % N             # (N,) positions, grouped by row
+    sorted_rows = np.take(flat, order)                       # (N,) ascending
+    first = np.empty(N, dtype=bool)                          # (N,) starts a new row?
+    first[0] = True
+    np.not_equal(sorted_rows[1:], sorted_rows[:-1], out=first[1:])
+    rows = sorted_rows[first]                                # (u,) the distinct rows
+    de_rows = de.reshape(-1, k)                              # (N, k) one gradient per occurrence
+    values = np.take(de_rows, order[first], axis=0)          # (u, k) first occurrences
+    later = ~first
+    slot = np.cumsum(first)[later] - 1                       # (N - u,) which row each repeat adds to
+    # np.add.at is several times faster on a 1-d array than on rows of a 2-d
+    # one, so each number de[., j] is added at its flat position slot * k + j.
+    flat_pos = slot[:, None] * k + np.arange(k)              # (N - u, k) into values.ravel()
+    repeats = np.take(de_rows, order[later], axis=0)         # (N - u, k)
+    np.add.at(values.reshape(-1), flat_pos.ravel(), repeats.ravel())   # repeats summed
     return SparseRows(rows, values, V)
 
 

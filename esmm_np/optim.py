@@ -18,6 +18,8 @@ holding only the rows a batch used. Two semantics are offered for those:
 For plain SGD without momentum the two coincide.
 """
 
+import math
+
 import numpy as np
 
 from .layers import SparseRows, sparse_to_dense
@@ -53,7 +55,9 @@ class SGD:
                 continue
             if sparse and not self.lazy:
                 g, sparse = sparse_to_dense(g), False
-            v = self.velocity.setdefault(name, np.zeros_like(w))
+            if name not in self.velocity:   # not setdefault: that would allocate every step
+                self.velocity[name] = np.zeros_like(w)
+            v = self.velocity[name]
             if sparse:
                 v_rows = self.momentum * v[g.rows] + g.values       # (u, k)
                 v[g.rows] = v_rows
@@ -92,33 +96,87 @@ class Adam:
         """Update every parameter in place from its gradient."""
         self.t += 1
         b1, b2 = self.beta1, self.beta2
-        # lr * m_hat / (sqrt(v_hat) + eps) == step_size * m / (sqrt(v) / c2 + eps)
-        step_size = self.lr / (1 - b1 ** self.t)
-        c2 = np.sqrt(1 - b2 ** self.t)
+        # Kingma & Ba (end of their section 2) fold both bias corrections into
+        # the step: lr * m_hat / (sqrt(v_hat) + eps) == lr_t * m / (sqrt(v) + eps_t)
+        # with lr_t = lr sqrt(1 - b2^t) / (1 - b1^t) and eps_t = eps sqrt(1 - b2^t),
+        # which saves two passes over every table. Python floats (math.sqrt, not
+        # np.sqrt) so that float32 arrays are not computed in float64.
+        c2 = math.sqrt(1 - b2 ** self.t)
+        lr_t = self.lr * c2 / (1 - b1 ** self.t)
+        eps_t = self.eps * c2
         for name, g in grads.items():
             w = params[name]
-            m = self.m.setdefault(name, np.zeros_like(w))
-            v = self.v.setdefault(name, np.zeros_like(w))
+            if name not in self.m:
+                self.m[name], self.v[name] = np.zeros_like(w), np.zeros_like(w)
+            m, v = self.m[name], self.v[name]
             if isinstance(g, SparseRows) and self.lazy:
-                r = g.rows
-                m_r = b1 * m[r] + (1 - b1) * g.values                  # (u, k)
-                v_r = b2 * v[r] + (1 - b2) * (g.values * g.values)     # (u, k)
+                r = g.rows                # np.take(m, r, axis=0) is m[r], faster
+                m_r = b1 * np.take(m, r, axis=0) + (1 - b1) * g.values           # (u, k)
+                v_r = b2 * np.take(v, r, axis=0) + (1 - b2) * (g.values * g.values)
                 m[r], v[r] = m_r, v_r
-                w[r] -= step_size * m_r / (np.sqrt(v_r) / c2 + self.eps)
-                continue
-            if isinstance(g, SparseRows):
-                # Dense semantics without building the dense gradient: every
-                # row decays, only the used rows receive (1 - b) * g.
-                m *= b1
-                m[g.rows] += (1 - b1) * g.values
-                v *= b2
-                v[g.rows] += (1 - b2) * (g.values * g.values)
+                w[r] = np.take(w, r, axis=0) - _adam_step(m_r, v_r, lr_t, eps_t)   # (u, k)
+            elif isinstance(g, SparseRows):
+                # Dense semantics: the dense update on the zero-padded gradient,
+                # built one block of rows at a time. The whole padded gradient
+                # never exists, and the update's passes over a block run while
+                # that block is still in the CPU cache.
+                for lo, hi, g_block in _dense_blocks(g):
+                    _adam_dense(w[lo:hi], m[lo:hi], v[lo:hi], g_block, b1, b2, lr_t, eps_t)
             else:
-                m *= b1
-                m += (1 - b1) * g
-                v *= b2
-                v += (1 - b2) * (g * g)
-            denom = np.sqrt(v)
-            denom /= c2
-            denom += self.eps
-            w -= step_size * m / denom
+                _adam_dense(w, m, v, g, b1, b2, lr_t, eps_t)
+
+
+def _adam_dense(w, m, v, g, b1, b2, lr_t, eps_t):
+    """One Adam update with a dense gradient, in place; all four arrays the same shape."""
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * (g * g)
+    w -= _adam_step(m, v, lr_t, eps_t)
+
+
+def _adam_step(m, v, lr_t, eps_t):
+    """``lr_t * m / (sqrt(v) + eps_t)``, the amount Adam subtracts from the weights.
+
+    One new array, then in place: over an embedding table of V rows each
+    extra temporary is another pass over V * k numbers.
+    """
+    step = np.sqrt(v)               # same shape as m
+    step += eps_t
+    np.divide(m, step, out=step)
+    step *= lr_t
+    return step
+
+
+#: Rows per block of :func:`_dense_blocks`, as a number of table entries:
+#: 2**17 float32 numbers are 512 KiB, so a block of w, m, v and the
+#: gradient stays in the cache across the passes of one update.
+BLOCK_ENTRIES = 2 ** 17
+
+
+def _dense_blocks(g, block_entries=BLOCK_ENTRIES):
+    """Zero-padded dense gradient of ``g`` one block of rows at a time.
+
+    Parameters
+    ----------
+    g : SparseRows with ``n_rows`` rows of width k
+
+    Yields
+    ------
+    lo, hi : int
+        The block is table rows ``lo .. hi - 1``.
+    g_block : ndarray of shape (hi - lo, k)
+        ``sparse_to_dense(g)[lo:hi]``.
+    """
+    k = g.values.shape[1]
+    rows, values = g.rows, g.values                                  # (u,), (u, k)
+    if np.any(rows[1:] < rows[:-1]):       # np.unique returns them sorted; others may not
+        order = np.argsort(rows)
+        rows, values = rows[order], values[order]
+    step = max(1, block_entries // k)
+    for lo in range(0, g.n_rows, step):
+        hi = min(lo + step, g.n_rows)
+        a, b = np.searchsorted(rows, (lo, hi))                       # rows[a:b] are in this block
+        g_block = np.zeros((hi - lo, k), dtype=values.dtype)         # (hi - lo, k)
+        g_block[rows[a:b] - lo] = values[a:b]
+        yield lo, hi, g_block

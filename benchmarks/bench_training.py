@@ -1,0 +1,497 @@
+"""How fast does esmm_np train, next to this machine's matmul peak and PyTorch?
+
+Run from the repository root:
+
+    python benchmarks/bench_training.py            # full run, about two minutes
+    python benchmarks/bench_training.py --quick    # smoke run, about half a minute
+
+It prints, all measured in this one run on this machine:
+
+1. The float32 matrix-product peak: the best of several ``a @ b`` with
+   4096 x 4096 float32 matrices.
+2. One training step (forward, backward, Adam update), float32, median of
+   many repetitions after warm-up, at the paper's architecture (20 fields of
+   10,000 ids, embeddings of 18, both towers 200-80, batch 1024 and 4096) and
+   at a notebook-sized one (the simulator's 4 fields, embeddings of 8, towers
+   64-32, batch 1024). Adam with dense semantics (``lazy=False``, every table
+   row moves every step) and lazy semantics (``lazy=True``, only the batch's
+   rows). Where PyTorch is importable, the same step in PyTorch eager, timed
+   interleaved with NumPy's so that both see the same machine load:
+   ``nn.Embedding`` + ``torch.optim.Adam`` for the dense pair, and
+   ``nn.Embedding(sparse=True)`` + ``torch.optim.SparseAdam`` (PyTorch's lazy
+   Adam) for the table in the lazy pair.
+3. GFLOP/s of each step: the matmul FLOPs counted analytically (2 n d_in d_out
+   per affine layer forward, twice that backward), divided by the step's time.
+4. One epoch of ``esmm_np.fit`` over 1 million simulated impressions at the
+   notebook configuration, batching included.
+5. Peak memory of each part: every part runs in its own worker process,
+   started by a small launcher that reads ``resource.getrusage(
+   RUSAGE_CHILDREN).ru_maxrss`` after its one child exits.
+
+PyTorch is never a dependency of esmm_np; ``pip install torch==2.13.0``
+installs a CPU build on the project's machines. See docs/performance.md.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+#: name -> (field_dims, embed_dim, tower_units)
+CONFIGS = {
+    "paper": ((10_000,) * 20, 18, (200, 80)),
+    # The simulator's default world: user, item, category, segment.
+    "notebook": ((4000, 3000, 40, 8), 8, (64, 32)),
+}
+
+
+# ------------------------------------------------------------ helpers
+
+
+def step_flops(config, batch):
+    """Matmul FLOPs of one training step: 6 n d_in d_out per affine layer, both towers.
+
+    Forward ``x @ W`` costs 2 n d_in d_out; backward ``dout @ W.T`` and
+    ``x.T @ dout`` cost as much again each. Elementwise work is not counted.
+    """
+    field_dims, k, units = CONFIGS[config]
+    d_in = len(field_dims) * k
+    per_tower = 0
+    for d_out in tuple(units) + (1,):
+        per_tower += d_in * d_out
+        d_in = d_out
+    return 6 * batch * 2 * per_tower
+
+
+def blas_threads():
+    """Threads NumPy's BLAS uses (threadpoolctl when installed, else the usable cores)."""
+    try:
+        import threadpoolctl
+        for info in threadpoolctl.threadpool_info():
+            if info.get("user_api") == "blas":
+                return int(info["num_threads"]), f"{info.get('internal_api')} {info.get('version')}"
+    except ImportError:
+        pass
+    return len(os.sched_getaffinity(0)), "unknown BLAS"
+
+
+def median_ms(ts):
+    ts = sorted(ts)
+    mid = len(ts) // 2
+    return 1e3 * (ts[mid] if len(ts) % 2 else 0.5 * (ts[mid - 1] + ts[mid]))
+
+
+# ------------------------------------------------------------ the workers
+
+
+def worker_idle(_args):
+    """Interpreter + NumPy + esmm_np imported, nothing else: the memory floor."""
+    sys.path.insert(0, ROOT)
+    import numpy  # noqa: F401
+    import esmm_np  # noqa: F401
+    return {}
+
+
+def worker_peak(args):
+    """Best of several float32 ``a @ b``; returns GFLOP/s."""
+    import numpy as np
+    n, reps = args["n"], args["reps"]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t)
+    return {"gflops": 2 * n ** 3 / best / 1e9, "seconds": best}
+
+
+def _batch(config, batch, seed=0):
+    """Random ids (already offset into table rows) and labels for one batch."""
+    import numpy as np
+    field_dims, _, _ = CONFIGS[config]
+    rng = np.random.default_rng(seed)
+    X = np.stack([rng.integers(0, d, size=batch) for d in field_dims], axis=1)  # (n, F)
+    click = (rng.random(batch) < 0.2).astype(np.int8)
+    conversion = click * (rng.random(batch) < 0.3).astype(np.int8)
+    return X, click, conversion
+
+
+def _numpy_stepper(config, batch, lazy):
+    """A float32 ESMM, its optimiser and a closure doing one training step."""
+    import numpy as np
+    sys.path.insert(0, ROOT)
+    import esmm_np
+    field_dims, k, units = CONFIGS[config]
+    model = esmm_np.ESMM(field_dims, embed_dim=k, tower_units=units, dtype=np.float32, seed=0)
+    opt = esmm_np.Adam(lr=1e-3, lazy=lazy)
+    X, click, conversion = _batch(config, batch)
+    rows = X + model.offsets                       # what fit() hands train_loss
+    labels = (click, conversion)
+    split = {"loss": [], "update": []}
+
+    def step(record=False):
+        t0 = time.perf_counter()
+        loss, grads = model.train_loss(rows, None, labels, model.rng, lazy=lazy)
+        t1 = time.perf_counter()
+        opt.step(model.params, grads)
+        if record:
+            split["loss"].append(t1 - t0)
+            split["update"].append(time.perf_counter() - t1)
+        return loss
+
+    return model, step, split
+
+
+def _torch_stepper(config, batch, lazy, threads, np_model=None):
+    """The same network in PyTorch eager; returns (step closure, loss at np_model's weights)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as Fn
+    torch.set_num_threads(threads)
+    field_dims, k, units = CONFIGS[config]
+    d_in = len(field_dims) * k
+
+    def tower():
+        layers, d = [], d_in
+        for u in units:
+            layers += [torch.nn.Linear(d, u), torch.nn.ReLU()]
+            d = u
+        return torch.nn.Sequential(*layers, torch.nn.Linear(d, 1))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(sum(field_dims), k, sparse=lazy)
+            self.ctr, self.cvr = tower(), tower()
+
+        def forward(self, rows):
+            h0 = self.embedding(rows).reshape(rows.shape[0], d_in)
+            return self.ctr(h0)[:, 0], self.cvr(h0)[:, 0]
+
+    def loss_fn(a, b, y, z):
+        """ESMM's loss from the logits: BCE(click) + BCE(click*conversion) in log space."""
+        loss_ctr = Fn.binary_cross_entropy_with_logits(a, y)
+        sp_neg_a, sp_neg_b = Fn.softplus(-a), Fn.softplus(-b)
+        log_p = -sp_neg_a - sp_neg_b                                     # log p_ctcvr
+        log_1mp = torch.logsumexp(torch.stack([-a, -b, -a - b]), dim=0) + log_p
+        loss_ctcvr = -(z * log_p + (1 - z) * log_1mp).mean()
+        return loss_ctr + loss_ctcvr
+
+    net = Net()
+    agreement = None
+    if np_model is not None:   # copy esmm_np's weights: both must compute the same loss
+        with torch.no_grad():
+            net.embedding.weight.copy_(torch.from_numpy(np_model.params["embedding"]))
+            for t in ("ctr", "cvr"):
+                linears = [m for m in getattr(net, t) if isinstance(m, torch.nn.Linear)]
+                names = [f"{t}.W{i}" for i in range(len(units))] + [f"{t}.W_out"]
+                for lin, name in zip(linears, names):
+                    lin.weight.copy_(torch.from_numpy(np_model.params[name].T))
+                    lin.bias.copy_(torch.from_numpy(np_model.params[name.replace("W", "b")]))
+    if lazy:
+        opt = [torch.optim.SparseAdam([net.embedding.weight], lr=1e-3),
+               torch.optim.Adam([p for n, p in net.named_parameters() if n != "embedding.weight"],
+                                lr=1e-3)]
+    else:
+        opt = [torch.optim.Adam(net.parameters(), lr=1e-3)]
+    X, click, conversion = _batch(config, batch)
+    offsets = np.concatenate([[0], np.cumsum(field_dims)[:-1]])
+    rows = torch.from_numpy((X + offsets).astype(np.int64))
+    y = torch.from_numpy(click.astype(np.float32))
+    z = torch.from_numpy((click * conversion).astype(np.float32))
+    if np_model is not None:
+        with torch.no_grad():
+            agreement = float(loss_fn(*net(rows), y, z))
+
+    def step(record=False):
+        for o in opt:
+            o.zero_grad()
+        a, b = net(rows)
+        loss = loss_fn(a, b, y, z)
+        loss.backward()
+        for o in opt:
+            o.step()
+        return float(loss)
+
+    return step, agreement
+
+
+def worker_step(args):
+    """Time NumPy dense, NumPy lazy and (if importable) their PyTorch pairs, interleaved."""
+    config, batch, warmup, reps = args["config"], args["batch"], args["warmup"], args["reps"]
+    threads = args["threads"]
+    impls = {}
+    splits = {}
+    agreement = {}
+    for lazy in (False, True):
+        name = "lazy" if lazy else "dense"
+        model, impls[f"numpy-{name}"], splits[name] = _numpy_stepper(config, batch, lazy)
+        if args["torch"]:
+            X, click, conversion = _batch(config, batch)
+            np_loss = float(model.loss(X, click, conversion, train=False)[0])
+            impls[f"torch-{name}"], t_loss = _torch_stepper(config, batch, lazy, threads, model)
+            agreement[name] = (np_loss, t_loss)
+    for step in impls.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in impls}
+    for _ in range(reps):                 # interleaved: every implementation sees the same load
+        for name, step in impls.items():
+            t = time.perf_counter()
+            step(record=True)
+            times[name].append(time.perf_counter() - t)
+    return {"ms": {n: median_ms(ts) for n, ts in times.items()},
+            "min_ms": {n: 1e3 * min(ts) for n, ts in times.items()},
+            "split_ms": {n: {part: median_ms(ts) for part, ts in s.items()} for n, s in splits.items()},
+            "loss_agreement": agreement}
+
+
+def worker_step_memory(args):
+    """A few steps of one implementation alone, for its peak memory."""
+    config, batch, impl = args["config"], args["batch"], args["impl"]
+    lazy = impl.endswith("lazy")
+    if impl.startswith("numpy"):
+        model, step, _ = _numpy_stepper(config, batch, lazy)
+        state = sum(p.nbytes for p in model.params.values()) * 3   # weights, m, v
+    else:
+        step, _ = _torch_stepper(config, batch, lazy, args["threads"])
+        state = None
+    for _ in range(5):
+        step()
+    return {"state_bytes": state}
+
+
+def worker_simulate(args):
+    """Simulate the impressions (or draw random ones) and save the arrays fit() needs."""
+    import numpy as np
+    sys.path.insert(0, ROOT)
+    t = time.perf_counter()
+    try:
+        from esmm_np.simulator import simulate
+    except ImportError:
+        simulate = None
+    n = args["n"]
+    if simulate is not None:
+        ds = simulate(n, seed=0)
+        X, click, conversion, source = ds.X, ds.click, ds.conversion, "esmm_np.simulator.simulate"
+        assert tuple(ds.field_dims) == CONFIGS["notebook"][0]
+    else:   # stand-in until the simulator exists: uniform ids, 4% CTR, 10% CVR
+        rng = np.random.default_rng(0)
+        X = np.stack([rng.integers(0, d, size=n, dtype=np.int32)
+                      for d in CONFIGS["notebook"][0]], axis=1)
+        click = (rng.random(n) < 0.04).astype(np.int8)
+        conversion = click * (rng.random(n) < 0.10).astype(np.int8)
+        source = "random numpy ids (simulator not importable)"
+    np.savez(args["path"], X=X, click=click, conversion=conversion)
+    return {"seconds": time.perf_counter() - t, "source": source,
+            "dataset_bytes": int(X.nbytes + click.nbytes + conversion.nbytes)}
+
+
+def worker_epoch(args):
+    """Load the saved impressions and train one epoch with esmm_np.fit."""
+    import numpy as np
+    sys.path.insert(0, ROOT)
+    import esmm_np
+    data = np.load(args["path"])
+    X, click, conversion = data["X"], data["click"], data["conversion"]
+    field_dims, k, units = CONFIGS["notebook"]
+    model = esmm_np.ESMM(field_dims, embed_dim=k, tower_units=units, dtype=np.float32, seed=0)
+    t = time.perf_counter()
+    history = esmm_np.fit(model, X, click, conversion, epochs=1, batch_size=args["batch"],
+                          optimizer=esmm_np.Adam(lr=1e-3, lazy=args["lazy"]), verbose=False)
+    wall = time.perf_counter() - t
+    return {"seconds": wall, "epoch_seconds": history["seconds"][0],
+            "loss": history["loss"][0], "n": int(X.shape[0]),
+            "dataset_bytes": int(X.nbytes + click.nbytes + conversion.nbytes)}
+
+
+WORKERS = {"idle": worker_idle, "peak": worker_peak, "step": worker_step,
+           "step_memory": worker_step_memory, "simulate": worker_simulate, "epoch": worker_epoch}
+
+
+# ------------------------------------------------------------ launching
+
+
+def launch(part, **args):
+    """Run one part in a fresh worker; return its result with ``maxrss_mb``.
+
+    The worker is the only child of a launcher process, so the launcher's
+    RUSAGE_CHILDREN peak is exactly the worker's own peak resident memory.
+    """
+    cmd = [sys.executable, os.path.abspath(__file__), "--launch", part, json.dumps(args)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"part {part} failed:\n{out.stdout}\n{out.stderr}")
+    result, maxrss_kb = None, None
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+        elif line.startswith("MAXRSS_KB "):
+            maxrss_kb = int(line.split()[1])
+    result["maxrss_mb"] = maxrss_kb / 1024   # Linux reports ru_maxrss in KiB
+    return result
+
+
+def _launcher_main(part, args_json):
+    import resource
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", part, args_json])
+    print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)
+    sys.exit(proc.returncode)
+
+
+def _worker_main(part, args_json):
+    result = WORKERS[part](json.loads(args_json))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------ the report
+
+
+def torch_available():
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                             capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions, a 2048 peak matmul and 100,000 impressions")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
+    parser.add_argument("--json", help="also write the raw results to this file")
+    opts = parser.parse_args()
+
+    import numpy as np
+    threads, blas = blas_threads()
+    torch_version = None if opts.no_torch else torch_available()
+    q = opts.quick
+    load_before = os.getloadavg()
+    print(f"esmm_np training benchmark, {time.strftime('%Y-%m-%d %H:%M')}"
+          f"{'  (--quick)' if q else ''}")
+    print(f"NumPy {np.__version__} ({blas}, {threads} threads); "
+          + (f"PyTorch {torch_version} ({threads} threads)" if torch_version
+             else "PyTorch not importable: its columns are skipped"))
+    print(f"usable cores {len(os.sched_getaffinity(0))}; load average before "
+          f"{load_before[0]:.2f} (other processes share these cores)")
+    print()
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "quick": q, "numpy": np.__version__,
+               "blas": blas, "threads": threads, "torch": torch_version}
+
+    idle = launch("idle")
+    peak_n = 2048 if q else 4096
+    peak = launch("peak", n=peak_n, reps=3 if q else 6)
+    results["idle"], results["peak"] = idle, peak
+    print(f"float32 matmul peak ({peak_n} x {peak_n} @ {peak_n} x {peak_n}, best of "
+          f"{3 if q else 6}): {peak['gflops']:.1f} GFLOP/s   "
+          f"[peak memory {peak['maxrss_mb']:.0f} MB]")
+    print(f"memory floor (Python + NumPy + esmm_np imported): {idle['maxrss_mb']:.0f} MB")
+    print()
+
+    # ---- one training step
+    cases = [("paper", 1024, 10, 20 if q else 60),
+             ("paper", 4096, 3, 5 if q else 20),
+             ("notebook", 1024, 20, 50 if q else 300)]
+    print("One training step (forward, backward, Adam), float32; median of the reps after warm-up.")
+    print("GFLOP/s counts the towers' matmul FLOPs only; % is of the matmul peak above.")
+    header = (f"{'config':<9} {'batch':>5} {'Adam':<6} {'reps':>4} {'NumPy ms':>9} {'GFLOP/s':>8} "
+              f"{'% peak':>6} {'PyTorch ms':>10} {'NumPy/PT':>8} {'mem NumPy':>9} {'mem PT':>7}")
+    print(header)
+    print("-" * len(header))
+    results["step"] = []
+    for config, batch, warmup, reps in cases:
+        r = launch("step", config=config, batch=batch, warmup=warmup, reps=reps,
+                   threads=threads, torch=bool(torch_version))
+        flops = step_flops(config, batch)
+        for name in ("dense", "lazy"):
+            mem_np = launch("step_memory", config=config, batch=batch, impl=f"numpy-{name}",
+                            threads=threads)
+            ms = r["ms"][f"numpy-{name}"]
+            gflops = flops / (ms / 1e3) / 1e9
+            row = {"config": config, "batch": batch, "adam": name, "reps": reps, "numpy_ms": ms,
+                   "numpy_min_ms": r["min_ms"][f"numpy-{name}"], "gflops": gflops,
+                   "pct_peak": 100 * gflops / peak["gflops"], "flops": flops,
+                   "split_ms": r["split_ms"][name], "mem_numpy_mb": mem_np["maxrss_mb"],
+                   "state_mb": mem_np["state_bytes"] / 2 ** 20}
+            torch_cols = f"{'-':>10} {'-':>8}"
+            mem_pt = "-"
+            if torch_version:
+                mem_t = launch("step_memory", config=config, batch=batch, impl=f"torch-{name}",
+                               threads=threads)
+                t_ms = r["ms"][f"torch-{name}"]
+                row.update(torch_ms=t_ms, torch_min_ms=r["min_ms"][f"torch-{name}"],
+                           ratio=ms / t_ms, mem_torch_mb=mem_t["maxrss_mb"],
+                           loss_agreement=r["loss_agreement"][name])
+                torch_cols = f"{t_ms:>10.2f} {ms / t_ms:>8.2f}"
+                mem_pt = f"{mem_t['maxrss_mb']:.0f} MB"
+            results["step"].append(row)
+            print(f"{config:<9} {batch:>5} {name:<6} {reps:>4} {ms:>9.2f} {gflops:>8.1f} "
+                  f"{row['pct_peak']:>5.0f}% {torch_cols} {mem_np['maxrss_mb']:>6.0f} MB {mem_pt:>7}")
+    print()
+    print("Where the NumPy step's time goes (medians, ms): forward + backward | Adam update")
+    for row in results["step"]:
+        s = row["split_ms"]
+        print(f"  {row['config']:<9} {row['batch']:>5} {row['adam']:<6} "
+              f"{s['loss']:>7.2f} | {s['update']:>6.2f}   "
+              f"(parameters + Adam moments: {row['state_mb']:.0f} MB)")
+    if torch_version:
+        worst = max(abs(a - b) / abs(a) for row in results["step"]
+                    for a, b in [row["loss_agreement"]])
+        print(f"Same network check: with esmm_np's weights copied in, PyTorch's loss matches "
+              f"esmm_np's to a relative {worst:.1e} (float32).")
+    print()
+
+    # ---- one epoch end to end
+    n = 100_000 if q else 1_000_000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "impressions.npz")
+        sim = launch("simulate", n=n, path=path)
+        print(f"One epoch of esmm_np.fit over {n:,} impressions, notebook configuration, batch 1024")
+        print(f"data: {sim['source']}, made in {sim['seconds']:.1f} s "
+              f"[peak memory {sim['maxrss_mb']:.0f} MB]; the arrays fit() trains on "
+              f"(X, click, conversion): {sim['dataset_bytes'] / 2 ** 20:.1f} MB")
+        header = (f"{'Adam':<6} {'epoch s':>8} {'impressions/s':>14} {'final loss':>10} "
+                  f"{'peak mem':>9} {'peak - data':>11} {'target':>7}")
+        print(header)
+        print("-" * len(header))
+        results["epoch"] = []
+        for lazy in (False, True):
+            e = launch("epoch", path=path, batch=1024, lazy=lazy)
+            data_mb = e["dataset_bytes"] / 2 ** 20
+            over = e["maxrss_mb"] - data_mb
+            e.update(adam="lazy" if lazy else "dense", over_data_mb=over)
+            results["epoch"].append(e)
+            print(f"{e['adam']:<6} {e['epoch_seconds']:>8.2f} {e['n'] / e['epoch_seconds']:>14,.0f} "
+                  f"{e['loss']:>10.4f} {e['maxrss_mb']:>6.0f} MB {over:>8.0f} MB "
+                  f"{'ok' if over <= 500 else 'OVER':>7}")
+        print("target: peak resident memory <= the dataset's arrays + 500 MB "
+              "(the peak includes the interpreter and NumPy, see the memory floor)")
+    load_after = os.getloadavg()
+    results["load"] = (load_before, load_after)
+    print()
+    print(f"load average after {load_after[0]:.2f}"
+          + ("  -- above 1 means other processes competed for the 2 cores: rerun if numbers "
+             "look noisy" if max(load_before[0], load_after[0]) > 1.0 else ""))
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "--launch":
+        _launcher_main(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) >= 4 and sys.argv[1] == "--worker":
+        _worker_main(sys.argv[2], sys.argv[3])
+    else:
+        main()

@@ -1,0 +1,218 @@
+"""The ESMM paper's baselines (Table 2), built from the same layers as ESMM.
+
+Every method answers one question, ``predict(X, dense) -> {"p_ctr", "p_cvr",
+"p_ctcvr"}``, so the experiment runner scores them alike:
+
+- BASE: a CVR network (:class:`~esmm_np.model.TowerModel`) trained on clicked
+  impressions only, labels = conversion.
+- AMAN (all missing as negative): BASE plus a sampled share of the unclicked
+  impressions, labelled as non-conversions.
+- OVERSAMPLING: BASE with every converted example present k times.
+- UNBIAS: the clicked impressions, each rejected with probability pCTR (the
+  paper follows Zhang et al., KDD 2016, and uses pCTR as the rejection
+  probability), so that rows the click filter favoured are thinned out.
+- DIVISION: a CTR network and a CTCVR network trained separately over all
+  impressions; pCVR = pCTCVR / pCTR, which nothing keeps below 1.
+- ESMM-NS: ESMM with a separate embedding table per tower.
+- ESMM.
+
+The paper scores the CTCVR of the click-space CVR models with an
+independently trained CTR network of the same architecture; so do we
+(``ctr_net`` below, trained once and shared by those methods).
+
+The training-set builders return row indices into the full training set
+and a label per row, so their defining properties are easy to test.
+"""
+
+import numpy as np
+
+from .model import ESMM, TowerModel
+from .optim import Adam
+from .train import fit
+
+METHODS = ("BASE", "AMAN", "OVERSAMPLING", "UNBIAS", "DIVISION", "ESMM-NS", "ESMM")
+
+
+# ----------------------------------------------------------- training sets
+
+def base_rows(click, conversion):
+    """BASE: the clicked impressions, labelled by conversion.
+
+    Returns
+    -------
+    idx : ndarray of int, shape (m,)  rows of the training set
+    y : ndarray of int8, shape (m,)   CVR labels
+    """
+    idx = np.flatnonzero(click == 1)
+    return idx, conversion[idx].astype(np.int8)
+
+
+def aman_rows(click, conversion, rate, rng):
+    """AMAN: clicked impressions plus a ``rate`` share of the unclicked as negatives.
+
+    Parameters
+    ----------
+    rate : float in [0, 1]
+        Share of unclicked impressions sampled (without replacement); the
+        paper searched 10% to 100%.
+    rng : numpy.random.Generator
+    """
+    if not 0 <= rate <= 1:
+        raise ValueError(f"AMAN rate must be in [0, 1], got {rate}")
+    clicked, y = base_rows(click, conversion)
+    unclicked = np.flatnonzero(click == 0)
+    take = rng.choice(unclicked, size=int(round(rate * len(unclicked))), replace=False)
+    idx = np.concatenate([clicked, np.sort(take)])
+    return idx, np.concatenate([y, np.zeros(len(take), dtype=np.int8)])
+
+
+def oversampling_rows(click, conversion, k):
+    """OVERSAMPLING: clicked impressions with each converted one present ``k`` times (paper: 2 to 10)."""
+    if int(k) != k or k < 1:
+        raise ValueError(f"OVERSAMPLING k must be a positive integer, got {k}")
+    idx, y = base_rows(click, conversion)
+    idx = np.concatenate([idx] + [idx[y == 1]] * (int(k) - 1))
+    return idx, conversion[idx].astype(np.int8)
+
+
+def unbias_rows(click, conversion, p_ctr, rng):
+    """UNBIAS: keep each clicked impression with probability 1 - pCTR.
+
+    Parameters
+    ----------
+    p_ctr : ndarray of shape (n,)
+        A CTR model's prediction for every training row (the rejection probability).
+    rng : numpy.random.Generator
+    """
+    idx, y = base_rows(click, conversion)
+    keep = rng.random(len(idx)) >= p_ctr[idx]
+    return idx[keep], y[keep]
+
+
+# ----------------------------------------------------------------- methods
+
+class Method:
+    """A trained method: anything with ``predict(X, dense) -> dict`` and a name."""
+
+    name = "?"
+
+    def predict(self, X, dense=None):
+        raise NotImplementedError
+
+
+def _tower(data, idx, y, arch, train, seed, verbose):
+    """Train a TowerModel on rows ``idx`` of ``data`` with labels ``y``."""
+    model = TowerModel(data.field_dims, n_dense=data.n_dense, seed=seed, **arch)
+    dense = None if data.dense is None else data.dense[idx]
+    fit(model, data.X[idx], y, dense=dense, epochs=train["epochs"],
+        batch_size=train["batch_size"], optimizer=Adam(lr=train["lr"], lazy=train.get("lazy", False)),
+        seed=seed, verbose=verbose)
+    return model
+
+
+class ClickSpaceCVR(Method):
+    """BASE, AMAN, OVERSAMPLING or UNBIAS: a CVR tower plus a separate CTR network."""
+
+    def __init__(self, name, cvr_net, ctr_net, n_train_rows):
+        self.name, self.cvr_net, self.ctr_net = name, cvr_net, ctr_net
+        self.n_train_rows = n_train_rows
+
+    def predict(self, X, dense=None):
+        p_cvr = self.cvr_net.predict(X, dense)["p"]
+        p_ctr = self.ctr_net.predict(X, dense)["p"]
+        return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}
+
+
+class Division(Method):
+    """DIVISION: pCVR = pCTCVR / pCTR from two separately trained networks.
+
+    ``predict`` returns the raw ratio as ``p_cvr_raw`` (it can exceed 1, the
+    instability the paper reports) and ``p_cvr`` clipped to [0, 1].
+    """
+
+    name = "DIVISION"
+
+    def __init__(self, ctr_net, ctcvr_net):
+        self.ctr_net, self.ctcvr_net = ctr_net, ctcvr_net
+
+    def predict(self, X, dense=None):
+        p_ctr = self.ctr_net.predict(X, dense)["p"]
+        p_ctcvr = self.ctcvr_net.predict(X, dense)["p"]
+        raw = p_ctcvr / p_ctr
+        return {"p_ctr": p_ctr, "p_cvr": np.minimum(raw, 1.0), "p_cvr_raw": raw,
+                "p_ctcvr": p_ctcvr}
+
+
+class ESMMMethod(Method):
+    """ESMM or ESMM-NS, trained on every impression."""
+
+    def __init__(self, name, model):
+        self.name, self.model = name, model
+
+    def predict(self, X, dense=None):
+        return self.model.predict(X, dense)
+
+
+def train_methods(data, methods=METHODS, *, arch, train, seed=0, aman_rate=0.5,
+                  oversampling_k=5, verbose=False, progress=None):
+    """Train the chosen methods on one training set.
+
+    Parameters
+    ----------
+    data : Dataset
+        The training impressions (entire space).
+    methods : sequence of names from :data:`METHODS`
+    arch : dict
+        Model options shared by every network (embed_dim, tower_units,
+        activation, dropout, batch_norm, l2_reg_embedding, l2_reg_dnn, dtype).
+    train : dict
+        epochs, batch_size, lr (Adam), optional lazy: the same budget for every
+        network: the same number of passes over its own training set.
+    seed : int
+        Seeds every network's initialisation, shuffling and sampling.
+    progress : callable(str), optional
+        Told the name of each network as it starts.
+
+    Returns
+    -------
+    dict name -> Method, plus ``"_ctr_net"`` when a click-space method needed it.
+    """
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
+    say = progress or (lambda s: None)
+    rng = np.random.default_rng(seed)
+    all_rows = np.arange(len(data))
+    out, ctr_net = {}, None
+    needs_ctr = [m for m in methods if m in ("BASE", "AMAN", "OVERSAMPLING", "UNBIAS", "DIVISION")]
+    if needs_ctr:
+        say("CTR network (shared by the click-space methods and DIVISION)")
+        ctr_net = _tower(data, all_rows, data.click, arch, train, seed, verbose)
+        out["_ctr_net"] = ctr_net
+    for name in methods:
+        say(name)
+        if name in ("ESMM", "ESMM-NS"):
+            model = ESMM(data.field_dims, n_dense=data.n_dense, seed=seed,
+                         share_embedding=(name == "ESMM"), **arch)
+            fit(model, data.X, data.click, data.conversion, dense=data.dense,
+                epochs=train["epochs"], batch_size=train["batch_size"],
+                optimizer=Adam(lr=train["lr"], lazy=train.get("lazy", False)),
+                seed=seed, verbose=verbose)
+            out[name] = ESMMMethod(name, model)
+        elif name == "DIVISION":
+            z = (data.click * data.conversion).astype(np.int8)
+            ctcvr_net = _tower(data, all_rows, z, arch, train, seed, verbose)
+            out[name] = Division(ctr_net, ctcvr_net)
+        else:
+            if name == "BASE":
+                idx, y = base_rows(data.click, data.conversion)
+            elif name == "AMAN":
+                idx, y = aman_rows(data.click, data.conversion, aman_rate, rng)
+            elif name == "OVERSAMPLING":
+                idx, y = oversampling_rows(data.click, data.conversion, oversampling_k)
+            else:  # UNBIAS
+                p_ctr = ctr_net.predict(data.X, data.dense)["p"]
+                idx, y = unbias_rows(data.click, data.conversion, p_ctr, rng)
+            out[name] = ClickSpaceCVR(name, _tower(data, idx, y, arch, train, seed, verbose),
+                                      ctr_net, len(idx))
+    return out

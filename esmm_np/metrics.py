@@ -1,0 +1,293 @@
+"""Evaluation metrics, hand-written in NumPy.
+
+- :func:`auc`: area under the ROC curve from ranks (Mann-Whitney U).
+- :func:`log_loss`: mean binary cross-entropy.
+- :func:`calibration` and :func:`expected_calibration_error`: does a
+  predicted 0.1 happen one time in ten?
+- :func:`evaluate_esmm`: the numbers the ESMM paper reports (CVR AUC on
+  clicked impressions, CTCVR AUC on all) plus what only a simulator can
+  give: CVR AUC and pCVR bias on the entire space, unclicked included.
+"""
+
+import numpy as np
+
+from .validate import check_binary
+
+
+def _as_float_vector(x, name):
+    """Return ``x`` as a non-empty 1-d float64 array without NaN (booleans become 0/1)."""
+    x = np.asarray(x)
+    if x.dtype == bool:
+        x = x.astype(np.int8)
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise TypeError(f"{name} must be numeric, got dtype {x.dtype}")
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be 1-d, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    x = x.astype(np.float64, copy=False)
+    nan = np.isnan(x)
+    if nan.any():
+        raise ValueError(f"{name} has {int(nan.sum())} NaN value(s), first at row "
+                         f"{int(np.argmax(nan))}")
+    return x
+
+
+def _check_same_length(a, b, name_a, name_b):
+    if np.shape(a)[:1] != np.shape(b)[:1]:
+        raise ValueError(f"{name_a} has length {np.shape(a)[0]} but {name_b} has "
+                         f"length {np.shape(b)[0]}")
+
+
+def _check_labels_and_scores(y, score, y_name="y", score_name="score"):
+    """Return 0/1 labels (int8) and scores (float64) of one common length."""
+    score = _as_float_vector(score, score_name)
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{y_name} must be 1-d, got shape {y.shape}")
+    _check_same_length(y, score, y_name, score_name)
+    return check_binary(y, y.shape[0], y_name), score
+
+
+def _check_probability(p, name):
+    """Raise unless every value of ``p`` (float64) lies in [0, 1]."""
+    bad = (p < 0) | (p > 1)
+    if bad.any():
+        rows = np.nonzero(bad)[0]
+        raise ValueError(f"{name} must be probabilities in [0, 1]; {len(rows)} value(s) are "
+                         f"not, e.g. row {int(rows[0])} = {p[rows[0]]!r}")
+
+
+def average_ranks(x):
+    """Ranks 1..n of ``x``, tied values sharing the mean of their ranks.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n,)
+
+    Returns
+    -------
+    ndarray of shape (n,), float64
+    """
+    order = np.argsort(x, kind="stable")                               # (n,)
+    xs = x[order]                                                      # (n,) sorted
+    # A tie group is a run of equal sorted values; it spans positions
+    # first..last (0-based) and every member gets rank (first + last) / 2 + 1.
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])            # (g,) first of each run
+    ends = np.r_[starts[1:], xs.shape[0]] - 1                          # (g,) last of each run
+    group_rank = 0.5 * (starts + ends) + 1.0                           # (g,)
+    ranks = np.empty(x.shape[0], dtype=np.float64)                     # (n,)
+    ranks[order] = np.repeat(group_rank, ends - starts + 1)
+    return ranks
+
+
+def auc(y, score):
+    """Area under the ROC curve, the probability a positive outranks a negative.
+
+    Parameters
+    ----------
+    y : array_like of 0/1, shape (n,)
+    score : array_like of float, shape (n,)
+        Any real scores (only their order matters); NaN is refused.
+
+    Returns
+    -------
+    float in [0, 1]
+
+    Notes
+    -----
+    With ``P`` positives and ``N`` negatives and ``R`` the sum of the
+    positives' ranks among all scores (ties get their average rank),
+
+        AUC = (R - P (P + 1) / 2) / (P N),
+
+    which counts every (positive, negative) pair once: 1 if the positive
+    scores higher, 1/2 if tied. Sorting makes it O(n log n) instead of the
+    O(P N) pair count.
+    """
+    y, score = _check_labels_and_scores(y, score)
+    n_pos = int(y.sum(dtype=np.int64))
+    n_neg = y.shape[0] - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUC is undefined when y has only one class: got {n_pos} "
+                         f"positive(s) and {n_neg} negative(s)")
+    rank_sum = average_ranks(score)[y == 1].sum()
+    return float((rank_sum - 0.5 * n_pos * (n_pos + 1)) / (n_pos * n_neg))
+
+
+def log_loss(y, p, eps=1e-12):
+    """Mean binary cross-entropy ``-mean(y log p + (1 - y) log(1 - p))``.
+
+    Parameters
+    ----------
+    y : array_like of 0/1, shape (n,)
+    p : array_like of float in [0, 1], shape (n,)
+        Predicted probability of ``y = 1``.
+    eps : float
+        ``p`` is clipped to ``[eps, 1 - eps]`` so a confident mistake costs
+        ``-log(eps)`` (about 27.6 for the default) instead of infinity.
+
+    Returns
+    -------
+    float
+    """
+    y, p = _check_labels_and_scores(y, p, score_name="p")
+    _check_probability(p, "p")
+    if not 0 < eps < 0.5:
+        raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+    p = np.clip(p, eps, 1.0 - eps)                                     # (n,)
+    return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
+
+
+def calibration(y_or_true_prob, p, n_bins=10, strategy="uniform"):
+    """Reliability table: per bin of predictions, mean predicted vs mean observed.
+
+    Parameters
+    ----------
+    y_or_true_prob : array_like of float in [0, 1], shape (n,)
+        Observed 0/1 outcomes, or (in a simulation) true probabilities,
+        which give the same expected table with far less noise.
+    p : array_like of float in [0, 1], shape (n,)
+        Predicted probabilities.
+    n_bins : int
+    strategy : {"uniform", "quantile"}
+        "uniform": equal-width bins on [0, 1]. "quantile": edges at
+        quantiles of ``p``, so each bin holds about n / n_bins predictions;
+        better for small rates like CTR, where uniform bins put almost
+        everything in the first bin.
+
+    Returns
+    -------
+    dict with
+        ``edges`` : ndarray of shape (n_bins + 1,)
+        ``mean_pred``, ``mean_obs`` : ndarray of shape (n_bins,), NaN for empty bins
+        ``count`` : ndarray of shape (n_bins,), int64
+
+    Notes
+    -----
+    Bin ``b`` holds ``edges[b] <= p < edges[b + 1]``; the last bin also
+    holds ``p == edges[-1]``.
+    """
+    target = _as_float_vector(y_or_true_prob, "y_or_true_prob")         # (n,)
+    p = _as_float_vector(p, "p")                                       # (n,)
+    _check_same_length(target, p, "y_or_true_prob", "p")
+    _check_probability(target, "y_or_true_prob")
+    _check_probability(p, "p")
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    n_bins = int(n_bins)
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)                      # (B + 1,)
+    elif strategy == "quantile":
+        edges = np.quantile(p, np.linspace(0.0, 1.0, n_bins + 1))      # (B + 1,)
+    else:
+        raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+    # Searching the inner edges gives 0..B-1 directly, and p equal to the top edge
+    # falls in the last bin rather than past it.
+    bin_of = np.searchsorted(edges[1:-1], p, side="right")             # (n,)
+    count = np.bincount(bin_of, minlength=n_bins).astype(np.int64)     # (B,)
+    sum_pred = np.bincount(bin_of, weights=p, minlength=n_bins)        # (B,)
+    sum_obs = np.bincount(bin_of, weights=target, minlength=n_bins)    # (B,)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins become NaN on purpose
+        mean_pred = np.where(count > 0, sum_pred / count, np.nan)      # (B,)
+        mean_obs = np.where(count > 0, sum_obs / count, np.nan)        # (B,)
+    return {"edges": edges, "mean_pred": mean_pred, "mean_obs": mean_obs, "count": count}
+
+
+def expected_calibration_error(y_or_true_prob, p, n_bins=10, strategy="uniform"):
+    """Count-weighted mean gap between predicted and observed rate over bins.
+
+    ``ECE = sum_b (count_b / n) |mean_obs_b - mean_pred_b|`` over the bins of
+    :func:`calibration` (empty bins contribute nothing).
+
+    Returns
+    -------
+    float in [0, 1]
+    """
+    table = calibration(y_or_true_prob, p, n_bins=n_bins, strategy=strategy)
+    filled = table["count"] > 0
+    gap = np.abs(table["mean_obs"][filled] - table["mean_pred"][filled])
+    return float(np.sum(table["count"][filled] * gap) / table["count"].sum())
+
+
+_PRED_KEYS = ("p_ctr", "p_cvr", "p_ctcvr")
+
+
+def _auc_or_nan(y, score):
+    """AUC, or NaN where it is undefined (one class, or no rows)."""
+    if y.shape[0] == 0 or y.min() == y.max():
+        return float("nan")
+    return auc(y, score)
+
+
+def _mean_gap(p, truth, mask):
+    """mean(p[mask]) - mean(truth[mask]), NaN for an empty mask."""
+    if not mask.any():
+        return float("nan")
+    return float(p[mask].mean() - truth[mask].mean(dtype=np.float64))
+
+
+def evaluate_esmm(pred, dataset):
+    """Score ESMM-style predictions on a Dataset, in the paper's terms and beyond.
+
+    Parameters
+    ----------
+    pred : dict
+        Any of ``"p_ctr"``, ``"p_cvr"``, ``"p_ctcvr"``, each an ndarray of
+        shape (n,) of probabilities, as returned by ``ESMM.predict``. A
+        clicked-only CVR model gives just ``{"p_cvr": ...}``; metrics that
+        need a missing key are NaN.
+    dataset : Dataset
+        The impressions the predictions are for (n rows).
+
+    Returns
+    -------
+    dict of float (NaN where undefined: a missing prediction, no ground
+    truth, an empty group, or only one class)
+        ``ctr_auc`` : AUC of p_ctr against click, all impressions.
+        ``cvr_auc_clicked`` : AUC of p_cvr against conversion on clicked
+            impressions only, the paper's CVR protocol.
+        ``ctcvr_auc`` : AUC of p_ctcvr against click * conversion, all impressions.
+        ``cvr_auc_entire`` : AUC of p_cvr against conversion_if_clicked over
+            all impressions (ground truth needed): how well pCVR ranks the
+            space it is actually used on.
+        ``pcvr_bias_clicked``, ``pcvr_bias_unclicked``, ``pcvr_bias_entire`` :
+            mean p_cvr minus mean true_cvr on each group (ground truth
+            needed). A clicked-only model under positive ``rho`` shows a
+            positive bias on the unclicked: it learned the CVR of the kind
+            of impression that gets clicked.
+    """
+    if not isinstance(pred, dict):
+        raise TypeError(f"pred must be a dict with keys among {_PRED_KEYS}, got "
+                        f"{type(pred).__name__}")
+    unknown = sorted(set(pred) - set(_PRED_KEYS))
+    if unknown:
+        raise ValueError(f"pred has unknown key(s) {unknown}; expected keys among {_PRED_KEYS}")
+    if not pred:
+        raise ValueError(f"pred is empty; give at least one of {_PRED_KEYS}")
+    n = len(dataset)
+    p = {}
+    for key in _PRED_KEYS:
+        if key in pred:
+            p[key] = _as_float_vector(pred[key], key)                  # (n,)
+            if p[key].shape[0] != n:
+                raise ValueError(f"{key} has length {p[key].shape[0]} but the dataset has "
+                                 f"{n} rows")
+            _check_probability(p[key], key)
+    nan = float("nan")
+    clicked = dataset.click == 1                                       # (n,)
+    out = dict.fromkeys(("ctr_auc", "cvr_auc_clicked", "ctcvr_auc", "cvr_auc_entire",
+                         "pcvr_bias_clicked", "pcvr_bias_unclicked", "pcvr_bias_entire"), nan)
+    if "p_ctr" in p:
+        out["ctr_auc"] = _auc_or_nan(dataset.click, p["p_ctr"])
+    if "p_ctcvr" in p:
+        out["ctcvr_auc"] = _auc_or_nan(dataset.click * dataset.conversion, p["p_ctcvr"])
+    if "p_cvr" in p:
+        out["cvr_auc_clicked"] = _auc_or_nan(dataset.conversion[clicked], p["p_cvr"][clicked])
+        if dataset.conversion_if_clicked is not None:
+            out["cvr_auc_entire"] = _auc_or_nan(dataset.conversion_if_clicked, p["p_cvr"])
+        if dataset.true_cvr is not None:
+            for group, mask in (("clicked", clicked), ("unclicked", ~clicked),
+                                ("entire", np.ones(n, dtype=bool))):
+                out[f"pcvr_bias_{group}"] = _mean_gap(p["p_cvr"], dataset.true_cvr, mask)
+    return out

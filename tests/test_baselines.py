@@ -1,0 +1,126 @@
+"""Each baseline's defining property, and the experiment runner end to end (small)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from esmm_np import baselines as B
+from esmm_np import experiments as E
+from esmm_np.simulator import simulate
+
+
+@pytest.fixture(scope="module")
+def labels():
+    rng = np.random.default_rng(0)
+    click = (rng.random(5000) < 0.2).astype(np.int8)
+    conversion = (click * (rng.random(5000) < 0.3)).astype(np.int8)
+    return click, conversion
+
+
+def test_base_is_the_clicked_impressions(labels):
+    click, conversion = labels
+    idx, y = B.base_rows(click, conversion)
+    np.testing.assert_array_equal(idx, np.flatnonzero(click))
+    np.testing.assert_array_equal(y, conversion[click == 1])
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 1.0])
+def test_aman_holds_the_sampled_share_of_unclicked(labels, rate):
+    click, conversion = labels
+    idx, y = B.aman_rows(click, conversion, rate, np.random.default_rng(1))
+    n_unclicked = int((click == 0).sum())
+    assert len(np.unique(idx)) == len(idx)                             # no repeats
+    assert np.all(click[idx[y == 1]] == 1)
+    assert int((click[idx] == 0).sum()) == round(rate * n_unclicked)   # the sampled share
+    assert np.all(y[click[idx] == 0] == 0)                             # labelled non-conversion
+    assert set(np.flatnonzero(click)) <= set(idx)                      # every click kept
+
+
+@pytest.mark.parametrize("k", [1, 2, 10])
+def test_oversampling_holds_k_copies_of_each_positive(labels, k):
+    click, conversion = labels
+    idx, y = B.oversampling_rows(click, conversion, k)
+    counts = np.bincount(idx, minlength=len(click))
+    assert np.all(counts[(click == 1) & (conversion == 1)] == k)
+    assert np.all(counts[(click == 1) & (conversion == 0)] == 1)
+    assert np.all(counts[click == 0] == 0)
+    np.testing.assert_array_equal(y, conversion[idx])
+
+
+def test_unbias_rejects_with_probability_pctr(labels):
+    click, conversion = labels
+    p_ctr = np.where(np.arange(len(click)) % 3 == 0, 1.0, 0.3)
+    p_ctr[np.arange(len(click)) % 3 == 1] = 0.0
+    idx, y = B.unbias_rows(click, conversion, p_ctr, np.random.default_rng(2))
+    assert np.all(click[idx] == 1)
+    assert not np.any(p_ctr[idx] == 1.0)                       # rejected for sure
+    clicked = np.flatnonzero(click)
+    assert set(clicked[p_ctr[clicked] == 0.0]) <= set(idx)      # never rejected
+    mid = clicked[p_ctr[clicked] == 0.3]
+    kept = np.isin(mid, idx).mean()
+    # Binomial(len(mid) ~ 330, 0.7): std ~0.025, so 0.1 is four standard deviations.
+    assert abs(kept - 0.7) < 0.1
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = simulate(30_000, seed=3, n_users=300, n_items=200)
+    train, test = data.split(0.3, seed=0)
+    arch = dict(embed_dim=4, tower_units=(8,), dtype=np.float64)
+    methods = B.train_methods(train, B.METHODS, arch=arch,
+                              train=dict(epochs=1, batch_size=256, lr=3e-3), seed=0)
+    return methods, test
+
+
+def test_division_is_the_ratio(trained):
+    methods, test = trained
+    div = methods["DIVISION"]
+    p = div.predict(test.X)
+    np.testing.assert_allclose(p["p_cvr_raw"], div.ctcvr_net.predict(test.X)["p"]
+                               / div.ctr_net.predict(test.X)["p"], rtol=1e-12)
+    np.testing.assert_array_equal(p["p_cvr"], np.minimum(p["p_cvr_raw"], 1.0))
+
+
+def test_click_space_ctcvr_uses_the_independent_ctr_net(trained):
+    methods, test = trained
+    ctr = methods["_ctr_net"].predict(test.X)["p"]
+    for name in ("BASE", "AMAN", "OVERSAMPLING", "UNBIAS"):
+        p = methods[name].predict(test.X)
+        assert methods[name].ctr_net is methods["_ctr_net"]
+        np.testing.assert_allclose(p["p_ctcvr"], ctr * p["p_cvr"], rtol=1e-12)
+
+
+def test_esmm_ns_has_separate_embeddings(trained):
+    methods, _ = trained
+    assert set(methods["ESMM"].model.tables) == {"embedding"}
+    assert set(methods["ESMM-NS"].model.tables) == {"ctr.embedding", "cvr.embedding"}
+
+
+def test_unknown_method_refused():
+    with pytest.raises(ValueError, match="unknown method"):
+        B.train_methods(None, ["BASE", "MAGIC"], arch={}, train={})
+
+
+def test_experiment_runner_end_to_end(tmp_path, capsys):
+    cfg = E.quick_config()
+    cfg.n_impressions, cfg.sweep_fractions = 40_000, (0.5, 1.0)
+    data = E.make_world(cfg)
+    result = E.run_experiment(cfg, data=data)
+    sweep = E.sparsity_sweep(cfg, data=data)
+    assert set(result["summary"]) == set(B.METHODS)
+    for name, metrics in result["summary"].items():
+        for m in ("cvr_auc_clicked", "cvr_auc_entire", "ctcvr_auc"):
+            assert 0 <= metrics[m][0] <= 1, (name, m)
+    # Even this tiny run learns: ESMM ranks entire-space conversions better than chance.
+    assert result["summary"]["ESMM"]["cvr_auc_entire"][0] > 0.55
+    out = capsys.readouterr().out
+    assert "training ESMM" in out and "done in" in out           # progress was shown
+    table = E.format_table(result)
+    assert table.count("\n") == 1 + len(B.METHODS)
+    assert "68.56" in table                                      # the paper's ESMM CVR AUC
+    paths = E.save(result, sweep, str(tmp_path), figure=False)
+    saved = json.loads(open(os.path.join(tmp_path, "results.json")).read())
+    assert set(saved["runs"]) == set(B.METHODS) and set(saved["sweep"]) == {"0.5", "1.0"}
+    assert "DIVISION's raw pCVR" in open(paths[0]).read()
