@@ -5,11 +5,14 @@ Entire Space Multi-Task Model: An Effective Approach for Estimating
 Post-Click Conversion Rate. SIGIR 2018.
 """
 
-from . import gradcheck, layers, losses, optim, validate
+from . import data, gradcheck, layers, losses, metrics, optim, simulator, validate
+from .data import CleanReport, Dataset, clean_dataset, describe
 from .model import ESMM, TowerModel
 from .optim import SGD, Adam
+from .simulator import simulate
 from .train import fit
 
-__all__ = ["ESMM", "TowerModel", "SGD", "Adam", "fit", "gradcheck", "layers", "losses",
-           "optim", "validate"]
+__all__ = ["ESMM", "TowerModel", "SGD", "Adam", "fit", "simulate", "Dataset", "clean_dataset",
+           "CleanReport", "describe", "data", "gradcheck", "layers", "losses", "metrics",
+           "optim", "simulator", "validate"]
 __version__ = "0.1.0"

@@ -65,6 +65,9 @@ def _experiment(args):
     result = E.run_experiment(cfg, data=data)
     sweep = None if args.no_sweep else E.sparsity_sweep(cfg, data=data)
     _report(result, sweep, args.out, figure=True)
+    if args.docs:
+        E.write_docs(result, sweep, args.docs, "esmm-np experiment " + " ".join(args.argv))
+        print(f"updated {args.docs}")
     return 0
 
 
@@ -86,8 +89,12 @@ def main(argv=None):
     e.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     e.add_argument("--n", type=int, help="number of simulated impressions")
     e.add_argument("--no-sweep", action="store_true", help="skip the sparsity sweep")
+    e.add_argument("--docs", help="also fill the generated section of this Markdown file "
+                                  "(docs/experiments.md)")
     e.set_defaults(run=_experiment)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv[1:]
     return args.run(args)
 
 

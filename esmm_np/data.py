@@ -48,7 +48,7 @@ def _check_dense_any(dense, n):
     return check_dense(d, n, d.shape[1], dtype)
 
 
-@dataclass
+@dataclass(eq=False, repr=False)  # arrays make == and the default repr unhelpful
 class Dataset:
     """A table of impressions with the ESMM funnel labels.
 
@@ -132,6 +132,12 @@ class Dataset:
 
     def __len__(self):
         return self.X.shape[0]
+
+    def __repr__(self):
+        return (f"Dataset(n={len(self)}, fields={dict(zip(self.field_names, self.field_dims))}, "
+                f"clicks={int(self.click.sum(dtype=np.int64))}, "
+                f"conversions={int(self.conversion.sum(dtype=np.int64))}, "
+                f"n_dense={self.n_dense}, ground_truth={self.has_ground_truth})")
 
     @property
     def n_dense(self):

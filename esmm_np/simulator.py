@@ -215,8 +215,8 @@ def _fit_score_map(raw, ctr, cvr, signal):
     dict of the constants :func:`_scores` needs
     """
     m = raw.shape[0]
-    m1, s1 = raw[:, 0].mean(), raw[:, 0].std()
-    z1 = (raw[:, 0] - m1) / _safe(s1)                                  # (m,)
+    m1, inv_s1 = raw[:, 0].mean(), _inverse_spread(raw[:, 0])
+    z1 = (raw[:, 0] - m1) * inv_s1                                     # (m,)
     a0 = _solve_intercept(signal * z1[:, None], np.full(1, 1.0 / m), ctr)
     p0 = _sigmoid(a0 + signal * z1)                                    # (m,)
     basis = np.column_stack([np.ones(m), z1, p0])                      # (m, 3)
@@ -224,28 +224,37 @@ def _fit_score_map(raw, ctr, cvr, signal):
     q = p0 - basis[:, :2] @ coef_q                                     # (m,)
     coef_r = np.linalg.lstsq(basis, raw[:, 1], rcond=None)[0]          # (3,)
     r = raw[:, 1] - basis @ coef_r                                     # (m,)
-    smap = dict(m1=m1, inv_s1=1.0 / _safe(s1), a0=a0, signal=signal, coef_q=coef_q,
-                inv_sq=1.0 / _safe(q.std()) if q.std() > _TINY else 0.0, coef_r=coef_r,
-                inv_sr=1.0 / _safe(r.std()) if r.std() > _TINY else 0.0, phi=0.0)
+    smap = dict(m1=m1, inv_s1=inv_s1, a0=a0, signal=signal, coef_q=coef_q,
+                inv_sq=_inverse_spread(q), coef_r=coef_r, inv_sr=_inverse_spread(r), phi=0.0)
     r_hat, q_hat = r * smap["inv_sr"], q * smap["inv_sq"]              # (m,), (m,)
     clicked_w = p0 / p0.sum()                                          # (m,) expected clicks
     unclicked_w = (1.0 - p0) / (1.0 - p0).sum()                        # (m,)
 
+    last_intercept = [None]  # successive angles are close, so each solve starts from the last
+
     def selection_gap(phi):
         """Mean CVR of clicked minus unclicked at rho = 0, for angle phi."""
         z2 = np.cos(phi) * r_hat + np.sin(phi) * q_hat                 # (m,)
-        a = _solve_intercept(signal * z2[:, None], clicked_w[:, None], cvr)
+        # 1e-7 is plenty here: phi only has to make a gap small next to sampling error.
+        a = _solve_intercept(signal * z2[:, None], clicked_w[:, None], cvr, last_intercept[0],
+                             rtol=1e-7)
+        last_intercept[0] = a
         p_cvr = _sigmoid(a + signal * z2)                              # (m,)
         return clicked_w @ p_cvr - unclicked_w @ p_cvr
 
     smap["phi"] = _solve_increasing(selection_gap, -np.pi / 2, np.pi / 2, 0.0, 0.05,
-                                    tol=1e-10, what="the neutralising angle phi")
+                                    tol=1e-7 * cvr, what="the neutralising angle phi")
     return smap
 
 
-def _safe(scale):
-    """A scale to divide by: a (near) zero scale means a constant score, kept at 0."""
-    return scale if scale > _TINY else 1.0
+def _inverse_spread(x):
+    """``1 / std(x)``, or 0 when ``x`` is (nearly) constant, so a constant score stays 0.
+
+    That happens in degenerate worlds, e.g. one category, one segment and
+    ``group_share = 1``, where every impression has the same score.
+    """
+    s = x.std()
+    return 1.0 / s if s > _TINY else 0.0
 
 
 def _scores(raw, smap, rho):
@@ -329,7 +338,8 @@ def _solve_increasing(f, lo, hi, x0, x1, tol, what):
     if abs(f_prev) <= tol:
         return x0
     lo, hi = (x0, hi) if f_prev < 0 else (lo, x0)
-    x = x1 if lo < x1 < hi else 0.5 * (lo + hi)
+    x = x1 if lo < x1 < hi else 2 * x0 - x1  # x1 on the wrong side: step the other way
+    x = x if lo < x < hi else 0.5 * (lo + hi)
     for _ in range(_MAX_SOLVER_STEPS):
         fx = f(x)
         if abs(fx) <= tol:
@@ -344,7 +354,7 @@ def _solve_increasing(f, lo, hi, x0, x1, tol, what):
                      "try a smaller signal or confounder")
 
 
-def _solve_intercept(x, weight, target):
+def _solve_intercept(x, weight, target, guess=None, rtol=1e-10):
     """The intercept ``a`` with ``sum(weight * sigmoid(a + x)) = target``.
 
     The left side increases in ``a`` from 0 to ``sum(weight) = 1``, so the
@@ -356,14 +366,22 @@ def _solve_intercept(x, weight, target):
         Logit without the intercept, at each impression and quadrature node.
     weight : ndarray of shape (m, J), or broadcastable to it, >= 0, summing to 1
     target : float in (0, 1)
+    guess : float, optional
+        A nearby answer (from a similar problem) to start from.
+    rtol : float
+        Stop when the rate is within ``rtol * target`` of the target.
     """
-    start = np.log(target / (1.0 - target))  # the answer when x is 0 everywhere
+    if guess is None:
+        x0 = np.log(target / (1.0 - target))  # the answer when x is 0 everywhere
+        x1 = x0 - 1.0  # spread in x raises a small rate, so the answer is lower
+    else:
+        x0, x1 = guess, guess + 0.01
     return _solve_increasing(lambda a: np.sum(weight * _sigmoid(a + x)) - target,
-                             -_INTERCEPT_BOUND, _INTERCEPT_BOUND, start, start - 1.0,
-                             tol=1e-10 * target, what=f"an intercept giving rate {target}")
+                             -_INTERCEPT_BOUND, _INTERCEPT_BOUND, x0, x1,
+                             tol=rtol * target, what=f"an intercept giving rate {target}")
 
 
-def _calibrate_intercepts(s_ctr, s_cvr, ctr, cvr, signal, confounder):
+def _calibrate_intercepts(s_ctr, s_cvr, ctr, cvr, signal, confounder, guess=None):
     """Intercepts that put the mean CTR at ``ctr`` and the CVR given click at ``cvr``.
 
     On the calibration sample of ``m`` impressions, ``a_ctr`` solves
@@ -372,12 +390,13 @@ def _calibrate_intercepts(s_ctr, s_cvr, ctr, cvr, signal, confounder):
     over expected clicks). Written out with the quadrature over the
     confounder, both are "a weighted mean of sigmoid(a + x) equals the
     target": the CTR weights are ``w_j / m``, the CVR weights are the click
-    probabilities ``w_j * sigmoid(l_ctr + shift_j)``, normalised.
+    probabilities ``w_j * sigmoid(l_ctr + shift_j)``, normalised. ``guess``
+    is a nearby CTR intercept (the confounder-free one) to start from.
     """
     shift, w = _quadrature(confounder)                                 # (J,), (J,)
     m = s_ctr.shape[0]
     x_ctr = signal * s_ctr[:, None] + shift                            # (m, J)
-    a_ctr = _solve_intercept(x_ctr, w / m, ctr)
+    a_ctr = _solve_intercept(x_ctr, w / m, ctr, guess=guess)
     click_weight = _sigmoid(a_ctr + x_ctr) * w                         # (m, J)
     click_weight /= click_weight.sum()
     a_cvr = _solve_intercept(signal * s_cvr[:, None] + shift, click_weight, cvr)  # (m, J) inside
@@ -433,8 +452,8 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
         Correlation between click score and conversion score. Positive: what
         gets clicked also converts more, so clicked impressions have higher
         true CVR than unclicked ones and a clicked-only CVR model overshoots
-        on the unclicked. 0: clicks carry no information about CVR (and the
-        two groups have the same mean true CVR up to the finite world).
+        on the unclicked. 0: clicks carry no information about CVR; the
+        two groups have the same mean true CVR up to sampling error.
         Negative: "clickbait", the unclicked would convert more.
     confounder : float >= 0
         Weight ``kappa`` of an unobserved per-impression shock ``e ~ N(0, 1)``
@@ -479,7 +498,8 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
         ``conversion`` and ``conversion_if_clicked`` int8 of shape (n,);
         ``true_ctr`` and ``true_cvr`` float32 of shape (n,); ``dense``
         float32 of shape (n, n_dense) or None; ``info`` holds the knobs, the
-        seed and the calibrated intercepts ``intercept_ctr``, ``intercept_cvr``.
+        seed, the calibrated intercepts ``intercept_ctr``, ``intercept_cvr``
+        and the ``neutralising_angle`` phi (docs/simulator.md).
 
     Notes
     -----
@@ -512,7 +532,8 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
     raw = _raw_scores(world, users, items, dense)                      # (M, 2)
     smap = _fit_score_map(raw, ctr, cvr, signal)
     s_ctr, s_cvr = _scores(raw, smap, rho)                             # (M,), (M,)
-    a_ctr, a_cvr = _calibrate_intercepts(s_ctr, s_cvr, ctr, cvr, signal, confounder)
+    a_ctr, a_cvr = _calibrate_intercepts(s_ctr, s_cvr, ctr, cvr, signal, confounder,
+                                         guess=smap["a0"])
 
     X = np.empty((n, len(FIELD_NAMES)), dtype=np.int32)                # (n, 4)
     click = np.empty(n, dtype=np.int8)                                 # (n,)
@@ -556,7 +577,8 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
                 n_categories=n_categories, n_segments=n_segments,
                 popularity_skew=popularity_skew, group_share=group_share,
                 latent_dim=latent_dim, n_dense=n_dense, signal=signal,
-                intercept_ctr=float(a_ctr), intercept_cvr=float(a_cvr))
+                intercept_ctr=float(a_ctr), intercept_cvr=float(a_cvr),
+                neutralising_angle=float(smap["phi"]))
     return Dataset(X=X, click=click, conversion=click * conversion_if_clicked,
                    field_dims=(n_users, n_items, n_categories, n_segments),
                    field_names=FIELD_NAMES, dense=dense_all, true_ctr=true_ctr,

@@ -1,0 +1,237 @@
+"""Metrics against their definitions: brute-force AUC, hand-computed log loss and ECE."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from esmm_np.data import Dataset
+from esmm_np.metrics import (auc, average_ranks, calibration, evaluate_esmm,
+                             expected_calibration_error, log_loss)
+from esmm_np.simulator import simulate
+
+
+def brute_force_auc(y, score):
+    """Fraction of (positive, negative) pairs ordered correctly, ties counting 1/2."""
+    pos = [s for s, t in zip(score, y) if t == 1]
+    neg = [s for s, t in zip(score, y) if t == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+# Scores from a handful of values, so ties are common; both classes present.
+labelled_scores = st.lists(st.tuples(st.integers(0, 1), st.integers(-3, 3)),
+                           min_size=2, max_size=60).filter(
+    lambda rows: 0 < sum(t for t, _ in rows) < len(rows))
+
+
+# ----------------------------------------------------------------- auc
+
+@settings(max_examples=200, deadline=None)
+@given(labelled_scores)
+def test_auc_equals_the_pairwise_definition_with_ties(rows):
+    y = [t for t, _ in rows]
+    score = [s / 2 for _, s in rows]
+    # Both sides are sums of halves over at most 900 pairs: exact in float64
+    # up to the final division, hence 1e-12.
+    assert auc(y, score) == pytest.approx(brute_force_auc(y, score), abs=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(labelled_scores)
+def test_auc_depends_only_on_the_order_of_scores(rows):
+    y = np.array([t for t, _ in rows])
+    score = np.array([s for _, s in rows], dtype=float)
+    assert auc(y, np.exp(score)) == pytest.approx(auc(y, score), abs=1e-12)
+    # Reversing the order turns every won pair into a lost one.
+    assert auc(y, -score) == pytest.approx(1.0 - auc(y, score), abs=1e-12)
+
+
+def test_auc_known_values():
+    y = [0, 0, 1, 1]
+    assert auc(y, [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert auc(y, [0.4, 0.3, 0.2, 0.1]) == 0.0
+    assert auc(y, [0.5, 0.5, 0.5, 0.5]) == 0.5
+    # Pairs: (0.3 vs 0.1) win, (0.3 vs 0.35) loss, (0.8 vs both) win: 3 of 4.
+    assert auc(y, [0.1, 0.35, 0.3, 0.8]) == 0.75
+
+
+def test_auc_on_many_rows_matches_the_pairwise_count():
+    rng = np.random.default_rng(0)
+    y = (rng.random(3000) < 0.3).astype(int)
+    score = np.round(rng.normal(size=3000) + y, 1)  # rounded: many ties
+    pos, neg = score[y == 1], score[y == 0]
+    diff = pos[:, None] - neg[None, :]
+    expected = (np.sum(diff > 0) + 0.5 * np.sum(diff == 0)) / diff.size
+    assert auc(y, score) == pytest.approx(expected, abs=1e-12)
+
+
+def test_average_ranks_share_ranks_within_ties():
+    assert average_ranks(np.array([10.0, 20.0, 10.0, 30.0, 20.0])).tolist() == \
+        [1.5, 3.5, 1.5, 5.0, 3.5]
+
+
+@pytest.mark.parametrize("y, score, match", [
+    ([1, 1, 1], [0.1, 0.2, 0.3], r"only one class: got 3 positive\(s\) and 0 negative\(s\)"),
+    ([0, 0], [0.1, 0.2], r"only one class: got 0 positive\(s\) and 2 negative\(s\)"),
+    ([0, 1, 1], [0.1, 0.2], "y has length 3 but score has length 2"),
+    ([0, 1], [0.1, np.nan], r"score has 1 NaN value\(s\), first at row 1"),
+    ([0, 2], [0.1, 0.2], "y must hold only 0 and 1"),
+    ([[0, 1]], [0.1, 0.2], "y must be 1-d"),
+    ([0, 1], [], "score is empty"),
+])
+def test_auc_input_errors(y, score, match):
+    with pytest.raises(ValueError, match=match):
+        auc(y, score)
+
+
+# ----------------------------------------------------------------- log loss
+
+def test_log_loss_hand_computed():
+    # -(ln 0.9 + ln 0.8 + ln 0.6) / 3 = (0.10536 + 0.22314 + 0.51083) / 3 = 0.27978
+    assert log_loss([1, 0, 1], [0.9, 0.2, 0.6]) == pytest.approx(
+        -(math.log(0.9) + math.log(0.8) + math.log(0.6)) / 3, rel=1e-12)
+    assert log_loss([1, 0, 1], [0.9, 0.2, 0.6]) == pytest.approx(0.279776, abs=1e-6)
+    assert log_loss([0, 1], [0.5, 0.5]) == pytest.approx(math.log(2), rel=1e-12)
+
+
+def test_log_loss_clips_certain_mistakes_to_eps():
+    assert log_loss([1], [0.0], eps=1e-12) == pytest.approx(-math.log(1e-12), rel=1e-9)
+    assert log_loss([0], [1.0], eps=1e-6) == pytest.approx(-math.log(1e-6), rel=1e-6)
+    assert log_loss([1, 0], [1.0, 0.0]) == pytest.approx(-math.log(1 - 1e-12), abs=1e-15)
+
+
+@pytest.mark.parametrize("y, p, match", [
+    ([0, 1], [0.2, 1.2], r"p must be probabilities in \[0, 1\]; 1 value\(s\)"),
+    ([0, 1], [0.2], "y has length 2 but p has length 1"),
+    ([0, 1], [np.nan, 0.5], "p has 1 NaN"),
+])
+def test_log_loss_input_errors(y, p, match):
+    with pytest.raises(ValueError, match=match):
+        log_loss(y, p)
+
+
+# ----------------------------------------------------------------- calibration
+
+def test_calibration_table_and_ece_hand_computed():
+    y = [0, 1, 1, 0]
+    p = [0.05, 0.15, 0.55, 0.95]
+    t = calibration(y, p, n_bins=4)  # bins [0, .25) [.25, .5) [.5, .75) [.75, 1]
+    assert t["count"].tolist() == [2, 0, 1, 1]
+    np.testing.assert_allclose(t["mean_pred"][[0, 2, 3]], [0.10, 0.55, 0.95])
+    np.testing.assert_allclose(t["mean_obs"][[0, 2, 3]], [0.5, 1.0, 0.0])
+    assert np.isnan(t["mean_pred"][1]) and np.isnan(t["mean_obs"][1])
+    # ECE = (2 |0.5 - 0.1| + 1 |1 - 0.55| + 1 |0 - 0.95|) / 4 = (0.8 + 0.45 + 0.95) / 4
+    assert expected_calibration_error(y, p, n_bins=4) == pytest.approx(0.55, abs=1e-12)
+
+
+def test_calibration_accepts_true_probabilities_and_the_top_edge():
+    p = np.array([0.1, 0.3, 1.0])
+    assert expected_calibration_error(p, p, n_bins=5) == 0.0
+    assert calibration(p, p, n_bins=5)["count"].tolist() == [1, 1, 0, 0, 1]
+    assert expected_calibration_error(p, p * 0.5, n_bins=1) == pytest.approx(
+        np.mean(p) * 0.5, abs=1e-12)
+
+
+def test_quantile_bins_hold_equal_counts():
+    p = np.linspace(0.001, 0.05, 1000)  # CTR-like: uniform bins would put all in bin 0
+    assert calibration(p, p, n_bins=10)["count"][0] == 1000
+    assert calibration(p, p, n_bins=10, strategy="quantile")["count"].tolist() == [100] * 10
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(y_or_true_prob=[0.1, 0.2], p=[0.1]), "y_or_true_prob has length 2 but p has length 1"),
+    (dict(y_or_true_prob=[0.1, -0.2], p=[0.1, 0.2]),
+     r"y_or_true_prob must be probabilities in \[0, 1\]"),
+    (dict(y_or_true_prob=[0, 1], p=[0.1, 0.2], n_bins=0), "n_bins must be a positive integer"),
+    (dict(y_or_true_prob=[0, 1], p=[0.1, 0.2], strategy="log"), "strategy must be"),
+])
+def test_calibration_input_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        calibration(**kwargs)
+
+
+# ----------------------------------------------------------------- evaluate_esmm
+
+def tiny_dataset(with_truth=True):
+    # click:      1  1  1  0  0  0
+    # conversion: 1  0  1  0  0  0
+    # potential:  1  0  1  1  0  0
+    truth = dict(true_ctr=np.array([0.8, 0.7, 0.6, 0.3, 0.2, 0.1]),
+                 true_cvr=np.array([0.5, 0.2, 0.4, 0.3, 0.1, 0.1]),
+                 conversion_if_clicked=np.array([1, 0, 1, 1, 0, 0])) if with_truth else {}
+    return Dataset(X=np.zeros((6, 1), dtype=int), click=[1, 1, 1, 0, 0, 0],
+                   conversion=[1, 0, 1, 0, 0, 0], field_dims=(1,), **truth)
+
+
+def test_evaluate_esmm_hand_computed():
+    ds = tiny_dataset()
+    pred = {"p_ctr": np.array([0.9, 0.6, 0.7, 0.4, 0.1, 0.2]),
+            "p_cvr": np.array([0.6, 0.1, 0.3, 0.5, 0.2, 0.1]),
+            "p_ctcvr": np.array([0.54, 0.06, 0.21, 0.20, 0.02, 0.02])}
+    m = evaluate_esmm(pred, ds)
+    assert m["ctr_auc"] == 1.0  # every clicked p_ctr (0.6..0.9) above every unclicked (<= 0.4)
+    # Clicked only: positives 0.6, 0.3 vs negative 0.1: both win.
+    assert m["cvr_auc_clicked"] == 1.0
+    # Entire space: positives 0.6, 0.3, 0.5 vs negatives 0.1, 0.2, 0.1: all 9 win.
+    assert m["cvr_auc_entire"] == 1.0
+    # CTCVR: positives 0.54, 0.21 vs negatives 0.06, 0.20, 0.02, 0.02: all 8 win.
+    assert m["ctcvr_auc"] == 1.0
+    # pCVR means: clicked (0.6+0.1+0.3)/3 = 1/3, unclicked 0.8/3; true: 1.1/3 and 0.5/3.
+    assert m["pcvr_bias_clicked"] == pytest.approx((1.0 - 1.1) / 3)
+    assert m["pcvr_bias_unclicked"] == pytest.approx((0.8 - 0.5) / 3)
+    assert m["pcvr_bias_entire"] == pytest.approx((1.8 - 1.6) / 6)
+
+
+def test_evaluate_esmm_without_ground_truth_or_keys_gives_nan():
+    m = evaluate_esmm({"p_cvr": np.full(6, 0.3)}, tiny_dataset(with_truth=False))
+    assert m["cvr_auc_clicked"] == 0.5  # constant scores: every pair tied
+    for key in ("ctr_auc", "ctcvr_auc", "cvr_auc_entire", "pcvr_bias_clicked",
+                "pcvr_bias_unclicked", "pcvr_bias_entire"):
+        assert np.isnan(m[key]), key
+
+
+def test_evaluate_esmm_single_class_group_gives_nan_not_an_error():
+    ds = Dataset(X=np.zeros((3, 1), dtype=int), click=[1, 1, 0], conversion=[0, 0, 0],
+                 field_dims=(1,))
+    m = evaluate_esmm({"p_ctr": np.array([0.5, 0.4, 0.1]), "p_cvr": np.full(3, 0.1)}, ds)
+    assert m["ctr_auc"] == 1.0
+    assert np.isnan(m["cvr_auc_clicked"])  # no clicked conversion: undefined
+
+
+@pytest.mark.parametrize("pred, error, match", [
+    ({"pcvr": np.zeros(6)}, ValueError, r"unknown key\(s\) \['pcvr'\]"),
+    ({}, ValueError, "pred is empty"),
+    ({"p_ctr": np.zeros(5)}, ValueError, "p_ctr has length 5 but the dataset has 6 rows"),
+    ({"p_cvr": np.array([0.1, np.nan, 0, 0, 0, 0])}, ValueError, "p_cvr has 1 NaN"),
+    ({"p_ctcvr": np.full(6, 2.0)}, ValueError, r"p_ctcvr must be probabilities in \[0, 1\]"),
+    ([0.1] * 6, TypeError, "pred must be a dict"),
+])
+def test_evaluate_esmm_input_errors(pred, error, match):
+    with pytest.raises(error, match=match):
+        evaluate_esmm(pred, tiny_dataset())
+
+
+def test_evaluate_esmm_sees_the_bias_of_a_clicked_only_estimate():
+    ds = simulate(100_000, seed=0)  # default rho = 0.6: clicked convert more
+    clicked = ds.click == 1
+    truth = {"p_ctr": ds.true_ctr, "p_cvr": ds.true_cvr,
+             "p_ctcvr": ds.true_ctr * ds.true_cvr}
+    m = evaluate_esmm(truth, ds)
+    # The truth itself has zero pCVR bias everywhere, up to float32 sums.
+    for group in ("clicked", "unclicked", "entire"):
+        assert abs(m[f"pcvr_bias_{group}"]) < 1e-6
+    assert m["ctr_auc"] > 0.7 and m["cvr_auc_entire"] > 0.7
+    # A "model" that predicts the clicked mean CVR everywhere, which is what a
+    # clicked-only model knows at best for an id it never saw clicked,
+    # overshoots on the unclicked by the selection gap.
+    clicked_mean = ds.conversion[clicked].mean()
+    m = evaluate_esmm({"p_cvr": np.full(len(ds), clicked_mean)}, ds)
+    assert m["pcvr_bias_unclicked"] == pytest.approx(
+        clicked_mean - ds.true_cvr[~clicked].mean(dtype=np.float64), abs=1e-9)
+    assert m["pcvr_bias_unclicked"] > 0.03
+    # On the clicked it is right up to the binomial noise of the observed mean.
+    se = np.sqrt(clicked_mean * (1 - clicked_mean) / clicked.sum())
+    assert abs(m["pcvr_bias_clicked"]) < 4 * se
