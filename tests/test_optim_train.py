@@ -151,3 +151,17 @@ def test_lazy_and_dense_adam_both_train():
         h = esmm_np.fit(model, X, click, conversion, epochs=6, batch_size=64,
                         optimizer=esmm_np.Adam(lr=0.02, lazy=lazy), verbose=False)
         assert h["loss"][-1] < 0.8 * h["loss"][0]
+
+
+def test_fit_drops_invalid_rows_when_asked(capsys):
+    X, click, conversion = _toy_data()
+    conversion = conversion.copy()
+    bad = np.flatnonzero(click == 0)[:7]
+    conversion[bad] = 1
+    model = esmm_np.ESMM([6, 4], embed_dim=4, tower_units=(8,), seed=0)
+    with pytest.raises(ValueError, match="7 row"):
+        esmm_np.fit(model, X, click, conversion, verbose=False)
+    h = esmm_np.fit(model, X, click, conversion, invalid="drop", epochs=1, batch_size=64)
+    assert h["clean_report"].n_invalid == 7 and list(h["clean_report"].dropped_rows) == list(bad)
+    assert "dropped 7 of 600 rows" in capsys.readouterr().out
+    assert len(h["batch_loss"]) == int(np.ceil(593 / 64))
