@@ -287,24 +287,25 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, eps=1e-5
     Returns
     -------
     out : ndarray of shape (n, d)
-    cache : tuple, for :func:`batchnorm_backward` (None in inference mode)
+    cache : tuple, for :func:`batchnorm_backward`
     batch_stats : (mean, var) of this batch, or None in inference mode;
         the caller folds them into the running statistics.
     """
     if not train:
-        xhat = (x - running_mean) / np.sqrt(running_var + eps)
-        return gamma * xhat + beta, None, None
+        inv_std = 1.0 / np.sqrt(running_var + eps)                     # (d,)
+        xhat = (x - running_mean) * inv_std                            # (n, d)
+        return gamma * xhat + beta, (xhat, gamma, inv_std, False), None
     mu = x.mean(axis=0)                    # (d,)
     xc = x - mu                            # (n, d)
     var = (xc * xc).mean(axis=0)           # (d,)
     inv_std = 1.0 / np.sqrt(var + eps)     # (d,)
     xhat = xc * inv_std                    # (n, d)
     out = gamma * xhat + beta              # (n, d)
-    return out, (xhat, gamma, inv_std), (mu, var)
+    return out, (xhat, gamma, inv_std, True), (mu, var)
 
 
 def batchnorm_backward(dout, cache):
-    """Gradients of training-mode batch normalisation.
+    """Gradients of batch normalisation.
 
     Returns
     -------
@@ -316,12 +317,15 @@ def batchnorm_backward(dout, cache):
     With ``xhat = (x - mu) * inv_std`` and ``dxhat = dout * gamma``, the
     batch mean and variance both depend on every row, which gives
     ``dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))``
-    (means over the n rows); docs/derivation.md derives it.
+    (means over the n rows); docs/derivation.md derives it. In inference
+    mode the statistics are constants, so only ``dx = dxhat * inv_std`` remains.
     """
-    xhat, gamma, inv_std = cache
+    xhat, gamma, inv_std, train = cache
     dbeta = dout.sum(axis=0)                                   # (d,)
     dgamma = (dout * xhat).sum(axis=0)                         # (d,)
     dxhat = dout * gamma                                       # (n, d)
+    if not train:
+        return dxhat * inv_std, dgamma, dbeta
     dx = inv_std * (dxhat - dxhat.mean(axis=0)
                     - xhat * (dxhat * xhat).mean(axis=0))      # (n, d)
     return dx, dgamma, dbeta

@@ -279,6 +279,22 @@ class _EmbeddingMLP:
         self._fold_bn(caches)
         return loss, grads
 
+    def eval_loss(self, X, *labels, dense=None, batch_size=65536):
+        """The data loss (no L2) in inference mode, as for validation; no gradients kept.
+
+        Parameters as for :meth:`loss`. Computed in chunks of ``batch_size`` rows
+        and averaged over all rows.
+        """
+        rows, dense = self._rows(X, dense)
+        labels = self._check_labels(labels, rows.shape[0])
+        total = 0.0
+        for s in range(0, rows.shape[0], batch_size):
+            d = None if dense is None else dense[s:s + batch_size]
+            logits, _ = self._forward(rows[s:s + batch_size], d, train=False)
+            part, _ = self._loss_at_logits(logits, tuple(y[s:s + batch_size] for y in labels))
+            total += part * min(batch_size, rows.shape[0] - s)
+        return total / rows.shape[0]
+
     def _rng_for(self, seed):
         return self.rng if seed is None else np.random.default_rng(seed)
 
@@ -420,22 +436,8 @@ class ESMM(_EmbeddingMLP):
 
         Returns (data loss without L2, grads, caches).
         """
-        click, conversion = labels
         logits, caches = self._forward(rows, dense, train, rng, masks)
-        a, b = logits["ctr"], logits["cvr"]                     # (n,), (n,)
-        z = click * conversion                                  # CTCVR label
-        w_ctr, w_ctcvr = self.loss_weights
-        loss_ctr, da_ctr = bce_with_logits(a, click)
-        if self.ctcvr_loss == "logspace":
-            loss_ctcvr, da_ctcvr, db = ctcvr_bce_logspace(a, b, z)
-        else:  # naive: probabilities, product, clip; then the two sigmoid backwards
-            p_ctr, s_ctr = L.sigmoid_forward(a)
-            p_cvr, s_cvr = L.sigmoid_forward(b)
-            loss_ctcvr, dp_ctr, dp_cvr = ctcvr_bce_naive(p_ctr, p_cvr, z)
-            da_ctcvr = L.sigmoid_backward(dp_ctr, s_ctr)
-            db = L.sigmoid_backward(dp_cvr, s_cvr)
-        dlogit = {"ctr": w_ctr * da_ctr + w_ctcvr * da_ctcvr,   # CTR logit feeds both losses
-                  "cvr": w_ctcvr * db}                          # CVR logit only via p_ctcvr
+        loss, dlogit = self._loss_at_logits(logits, labels)
         grads = {}
         dh0_shared = None
         for t, units in zip(self.towers, self.tower_units):
@@ -450,7 +452,26 @@ class ESMM(_EmbeddingMLP):
         if self.share_embedding:
             grads["embedding"] = L.embedding_backward(
                 L.concat_backward(dh0_shared, cat_cache), emb_cache)
-        return w_ctr * loss_ctr + w_ctcvr * loss_ctcvr, grads, caches
+        return loss, grads, caches
+
+    def _loss_at_logits(self, logits, labels):
+        """The two losses from the two logits; returns (loss, {"ctr": dlogit, "cvr": dlogit})."""
+        click, conversion = labels
+        a, b = logits["ctr"], logits["cvr"]                     # (n,), (n,)
+        z = click * conversion                                  # CTCVR label
+        w_ctr, w_ctcvr = self.loss_weights
+        loss_ctr, da_ctr = bce_with_logits(a, click)
+        if self.ctcvr_loss == "logspace":
+            loss_ctcvr, da_ctcvr, db = ctcvr_bce_logspace(a, b, z)
+        else:  # naive: probabilities, product, clip; then the two sigmoid backwards
+            p_ctr, s_ctr = L.sigmoid_forward(a)
+            p_cvr, s_cvr = L.sigmoid_forward(b)
+            loss_ctcvr, dp_ctr, dp_cvr = ctcvr_bce_naive(p_ctr, p_cvr, z)
+            da_ctcvr = L.sigmoid_backward(dp_ctr, s_ctr)
+            db = L.sigmoid_backward(dp_cvr, s_cvr)
+        dlogit = {"ctr": w_ctr * da_ctr + w_ctcvr * da_ctcvr,   # CTR logit feeds both losses
+                  "cvr": w_ctcvr * db}                          # CVR logit only via p_ctcvr
+        return w_ctr * loss_ctr + w_ctcvr * loss_ctcvr, dlogit
 
     def _fold_bn(self, caches):
         for t in self.towers:
@@ -511,13 +532,16 @@ class TowerModel(_EmbeddingMLP):
         return (check_binary(labels[0], n, "y"),)
 
     def _loss_grads(self, rows, dense, labels, train, rng, masks=None):
-        (y,) = labels
         logit, (tower_cache, emb_cache, cat_cache) = self._forward(rows, dense, train, rng, masks)
-        loss, dlogit = bce_with_logits(logit, y)
+        loss, dlogit = self._loss_at_logits(logit, labels)
         grads = {}
         dh0 = tower_backward(dlogit, tower_cache, "net", self._tower_cfg(self.tower_units), grads)
         grads["embedding"] = L.embedding_backward(L.concat_backward(dh0, cat_cache), emb_cache)
         return loss, grads, tower_cache
+
+    def _loss_at_logits(self, logit, labels):
+        """Mean BCE at the logit; returns (loss, dlogit)."""
+        return bce_with_logits(logit, labels[0])
 
     def _fold_bn(self, cache):
         _fold_running_stats(self.state, "net", cache, self.bn_momentum)

@@ -10,7 +10,7 @@ from .validate import check_dense, check_ids
 
 
 def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None, seed=0,
-        verbose=True, callback=None, invalid="raise"):
+        verbose=True, callback=None, invalid="raise", validation=None, patience=None):
     """Train ``model`` in place by minibatch gradient descent.
 
     Parameters
@@ -35,13 +35,24 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         "raise" (default) refuses the data; "drop" passes it through
         :func:`esmm_np.clean_dataset`, trains on the valid rows and prints how
         many rows were dropped. Any other problem always raises.
+    validation : tuple ``(X_val, *labels_val)`` or ``(X_val, *labels_val, dense_val)``, optional
+        Held-out impressions. After every epoch the data loss on them is
+        computed in inference mode (:meth:`eval_loss`); at the end the model is
+        restored to the epoch with the lowest validation loss (early stopping,
+        the usual guard against the sharp overfitting of embedding models
+        after their first epochs).
+    patience : int, optional
+        With ``validation``: stop once this many epochs in a row have not
+        improved the validation loss. Default: run all ``epochs``.
 
     Returns
     -------
     history : dict
         ``"loss"``: mean training loss of each epoch; ``"batch_loss"``: every
         step's loss; ``"seconds"``: wall time of each epoch; with
-        ``invalid="drop"``, ``"clean_report"``: the :class:`~esmm_np.data.CleanReport`.
+        ``invalid="drop"``, ``"clean_report"``: the :class:`~esmm_np.data.CleanReport`;
+        with ``validation``, ``"val_loss"`` per epoch and ``"best_epoch"``
+        (1-based), the epoch whose parameters the model ends with.
     """
     if invalid not in ("raise", "drop"):
         raise ValueError(f"invalid must be 'raise' or 'drop', got {invalid!r}")
@@ -66,6 +77,12 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     history = {"loss": [], "batch_loss": [], "seconds": []}
     if report is not None:
         history["clean_report"] = report
+    if validation is not None:
+        n_labels = len(labels)
+        X_val, labels_val = validation[0], tuple(validation[1:1 + n_labels])
+        dense_val = validation[1 + n_labels] if len(validation) > 1 + n_labels else None
+        model.eval_loss(X_val, *labels_val, dense=dense_val)   # validate before training
+        history["val_loss"], best = [], None
     for epoch in range(int(epochs)):
         start = time.perf_counter()
         order = rng.permutation(n)
@@ -81,9 +98,29 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
             total += loss * len(idx)
         history["loss"].append(total / n)
         history["seconds"].append(time.perf_counter() - start)
+        line = f"epoch {epoch + 1}/{epochs}  loss {history['loss'][-1]:.5f}"
+        if validation is not None:
+            val = model.eval_loss(X_val, *labels_val, dense=dense_val)
+            history["val_loss"].append(val)
+            line += f"  validation loss {val:.5f}"
+            if best is None or val < best[0]:
+                # Copies, not views: training goes on updating the live arrays in place.
+                best = (val, epoch, {k: w.copy() for k, w in model.params.items()},
+                        {k: v.copy() for k, v in model.state.items()})
         if verbose:
-            print(f"epoch {epoch + 1}/{epochs}  loss {history['loss'][-1]:.5f}  "
-                  f"({history['seconds'][-1]:.1f} s)", flush=True)
+            print(f"{line}  ({history['seconds'][-1]:.1f} s)", flush=True)
         if callback is not None:
             callback(epoch, history)
+        if validation is not None and patience is not None and epoch - best[1] >= patience:
+            break
+    if validation is not None:
+        _, best_epoch, params, state = best
+        for k in params:
+            model.params[k][...] = params[k]    # in place: model.params stays the same arrays
+        for k in state:
+            model.state[k][...] = state[k]
+        history["best_epoch"] = best_epoch + 1
+        if verbose and best_epoch + 1 < len(history["loss"]):
+            print(f"restored the parameters of epoch {best_epoch + 1} (lowest validation loss)",
+                  flush=True)
     return history

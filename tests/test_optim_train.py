@@ -165,3 +165,35 @@ def test_fit_drops_invalid_rows_when_asked(capsys):
     assert h["clean_report"].n_invalid == 7 and list(h["clean_report"].dropped_rows) == list(bad)
     assert "dropped 7 of 600 rows" in capsys.readouterr().out
     assert len(h["batch_loss"]) == int(np.ceil(593 / 64))
+
+
+def test_fit_early_stopping_restores_the_best_epoch():
+    """With a validation set, the model ends at the epoch of lowest validation loss."""
+    X, click, conversion = _toy_data(n=400, seed=1)
+    Xv, cv, vv = _toy_data(n=300, seed=2)
+    model = esmm_np.ESMM([6, 4], embed_dim=8, tower_units=(32,), seed=0)
+    h = esmm_np.fit(model, X, click, conversion, epochs=12, batch_size=16, verbose=False,
+                    optimizer=esmm_np.Adam(lr=0.05), validation=(Xv, cv, vv))
+    best = int(np.argmin(h["val_loss"]))
+    assert h["best_epoch"] == best + 1
+    assert model.eval_loss(Xv, cv, vv) == pytest.approx(h["val_loss"][best], rel=1e-12)
+    # The run overfits (validation loss rises after its minimum), so restoring matters.
+    assert h["val_loss"][-1] > h["val_loss"][best]
+
+
+def test_fit_patience_stops_early():
+    X, click, conversion = _toy_data(n=400, seed=1)
+    Xv, cv, vv = _toy_data(n=300, seed=2)
+    model = esmm_np.ESMM([6, 4], embed_dim=8, tower_units=(32,), seed=0)
+    h = esmm_np.fit(model, X, click, conversion, epochs=50, batch_size=16, verbose=False,
+                    optimizer=esmm_np.Adam(lr=0.05), validation=(Xv, cv, vv), patience=2)
+    assert len(h["loss"]) == h["best_epoch"] + 2 < 50
+
+
+def test_eval_loss_is_the_inference_data_loss():
+    X, click, conversion = _toy_data(n=200)
+    model = esmm_np.ESMM([6, 4], embed_dim=4, tower_units=(8,), dropout=0.5, batch_norm=True,
+                         l2_reg_dnn=0.1, seed=0)
+    full, _ = model.loss(X, click, conversion, train=False)
+    l2 = 0.1 * sum(np.sum(w ** 2) for k, w in model.params.items() if ".W" in k)
+    assert model.eval_loss(X, click, conversion, batch_size=37) == pytest.approx(full - l2, rel=1e-10)
