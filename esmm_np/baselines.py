@@ -100,13 +100,24 @@ class Method:
         raise NotImplementedError
 
 
-def _tower(data, idx, y, arch, train, seed, verbose):
-    """Train a TowerModel on rows ``idx`` of ``data`` with labels ``y``."""
-    model = TowerModel(data.field_dims, n_dense=data.n_dense, seed=seed, **arch)
-    dense = None if data.dense is None else data.dense[idx]
-    fit(model, data.X[idx], y, dense=dense, epochs=train["epochs"],
-        batch_size=train["batch_size"], optimizer=Adam(lr=train["lr"], lazy=train.get("lazy", False)),
-        seed=seed, verbose=verbose)
+def _fit(model, X, labels, dense, val, train, seed, verbose):
+    """Train ``model`` with the shared budget, early-stopped on its validation rows."""
+    validation = None if val is None else (val[0], *val[1]) + ((val[2],) if val[2] is not None else ())
+    return fit(model, X, *labels, dense=dense, epochs=train["epochs"],
+               batch_size=train["batch_size"],
+               optimizer=Adam(lr=train["lr"], lazy=train.get("lazy", False)), seed=seed,
+               verbose=verbose, validation=validation, patience=train.get("patience"))
+
+
+def _tower(part, idx, y, val_part, val_idx, val_y, arch, train, seed, verbose):
+    """Train a TowerModel on rows ``idx`` of ``part`` (labels ``y``), validated on ``val_part``."""
+    model = TowerModel(part.field_dims, n_dense=part.n_dense, seed=seed, **arch)
+    val = None
+    if val_part is not None:
+        val = (val_part.X[val_idx], (val_y,),
+               None if val_part.dense is None else val_part.dense[val_idx])
+    _fit(model, part.X[idx], (y,), None if part.dense is None else part.dense[idx], val,
+         train, seed, verbose)
     return model
 
 
@@ -153,8 +164,20 @@ class ESMMMethod(Method):
         return self.model.predict(X, dense)
 
 
+def _click_space_rows(name, part, rng, aman_rate, oversampling_k, ctr_net):
+    """The training rows and labels of a click-space method on ``part``."""
+    if name == "BASE":
+        return base_rows(part.click, part.conversion)
+    if name == "AMAN":
+        return aman_rows(part.click, part.conversion, aman_rate, rng)
+    if name == "OVERSAMPLING":
+        return oversampling_rows(part.click, part.conversion, oversampling_k)
+    p_ctr = ctr_net.predict(part.X, part.dense)["p"]                  # UNBIAS
+    return unbias_rows(part.click, part.conversion, p_ctr, rng)
+
+
 def train_methods(data, methods=METHODS, *, arch, train, seed=0, aman_rate=0.5,
-                  oversampling_k=5, verbose=False, progress=None):
+                  oversampling_k=5, validation_fraction=0.1, verbose=False, progress=None):
     """Train the chosen methods on one training set.
 
     Parameters
@@ -166,10 +189,18 @@ def train_methods(data, methods=METHODS, *, arch, train, seed=0, aman_rate=0.5,
         Model options shared by every network (embed_dim, tower_units,
         activation, dropout, batch_norm, l2_reg_embedding, l2_reg_dnn, dtype).
     train : dict
-        epochs, batch_size, lr (Adam), optional lazy: the same budget for every
-        network: the same number of passes over its own training set.
+        epochs, batch_size, lr (Adam), optional lazy and patience: the same
+        budget for every network, at most ``epochs`` passes over its own
+        training rows.
     seed : int
-        Seeds every network's initialisation, shuffling and sampling.
+        Seeds the validation split, every network's initialisation,
+        shuffling and sampling.
+    validation_fraction : float
+        Share of ``data`` held out for early stopping (0 disables it). Each
+        method's validation rows are built from it by the same rule as its
+        training rows (BASE validates on clicked rows, AMAN on clicked rows
+        plus sampled unclicked ones, and so on), and each network keeps the
+        epoch with its lowest validation loss.
     progress : callable(str), optional
         Told the name of each network as it starts.
 
@@ -182,37 +213,36 @@ def train_methods(data, methods=METHODS, *, arch, train, seed=0, aman_rate=0.5,
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
     say = progress or (lambda s: None)
     rng = np.random.default_rng(seed)
-    all_rows = np.arange(len(data))
+    if validation_fraction > 0:
+        part, val = data.split(validation_fraction, seed=seed)
+    else:
+        part, val = data, None
+    every = np.arange(len(part))
+    every_val = None if val is None else np.arange(len(val))
     out, ctr_net = {}, None
-    needs_ctr = [m for m in methods if m in ("BASE", "AMAN", "OVERSAMPLING", "UNBIAS", "DIVISION")]
-    if needs_ctr:
+    if any(m in ("BASE", "AMAN", "OVERSAMPLING", "UNBIAS", "DIVISION") for m in methods):
         say("CTR network (shared by the click-space methods and DIVISION)")
-        ctr_net = _tower(data, all_rows, data.click, arch, train, seed, verbose)
+        ctr_net = _tower(part, every, part.click, val, every_val,
+                         None if val is None else val.click, arch, train, seed, verbose)
         out["_ctr_net"] = ctr_net
     for name in methods:
         say(name)
         if name in ("ESMM", "ESMM-NS"):
-            model = ESMM(data.field_dims, n_dense=data.n_dense, seed=seed,
+            model = ESMM(part.field_dims, n_dense=part.n_dense, seed=seed,
                          share_embedding=(name == "ESMM"), **arch)
-            fit(model, data.X, data.click, data.conversion, dense=data.dense,
-                epochs=train["epochs"], batch_size=train["batch_size"],
-                optimizer=Adam(lr=train["lr"], lazy=train.get("lazy", False)),
-                seed=seed, verbose=verbose)
+            v = None if val is None else (val.X, (val.click, val.conversion), val.dense)
+            _fit(model, part.X, (part.click, part.conversion), part.dense, v, train, seed,
+                 verbose)
             out[name] = ESMMMethod(name, model)
         elif name == "DIVISION":
-            z = (data.click * data.conversion).astype(np.int8)
-            ctcvr_net = _tower(data, all_rows, z, arch, train, seed, verbose)
-            out[name] = Division(ctr_net, ctcvr_net)
+            z = (part.click * part.conversion).astype(np.int8)
+            vz = None if val is None else (val.click * val.conversion).astype(np.int8)
+            out[name] = Division(ctr_net, _tower(part, every, z, val, every_val, vz, arch,
+                                                 train, seed, verbose))
         else:
-            if name == "BASE":
-                idx, y = base_rows(data.click, data.conversion)
-            elif name == "AMAN":
-                idx, y = aman_rows(data.click, data.conversion, aman_rate, rng)
-            elif name == "OVERSAMPLING":
-                idx, y = oversampling_rows(data.click, data.conversion, oversampling_k)
-            else:  # UNBIAS
-                p_ctr = ctr_net.predict(data.X, data.dense)["p"]
-                idx, y = unbias_rows(data.click, data.conversion, p_ctr, rng)
-            out[name] = ClickSpaceCVR(name, _tower(data, idx, y, arch, train, seed, verbose),
-                                      ctr_net, len(idx))
+            idx, y = _click_space_rows(name, part, rng, aman_rate, oversampling_k, ctr_net)
+            vidx, vy = (None, None) if val is None else _click_space_rows(
+                name, val, rng, aman_rate, oversampling_k, ctr_net)
+            out[name] = ClickSpaceCVR(name, _tower(part, idx, y, val, vidx, vy, arch, train,
+                                                   seed, verbose), ctr_net, len(idx))
     return out
