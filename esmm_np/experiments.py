@@ -45,7 +45,9 @@ class ExperimentConfig:
     """Everything one experiment run depends on.
 
     Every method gets the same architecture (``arch``) and the same budget
-    (``train``: epochs over its own training set, batch size, Adam's rate).
+    (``train``: at most ``epochs`` passes over its own training rows, batch
+    size, Adam's rate), and every network keeps the epoch with the lowest loss
+    on its own validation rows (``validation_fraction`` of the training set).
     The world (``world``, ``world_seed``) and its train/test split are fixed;
     ``seeds`` vary the networks' initialisation, shuffling and sampling.
     """
@@ -58,7 +60,8 @@ class ExperimentConfig:
     methods: tuple = METHODS
     arch: dict = field(default_factory=lambda: dict(embed_dim=8, tower_units=(64, 32),
                                                     dtype="float32"))
-    train: dict = field(default_factory=lambda: dict(epochs=2, batch_size=512, lr=2e-3))
+    train: dict = field(default_factory=lambda: dict(epochs=4, batch_size=512, lr=2e-3))
+    validation_fraction: float = 0.1
     aman_rate: float = 0.5
     oversampling_k: int = 5
     sweep_fractions: tuple = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -69,7 +72,7 @@ def quick_config():
     """A configuration small enough for the test suite (tens of seconds)."""
     return ExperimentConfig(n_impressions=80_000, seeds=(0,),
                             arch=dict(embed_dim=4, tower_units=(16,), dtype="float32"),
-                            train=dict(epochs=1, batch_size=256, lr=3e-3),
+                            train=dict(epochs=2, batch_size=256, lr=3e-3),
                             sweep_fractions=(0.25, 1.0))
 
 
@@ -131,7 +134,7 @@ def run_experiment(cfg, progress=print, data=None):
                 f"({time.perf_counter() - start:.0f} s elapsed)")
         methods = train_methods(train, cfg.methods, arch=_arch(cfg), train=cfg.train, seed=seed,
                                 aman_rate=cfg.aman_rate, oversampling_k=cfg.oversampling_k,
-                                progress=note)
+                                validation_fraction=cfg.validation_fraction, progress=note)
         for name in cfg.methods:
             runs[name].append(_score(methods[name], test)[0])
     say(f"done in {time.perf_counter() - start:.0f} s")
@@ -160,7 +163,7 @@ def sparsity_sweep(cfg, progress=print, data=None):
             part = train.subset(np.sort(order[:int(round(frac * len(train)))]))
             say(f"sweep: {frac:.0%} of the training data, seed {seed}")
             methods = train_methods(part, cfg.sweep_methods, arch=_arch(cfg), train=cfg.train,
-                                    seed=seed)
+                                    seed=seed, validation_fraction=cfg.validation_fraction)
             for name in cfg.sweep_methods:
                 out[frac][name].append(_score(methods[name], test)[0])
     return out
