@@ -452,8 +452,9 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
         Correlation between click score and conversion score. Positive: what
         gets clicked also converts more, so clicked impressions have higher
         true CVR than unclicked ones and a clicked-only CVR model overshoots
-        on the unclicked. 0: clicks carry no information about CVR; the
-        two groups have the same mean true CVR up to sampling error.
+        on the unclicked. 0: the scores carry no information about each
+        other; without a confounder the two groups then have the same mean
+        true CVR up to sampling error (with one, see ``confounder``).
         Negative: "clickbait", the unclicked would convert more.
     confounder : float >= 0
         Weight ``kappa`` of an unobserved per-impression shock ``e ~ N(0, 1)``
