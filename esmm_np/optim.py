@@ -16,6 +16,12 @@ holding only the rows a batch used. Two semantics are offered for those:
   Bias correction uses the global step count.
 
 For plain SGD without momentum the two coincide.
+
+Cost: dense semantics read and write all of ``w``, ``m`` and ``v`` every step,
+so they scale with the table; lazy semantics scale with the number of
+distinct rows in the batch, at the price of scattered memory access. Once a
+batch touches a large share of the table, dense can be the faster of the two
+(docs/performance.md has the numbers).
 """
 
 import math
@@ -154,7 +160,7 @@ def _adam_step(m, v, lr_t, eps_t):
 BLOCK_ENTRIES = 2 ** 17
 
 
-def _dense_blocks(g, block_entries=BLOCK_ENTRIES):
+def _dense_blocks(g):
     """Zero-padded dense gradient of ``g`` one block of rows at a time.
 
     Parameters
@@ -170,12 +176,12 @@ def _dense_blocks(g, block_entries=BLOCK_ENTRIES):
     """
     k = g.values.shape[1]
     rows, values = g.rows, g.values                                  # (u,), (u, k)
-    if np.any(rows[1:] < rows[:-1]):       # np.unique returns them sorted; others may not
+    if np.any(rows[1:] < rows[:-1]):       # embedding_backward sorts them; others may not
         order = np.argsort(rows)
         rows, values = rows[order], values[order]
-    step = max(1, block_entries // k)
-    for lo in range(0, g.n_rows, step):
-        hi = min(lo + step, g.n_rows)
+    per_block = max(1, BLOCK_ENTRIES // k)                           # rows per block
+    for lo in range(0, g.n_rows, per_block):
+        hi = min(lo + per_block, g.n_rows)
         a, b = np.searchsorted(rows, (lo, hi))                       # rows[a:b] are in this block
         g_block = np.zeros((hi - lo, k), dtype=values.dtype)         # (hi - lo, k)
         g_block[rows[a:b] - lo] = values[a:b]
