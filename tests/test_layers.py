@@ -69,25 +69,15 @@ def test_dropout_is_inverted(rng):
     assert abs(out.mean() - 1.0) < 0.01
 
 
-def test_batchnorm_training_mode(rng):
-    x = 3 + 2 * rng.standard_normal((7, 4))
-    gamma, beta = rng.uniform(0.5, 2, size=4), rng.standard_normal(4)
-    rm, rv = np.zeros(4), np.ones(4)
-
-    def fwd(x, gamma, beta):
-        out, cache, _ = L.batchnorm_forward(x, gamma, beta, rm, rv, train=True)
-        return out, cache
-
-    _check(fwd, L.batchnorm_backward, (x, gamma, beta), rng, ["x", "gamma", "beta"])
-
-
-def test_batchnorm_inference_mode(rng):
+@pytest.mark.parametrize("train", [True, False], ids=["training mode", "inference mode"])
+def test_batchnorm(train, rng):
+    """Training mode: batch statistics, which depend on every row; inference: running ones."""
     x = 3 + 2 * rng.standard_normal((7, 4))
     gamma, beta = rng.uniform(0.5, 2, size=4), rng.standard_normal(4)
     rm, rv = rng.standard_normal(4), rng.uniform(0.5, 2, size=4)
 
     def fwd(x, gamma, beta):
-        out, cache, _ = L.batchnorm_forward(x, gamma, beta, rm, rv, train=False)
+        out, cache, _ = L.batchnorm_forward(x, gamma, beta, rm, rv, train=train)
         return out, cache
 
     _check(fwd, L.batchnorm_backward, (x, gamma, beta), rng, ["x", "gamma", "beta"])
