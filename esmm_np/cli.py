@@ -27,7 +27,7 @@ def _report(result, sweep, out, figure):
     if note:
         print("\n" + note)
     if sweep:
-        print("\nSparsity sweep (entire-space CVR AUC, percent):\n" + E._sweep_table(sweep))
+        print("\nSparsity sweep (entire-space CVR AUC, percent):\n" + E.sweep_table(sweep))
     try:
         import matplotlib  # noqa: F401
     except ImportError:

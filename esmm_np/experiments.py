@@ -256,7 +256,7 @@ def save(result, sweep, out_dir, figure=True):
           "percentage points (mean pCVR minus mean true CVR), mean ± std over seeds.\n",
           format_table(result), "", division_note(result)]
     if sweep:
-        md += ["", "## Sparsity sweep (entire-space CVR AUC, percent)", "", _sweep_table(sweep)]
+        md += ["", "## Sparsity sweep (entire-space CVR AUC, percent)", "", sweep_table(sweep)]
     put("table.md", "\n".join(md) + "\n")
     payload = dict(result)
     if sweep:
@@ -293,7 +293,7 @@ def write_docs(result, sweep, path, command):
             "", format_table(result), "", division_note(result)]
     if sweep:
         body += ["", "Sparsity sweep, entire-space CVR AUC (percent), mean over seeds:", "",
-                 _sweep_table(sweep)]
+                 sweep_table(sweep)]
     body.append(DOC_END)
     head, rest = text.split(DOC_START, 1)
     tail = rest.split(DOC_END, 1)[1]
@@ -303,7 +303,8 @@ def write_docs(result, sweep, path, command):
     os.replace(tmp, path)
 
 
-def _sweep_table(sweep):
+def sweep_table(sweep):
+    """The sparsity sweep as a Markdown table of entire-space CVR AUC (percent, mean over seeds)."""
     methods = list(next(iter(sweep.values())))
     lines = ["| share of training data | " + " | ".join(methods) + " |",
              "|" + "---|" * (len(methods) + 1)]
