@@ -91,15 +91,6 @@ def unbias_rows(click, conversion, p_ctr, rng):
 
 # ----------------------------------------------------------------- methods
 
-class Method:
-    """A trained method: anything with ``predict(X, dense) -> dict`` and a name."""
-
-    name = "?"
-
-    def predict(self, X, dense=None):
-        raise NotImplementedError
-
-
 def _fit(model, X, labels, dense, val, train, seed, verbose):
     """Train ``model`` with the shared budget, early-stopped on its validation rows."""
     validation = None if val is None else (val[0], *val[1]) + ((val[2],) if val[2] is not None else ())
@@ -121,12 +112,11 @@ def _tower(part, idx, y, val_part, val_idx, val_y, arch, train, seed, verbose):
     return model
 
 
-class ClickSpaceCVR(Method):
+class ClickSpaceCVR:
     """BASE, AMAN, OVERSAMPLING or UNBIAS: a CVR tower plus a separate CTR network."""
 
-    def __init__(self, name, cvr_net, ctr_net, n_train_rows):
+    def __init__(self, name, cvr_net, ctr_net):
         self.name, self.cvr_net, self.ctr_net = name, cvr_net, ctr_net
-        self.n_train_rows = n_train_rows
 
     def predict(self, X, dense=None):
         p_cvr = self.cvr_net.predict(X, dense)["p"]
@@ -134,7 +124,7 @@ class ClickSpaceCVR(Method):
         return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}
 
 
-class Division(Method):
+class Division:
     """DIVISION: pCVR = pCTCVR / pCTR from two separately trained networks.
 
     ``predict`` returns the raw ratio as ``p_cvr_raw`` (it can exceed 1, the
@@ -154,7 +144,7 @@ class Division(Method):
                 "p_ctcvr": p_ctcvr}
 
 
-class ESMMMethod(Method):
+class ESMMMethod:
     """ESMM or ESMM-NS, trained on every impression."""
 
     def __init__(self, name, model):
@@ -206,7 +196,7 @@ def train_methods(data, methods=METHODS, *, arch, train, seed=0, aman_rate=0.5,
 
     Returns
     -------
-    dict name -> Method, plus ``"_ctr_net"`` when a click-space method needed it.
+    dict name -> method (an object with ``name`` and ``predict(X, dense)``), plus ``"_ctr_net"`` when a click-space method needed it.
     """
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -244,5 +234,5 @@ def train_methods(data, methods=METHODS, *, arch, train, seed=0, aman_rate=0.5,
             vidx, vy = (None, None) if val is None else _click_space_rows(
                 name, val, rng, aman_rate, oversampling_k, ctr_net)
             out[name] = ClickSpaceCVR(name, _tower(part, idx, y, val, vidx, vy, arch, train,
-                                                   seed, verbose), ctr_net, len(idx))
+                                                   seed, verbose), ctr_net)
     return out

@@ -18,7 +18,7 @@ def _gradcheck(args):
     return 0 if all(r["ok"] for r in rows) else 1
 
 
-def _report(result, sweep, out, figure):
+def _report(result, sweep, out):
     from . import experiments as E
 
     print()
@@ -28,6 +28,7 @@ def _report(result, sweep, out, figure):
         print("\n" + note)
     if sweep:
         print("\nSparsity sweep (entire-space CVR AUC, percent):\n" + E.sweep_table(sweep))
+    figure = True
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -49,7 +50,7 @@ def _demo(args):
     print(f"\nIn this world clicked impressions have mean true CVR "
           f"{100 * world['true_cvr_clicked']:.2f}% and unclicked ones "
           f"{100 * world['true_cvr_unclicked']:.2f}%: a model trained on clicks learns the first.")
-    _report(result, None, args.out, figure=True)
+    _report(result, None, args.out)
     return 0
 
 
@@ -64,7 +65,7 @@ def _experiment(args):
     data = E.make_world(cfg)
     result = E.run_experiment(cfg, data=data)
     sweep = None if args.no_sweep else E.sparsity_sweep(cfg, data=data)
-    _report(result, sweep, args.out, figure=True)
+    _report(result, sweep, args.out)
     if args.docs:
         E.write_docs(result, sweep, args.docs, "esmm-np experiment " + " ".join(args.argv))
         print(f"updated {args.docs}")

@@ -244,12 +244,10 @@ def save(result, sweep, out_dir, figure=True):
 
     def put(name, text):
         path = os.path.join(out_dir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        _write_atomically(path, text)
         written.append(path)
 
-    md = [f"# ESMM and its baselines on a simulated world\n",
+    md = ["# ESMM and its baselines on a simulated world\n",
           f"{result['world']['n_train']:,} training impressions, "
           f"{result['world']['n_test']:,} test impressions, "
           f"{len(next(iter(result['runs'].values())))} seed(s). AUC in percent, bias in "
@@ -297,10 +295,14 @@ def write_docs(result, sweep, path, command):
     body.append(DOC_END)
     head, rest = text.split(DOC_START, 1)
     tail = rest.split(DOC_END, 1)[1]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(head + "\n".join(body) + tail)
-    os.replace(tmp, path)
+    _write_atomically(path, head + "\n".join(body) + tail)
+
+
+def _write_atomically(path, text):
+    """Write to a temporary name, then rename: an interrupted run leaves no half file."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def sweep_table(sweep):
