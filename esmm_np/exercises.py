@@ -798,3 +798,55 @@ def format_results(name, results):
     lines.append(f"{name}: {n_ok}/{len(results)} cases passed: {verdict}. 'vs ours' and "
                  "'vs f.d.' are relative errors; '-' where not compared.")
     return "\n".join(lines)
+
+
+# ------------------------------------------------- the exercise notebooks
+
+def train(loss_fn, model, X, click, conversion, *, epochs=1, batch_size=512, optimizer=None,
+          seed=0):
+    """Train ``model`` in place with the learner's ``loss_fn(model, X, click, conversion)``.
+
+    The same loop as :func:`esmm_np.fit` (same shuffling for the same
+    ``seed``, one optimiser step per minibatch), with the gradients coming
+    from ``loss_fn``. So a correct ``loss_fn`` trains the same model as
+    ``fit`` does, up to rounding. Returns the list of minibatch losses.
+    """
+    from .optim import Adam
+
+    optimizer = Adam() if optimizer is None else optimizer
+    rng = np.random.default_rng(seed)
+    n, batch_loss = X.shape[0], []
+    for _ in range(int(epochs)):
+        order = rng.permutation(n)
+        for s in range(0, n, batch_size):
+            idx = order[s:s + batch_size]
+            loss, grads = loss_fn(model, X[idx], click[idx], conversion[idx])
+            if set(grads) != set(model.params):
+                raise ValueError("loss_fn must return gradients keyed like model.params")
+            optimizer.step(model.params, grads)
+            batch_loss.append(float(loss))
+    return batch_loss
+
+
+def fill_blanks(nb):
+    """Put our reference functions into an exercise notebook's blanks, in place.
+
+    A blank is a code cell whose metadata has ``"exercise": name``; its
+    source becomes ``name = esmm_np.exercises.reference("name")``. The test
+    suite runs the exercise notebooks this way, so every check cell and the
+    final training run are exercised end to end. ``nb`` is a notebook as
+    ``nbformat.read`` returns it (or the same structure as plain dicts).
+
+    Returns
+    -------
+    list of str : the names filled, in notebook order.
+    """
+    filled = []
+    for cell in nb["cells"]:
+        name = cell.get("metadata", {}).get("exercise")
+        if name:
+            _check_name(name)
+            cell["source"] = (f"import esmm_np.exercises\n"
+                              f"{name} = esmm_np.exercises.reference({name!r})   # filled in")
+            filled.append(name)
+    return filled
