@@ -313,6 +313,28 @@ class _EmbeddingMLP:
             total += part * min(batch_size, rows.shape[0] - s)
         return total / rows.shape[0]
 
+    def get_config(self):
+        """The constructor's arguments as a JSON-able dict.
+
+        ``type(model)(**model.get_config())`` builds the same architecture
+        (with fresh weights); :meth:`save` stores it beside the arrays.
+        Subclasses add their own arguments.
+        """
+        return {"field_dims": list(self.field_dims), "embed_dim": self.embed_dim,
+                "activation": self.activation, "dropout": self.dropout,
+                "batch_norm": self.batch_norm, "l2_reg_embedding": self.l2_reg_embedding,
+                "l2_reg_dnn": self.l2_reg_dnn, "n_dense": self.n_dense,
+                "dtype": self.dtype.name, "bn_momentum": self.bn_momentum,
+                "seed": self.seed if isinstance(self.seed, int) else None}
+
+    def save(self, path, optimizer=None):
+        """Save the model (and optionally its optimizer) to ``path``, a ``.npz`` file.
+
+        See :func:`esmm_np.persist.save_model`; :func:`esmm_np.load_model` reads it.
+        """
+        from .persist import save_model   # local: persist imports this module
+        return save_model(self, path, optimizer=optimizer)
+
     def _rng_for(self, seed):
         return self.rng if seed is None else np.random.default_rng(seed)
 
@@ -387,6 +409,13 @@ class ESMM(_EmbeddingMLP):
             p, s = init_tower(self.rng, t, self.d_in, units, activation, batch_norm, self.dtype)
             self.params.update(p)
             self.state.update(s)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(tower_units=[list(u) for u in self.tower_units],
+                      loss_weights=list(self.loss_weights), ctcvr_loss=self.ctcvr_loss,
+                      share_embedding=self.share_embedding)
+        return config
 
     def _table(self, tower):
         return "embedding" if self.share_embedding else f"{tower}.embedding"
@@ -522,6 +551,11 @@ class TowerModel(_EmbeddingMLP):
                           batch_norm, self.dtype)
         self.params.update(p)
         self.state.update(s)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(tower_units=list(self.tower_units))
+        return config
 
     def _forward(self, rows, dense, train, rng=None, masks=None):
         e, emb_cache = L.embedding_forward(self.params["embedding"], rows)   # (n, F*k)
