@@ -119,7 +119,8 @@ def check_dense(dense, n, n_dense, dtype, name="dense"):
     if bad.any():
         raise ValueError(f"{name} has {int(bad.sum())} NaN or inf value(s) at (row, column) "
                          f"{_where(np.argwhere(bad))}")
-    out = dense.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):     # an overflow is reported below, by position
+        out = dense.astype(dtype, copy=False)
     if out is not dense:
         # Checked again after the cast: 1e39 is finite in float64 but inf in float32.
         bad = ~np.isfinite(out)
