@@ -155,6 +155,9 @@ def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_ent
         return model.loss(X, *labels, dense=dense, seed=seed)[0]
 
     h = _check_step(h)
+    if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(
+            max_entries, (int, np.integer)) or max_entries < 1):
+        raise ValueError(f"max_entries must be None or an integer >= 1, got {max_entries!r}")
     _, grads = model.loss(X, *labels, dense=dense, seed=seed)
     pick = np.random.default_rng(seed)
     rows = []

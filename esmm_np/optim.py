@@ -45,11 +45,15 @@ class _Optimizer:
     #: names of the per-parameter state dicts, saved by :meth:`state_arrays`
     _slots = ()
 
-    def bind(self, params):
-        """Record ``params``' shapes on first use; afterwards refuse a different set."""
+    def bind(self, params, record=True):
+        """Record ``params``' shapes on first use; afterwards refuse a different set.
+
+        ``record=False`` only checks (for a caller that may still refuse its input).
+        """
         shapes = {k: (tuple(w.shape), w.dtype.str) for k, w in params.items()}
         if self.shapes is None:
-            self.shapes = shapes
+            if record:
+                self.shapes = shapes
         elif shapes != self.shapes:
             differ = sorted(k for k in shapes.keys() | self.shapes.keys()
                             if shapes.get(k) != self.shapes.get(k))

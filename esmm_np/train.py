@@ -78,7 +78,7 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     optimizer = Adam() if optimizer is None else optimizer
     if not isinstance(optimizer, _Optimizer):
         raise TypeError(f"optimizer must be an esmm_np SGD or Adam, got {optimizer!r}")
-    optimizer.bind(model.params)   # refuses an optimizer that serves another model
+    optimizer.bind(model.params, record=False)   # refuses an optimizer that serves another model
     report = None
     if invalid == "drop" and len(labels) == 2:
         clean, report = clean_dataset(X, labels[0], labels[1], dense, field_dims=model.field_dims)
@@ -91,6 +91,7 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     X = check_ids(X, model.field_dims)
     dense = check_dense(dense, X.shape[0], model.n_dense, model.dtype)
     labels = model._check_labels(labels, X.shape[0])
+    optimizer.bind(model.params)   # everything is checked: from here on the optimizer is this model's
     lazy = bool(getattr(optimizer, "lazy", False))
     rng = np.random.default_rng(seed)   # shuffling and dropout: nothing else draws from it
     n = X.shape[0]

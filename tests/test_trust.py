@@ -246,7 +246,7 @@ def test_optimizer_refuses_a_second_model_before_touching_it():
     first = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(3,), seed=0)
     opt = esmm_np.Adam()
     esmm_np.fit(first, X, c, v, optimizer=opt, verbose=False)
-    second = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(4,), seed=1)
+    second = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(4,), batch_norm=True, seed=1)
     before = _snapshot(second, opt)
     with pytest.raises(ValueError, match="already serves a model with other parameters"):
         esmm_np.fit(second, X, c, v, optimizer=opt, verbose=False)
@@ -318,3 +318,14 @@ def test_dataset_cannot_be_edited_into_an_invalid_state():
     with pytest.raises(AttributeError, match="cannot be reassigned"):
         ds.conversion = np.ones(6, dtype=np.int8)
     X[0, 0] = 1                                            # the caller's array stays writable
+
+
+def test_a_rejected_fit_does_not_claim_the_optimizer():
+    X, c, v = _data()
+    opt = esmm_np.Adam()
+    model = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(3,), seed=0)
+    with pytest.raises(ValueError, match="out of range"):
+        esmm_np.fit(model, X + 10, c, v, optimizer=opt, verbose=False)
+    assert opt.shapes is None and opt.t == 0
+    other = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(4,), seed=0)
+    esmm_np.fit(other, X, c, v, optimizer=opt, verbose=False)   # still free for a model
