@@ -91,7 +91,6 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     X = check_ids(X, model.field_dims)
     dense = check_dense(dense, X.shape[0], model.n_dense, model.dtype)
     labels = model._check_labels(labels, X.shape[0])
-    optimizer.bind(model.params)   # everything is checked: from here on the optimizer is this model's
     lazy = bool(getattr(optimizer, "lazy", False))
     rng = np.random.default_rng(seed)   # shuffling and dropout: nothing else draws from it
     n = X.shape[0]
@@ -105,6 +104,7 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         dense_val = validation[1 + n_labels] if len(validation) > 1 + n_labels else None
         model.eval_loss(X_val, *labels_val, dense=dense_val)   # validate before training
         history["val_loss"], best = [], None
+    optimizer.bind(model.params)   # everything is checked: from here on the optimizer is this model's
     for epoch in range(int(epochs)):
         start = time.perf_counter()
         order = rng.permutation(n)

@@ -327,5 +327,9 @@ def test_a_rejected_fit_does_not_claim_the_optimizer():
     with pytest.raises(ValueError, match="out of range"):
         esmm_np.fit(model, X + 10, c, v, optimizer=opt, verbose=False)
     assert opt.shapes is None and opt.t == 0
+    with pytest.raises(ValueError, match="conversion must hold only 0 and 1"):
+        esmm_np.fit(model, X, c, v, optimizer=opt, verbose=False,
+                    validation=(X, c, v + 2))
+    assert opt.shapes is None and opt.t == 0
     other = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(4,), seed=0)
     esmm_np.fit(other, X, c, v, optimizer=opt, verbose=False)   # still free for a model
