@@ -22,12 +22,7 @@ def _report(result, sweep, out):
     from . import experiments as E
 
     print()
-    print(E.format_table(result))
-    note = E.division_note(result)
-    if note:
-        print("\n" + note)
-    if sweep:
-        print("\nSparsity sweep (entire-space CVR AUC, percent):\n" + E.sweep_table(sweep))
+    print(E.report_text(result, sweep))
     figure = True
     try:
         import matplotlib  # noqa: F401
@@ -45,6 +40,8 @@ def _demo(args):
     print("esmm-np demo: simulate a world where the true CVR of every impression is known,")
     print("train ESMM and the paper's baselines on it, and compare them on held-out impressions.")
     print("AUC in percent; bias = mean pCVR - mean true CVR, in percentage points.\n")
+    if args.workers is not None:
+        cfg.workers = args.workers
     result = E.run_experiment(cfg)
     world = result["world"]
     print(f"\nIn this world clicked impressions have mean true CVR "
@@ -57,14 +54,18 @@ def _demo(args):
 def _experiment(args):
     from . import experiments as E
 
-    cfg = E.quick_config() if args.quick else E.ExperimentConfig()
+    cfg = E.CONFIGS["quick" if args.quick else args.preset]()
+    if args.quick:
+        cfg.preset = args.preset
     if args.seeds is not None:
         cfg.seeds = tuple(args.seeds)
     if args.n is not None:
+        if args.n < cfg.n_impressions and cfg.label == "full":
+            cfg.label = "small"
         cfg.n_impressions = args.n
-    data = E.make_world(cfg)
-    result = E.run_experiment(cfg, data=data)
-    sweep = None if args.no_sweep else E.sparsity_sweep(cfg, data=data)
+    if args.workers is not None:
+        cfg.workers = args.workers
+    result, sweep = E.run_all(cfg, sweep=not args.no_sweep)
     _report(result, sweep, args.out)
     if args.docs:
         E.write_docs(result, sweep, args.docs, "esmm-np experiment " + " ".join(args.argv))
@@ -83,15 +84,20 @@ def main(argv=None):
     g.set_defaults(run=_gradcheck)
     d = sub.add_parser("demo", help="simulate, train ESMM and the baselines, print and plot")
     d.add_argument("--out", default="esmm_demo", help="folder for table, JSON and figure")
+    d.add_argument("--workers", type=int, help="worker processes (default 2)")
     d.set_defaults(run=_demo)
     e = sub.add_parser("experiment", help="the paper's Table 2 and sparsity sweep, several seeds")
     e.add_argument("--out", default="results", help="folder for table, JSON and figure")
-    e.add_argument("--quick", action="store_true", help="a small configuration (seconds)")
+    e.add_argument("--preset", default="default", choices=("default", "paper"),
+                   help="the simulated world (esmm_np.simulate's preset; default: default)")
+    e.add_argument("--quick", action="store_true",
+                   help="a small configuration (under a minute); its numbers are not the table's")
+    e.add_argument("--workers", type=int, help="worker processes, one BLAS thread each (default 2)")
     e.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     e.add_argument("--n", type=int, help="number of simulated impressions")
     e.add_argument("--no-sweep", action="store_true", help="skip the sparsity sweep")
     e.add_argument("--docs", help="also fill the generated section of this Markdown file "
-                                  "(docs/experiments.md)")
+                                  "(docs/experiments.md; FILE:NAME picks a named section)")
     e.set_defaults(run=_experiment)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
