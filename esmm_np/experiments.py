@@ -28,8 +28,6 @@ Adding a method: see :mod:`esmm_np.baselines` (``TRAINERS``); then list its
 name in ``ExperimentConfig.methods``.
 """
 
-import json
-import math
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -38,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .files import dumps_strict, read_text, write_file
 from .baselines import (AMAN_RATES, EXTRA_METHODS, METHODS, OVERSAMPLING_KS, TRAINERS,
                         USES_CTR_NET, make_context, train_ctr_net)
 from .metrics import evaluate_esmm, paired_bootstrap, soft_auc
@@ -678,19 +677,23 @@ def division_note(result):
 def report_text(result, sweep=None):
     """Everything printed after a run, as Markdown."""
     w = result["world"]
+    n_seeds = len(result["config"]["seeds"])
     parts = []
     if caveat(result):
         parts += [caveat(result), ""]
-    parts += [f"{w['n_train']:,} training and {w['n_test']:,} test impressions ({w['test_clicks']:,} "
-              f"test clicks, {w['test_conversions']:,} test conversions), "
-              f"{len(result['config']['seeds'])} seed(s). AUC in percent, bias in percentage "
-              "points (mean pCVR minus mean true CVR); mean"
-              + (" ± std over training seeds." if len(result["config"]["seeds"]) > 1 else "."),
-              "", format_table(result), "",
-              f"Differences to {result.get('reference', 'ESMM')} in points, with 95% paired "
-              f"bootstrap intervals over test rows ({result['config']['n_boot']} replicates; "
-              "* = the interval excludes zero):", "", interval_table(result), ""]
-    for note in (choice_note(result), division_note(result), effort_note(result, sweep)):
+    tested = ""
+    if "test_clicks" in w:
+        tested = f" ({w['test_clicks']:,} test clicks, {w['test_conversions']:,} test conversions)"
+    parts += [f"{w['n_train']:,} training and {w['n_test']:,} test impressions{tested}, "
+              f"{n_seeds} seed(s). AUC in percent, bias in percentage points (mean pCVR minus "
+              "mean true CVR); mean" + (" ± std over training seeds." if n_seeds > 1 else "."),
+              "", format_table(result), ""]
+    if result.get("intervals"):
+        parts += [f"Differences to {result.get('reference', 'ESMM')} in points, with 95% paired "
+                  f"bootstrap intervals over test rows ({result['config']['n_boot']} replicates; "
+                  "* = the interval excludes zero):", "", interval_table(result), ""]
+    for note in (choice_note(result), division_note(result),
+                 effort_note(result, sweep) if "networks" in result else ""):
         if note:
             parts += [note, ""]
     if sweep:
@@ -699,28 +702,17 @@ def report_text(result, sweep=None):
     return "\n".join(parts).rstrip() + "\n"
 
 
-def _jsonable(x):
-    """Plain JSON types; NaN becomes None (null: see ``NULL_MEANS`` in the file)."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    return x
-
-
 def results_json(result, sweep=None):
-    """The results as strict JSON text (no NaN tokens; null where undefined)."""
+    """The results as strict JSON text: no NaN tokens, null where a metric is undefined.
+
+    Each null is listed under ``"_null_reasons"`` and ``"null_means"`` says
+    what a null can mean.
+    """
     payload = dict(result)
     payload["null_means"] = NULL_MEANS
     if sweep:
         payload["sweep"] = {str(k): v for k, v in sweep.items()}
-    return json.dumps(_jsonable(payload), indent=1, allow_nan=False)
+    return dumps_strict(payload, indent=1)
 
 
 def save(result, sweep, out_dir, figure=True):
@@ -734,7 +726,7 @@ def save(result, sweep, out_dir, figure=True):
 
     def put(name, text):
         path = os.path.join(out_dir, name)
-        _write_atomically(path, text)
+        write_file(path, text)
         written.append(path)
 
     put("table.md", "# ESMM and its baselines on a simulated world\n\n"
@@ -742,8 +734,7 @@ def save(result, sweep, out_dir, figure=True):
     put("results.json", results_json(result, sweep))
     if figure:
         path = os.path.join(out_dir, "figure.png")
-        plot(result, sweep, path + ".tmp.png")
-        os.replace(path + ".tmp.png", path)
+        write_file(path, lambda f: plot(result, sweep, f))
         written.append(path)
     return written
 
@@ -751,42 +742,38 @@ def save(result, sweep, out_dir, figure=True):
 DOC_START, DOC_END = "<!-- experiment:start -->", "<!-- experiment:end -->"
 
 
-def write_docs(result, sweep, path, command):
+def doc_markers(section=None):
+    """The start and end markers of a generated section (``section``: e.g. "paper")."""
+    if section is None:
+        return DOC_START, DOC_END
+    return f"<!-- experiment:{section}:start -->", f"<!-- experiment:{section}:end -->"
+
+
+def write_docs(result, sweep, path, command, section=None):
     """Replace the generated section of a Markdown file with this run's tables.
 
-    The section sits between ``<!-- experiment:start -->`` and
-    ``<!-- experiment:end -->`` (the first pair, or the pair whose start
-    marker is followed by ``:NAME`` when ``path`` is ``FILE:NAME``), so prose
+    The section sits between the markers of :func:`doc_markers` (one pair
+    per preset: ``<!-- experiment:start -->`` for the default world,
+    ``<!-- experiment:paper:start -->`` for the "paper" preset), so prose
     around it is kept and every number inside it comes from the run.
     """
-    name = None
-    if ":" in os.path.basename(path):
-        path, name = path.rsplit(":", 1)
-    start = DOC_START if name is None else DOC_START.replace("-->", f"{name} -->")
-    end = DOC_END if name is None else DOC_END.replace("-->", f"{name} -->")
-    text = open(path).read()
+    start, end = doc_markers(section)
+    text = read_text(path)
     if start not in text or end not in text:
         raise ValueError(f"{path} has no {start} ... {end} section to fill")
     w = result["world"]
     truth = ""
     if "true_cvr_clicked" in w:
         truth = (f"; mean true CVR {100 * w['true_cvr_clicked']:.2f}% on clicked and "
-                 f"{100 * w['true_cvr_unclicked']:.2f}% on unclicked test impressions")
+                 f"{100 * w['true_cvr_unclicked']:.3f}% on unclicked test impressions")
     body = [start,
             f"Generated by `{command}` on {time.strftime('%Y-%m-%d')} in "
             f"{result.get('seconds', 0) / 60:.1f} min: preset "
-            f"\"{result['config']['preset']}\", CTR {100 * w['ctr']:.2f}%, CVR given click "
+            f"\"{result['config'].get('preset', 'default')}\", CTR {100 * w['ctr']:.2f}%, CVR given click "
             f"{100 * w['cvr']:.2f}%{truth}.", "", report_text(result, sweep).rstrip(), end]
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
-    _write_atomically(path, head + "\n".join(body) + tail)
-
-
-def _write_atomically(path, text):
-    """Write to a temporary name, then rename: an interrupted run leaves no half file."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_file(path, head + "\n".join(body) + tail)
 
 
 def _sweep_mean(cell, m, metric):
@@ -817,7 +804,11 @@ def sweep_table(sweep):
 
 
 def plot(result, sweep, path):
-    """The comparison as a figure: AUCs, ESMM differences with intervals, bias, the sweep."""
+    """The comparison as a figure (``path``: a file name or a binary file object).
+
+    Panels: CVR AUCs, each method's difference to ESMM with its interval,
+    the bias on unclicked impressions, and the sparsity sweep.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -842,7 +833,7 @@ def plot(result, sweep, path):
     ax.legend(fontsize=8, loc="upper left")
     ax = axes[1]
     ref = result.get("reference", "ESMM")
-    iv = result["intervals"]
+    iv = result.get("intervals", {})
     for off, metric, label in ((-0.2, "cvr_soft_auc_clicked", "soft, clicked"),
                                (0.2, "cvr_soft_auc_entire", "soft, entire space")):
         if metric not in iv:

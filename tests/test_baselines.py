@@ -157,7 +157,7 @@ def test_experiment_runner_end_to_end(tmp_path, capsys):
     assert "networks stopped" in text and "AMAN chose aman_rate" in text
     paths = E.save(result, sweep, str(tmp_path), figure=False)
     raw = open(os.path.join(tmp_path, "results.json")).read()
-    assert "NaN" not in raw
+    assert ": NaN" not in raw and "Infinity" not in raw    # strict JSON: no NaN tokens
     saved = json.loads(raw)
     assert set(saved["runs"]) == set(B.TRAINERS) and set(saved["sweep"]) == {"0.5", "1.0"}
     assert saved["runs"]["CTR-ONLY"][0]["cvr_auc_clicked"] is None and saved["null_means"]
