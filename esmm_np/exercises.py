@@ -296,7 +296,7 @@ def _cases_ctcvr_bce_logspace(rng):
     out = ("loss", "da", "db")
     return [_loss_case("float64", "logits ~ N(0, 2^2), n = 8, both labels", f, (a, b, z), [0, 1],
                        out),
-            _loss_case("extreme logits", "z=1: (a, b) = (-20, -5), (-400, -400); z=0: (20, 20), (40, 40)", f, (a_x, b_x, z_x), [0, 1], out,
+            _loss_case("extreme logits", "(a,b) z=1: (-20,-5) (-400,-400) (-3,800); z=0: (20,20) (40,40) (40,-40)", f, (a_x, b_x, z_x), [0, 1], out,
                        hint_ext, fd=False),
             _loss_case("one row", "n = 1, z = 0", f, (np.array([0.4]), np.array([-1.2]),
                                                          np.array([0])), [0, 1], out),
@@ -785,16 +785,16 @@ def check(name, fn, verbose=True):
 def format_results(name, results):
     """The table :func:`check` prints."""
     lines = [f"{name}: {SIGNATURES[name]}",
-             f"{'case':<24} {'tried':<58} {'vs ours':>8} {'vs f.d.':>8}  ok", "-" * 106]
+             f"{'case':<24} {'tried':<72} {'vs ours':>8} {'vs f.d.':>8}  ok", "-" * 120]
     for r in results:
         fmt = lambda x: "    -   " if np.isnan(x) else f"{x:8.1e}"  # noqa: E731
-        lines.append(f"{r['label']:<24} {r['tried'][:58]:<58} {fmt(r['rel_ours'])} "
+        lines.append(f"{r['label']:<24} {r['tried'][:72]:<72} {fmt(r['rel_ours'])} "
                      f"{fmt(r['rel_fd'])}  {'yes' if r['ok'] else 'NO'}")
         if not r["ok"]:
             lines.append(f"{'':<4}hint: {r['hint']}")
     n_ok = sum(r["ok"] for r in results)
     verdict = "PASS" if n_ok == len(results) else "FAIL"
-    lines.append("-" * 106)
+    lines.append("-" * 120)
     lines.append(f"{name}: {n_ok}/{len(results)} cases passed: {verdict}. 'vs ours' and "
                  "'vs f.d.' are relative errors; '-' where not compared.")
     return "\n".join(lines)
