@@ -106,7 +106,10 @@ def _parse_features(lists, counts, fields):
     field = fields.codes(tokens[0::3])
     try:
         raw = np.array(tokens[1::3], dtype=np.bytes_).astype(np.int64)
-        value = np.array(tokens[2::3], dtype=np.bytes_).astype(np.float64)
+        text = np.array(tokens[2::3], dtype=np.bytes_)
+        value = np.ones(len(text))
+        other = np.flatnonzero(text != b"1")     # most values are 1: parse only the others
+        value[other] = text[other].astype(np.float64)
     except ValueError as e:
         raise _Bad(f"a feature id or value is not a number ({e})") from None
     if total and (raw.min() < 0 or raw.max() >= 1 << _ID_BITS):
@@ -585,7 +588,8 @@ def vocabulary(out_dir, field):
 # ------------------------------------------------------------- the writer
 
 def write_raw(src_dir, n_train, n_test=0, *, seed=0, n_invalid=3, ctr=0.2, cvr=0.3,
-              user_bag_len=(0, 6), ad_bag_len=(0, 3), n_user_bag_fields=2, request_size=(1, 4)):
+              user_bag_len=(0, 6), ad_bag_len=(0, 3), n_user_bag_fields=2, request_size=(1, 4),
+              n_extra_fields=0):
     """Write raw Ali-CCP files from a simulated world; return what a reader should find.
 
     The labels, the user and the item of each impression come from
@@ -600,6 +604,9 @@ def write_raw(src_dir, n_train, n_test=0, *, seed=0, n_invalid=3, ctr=0.2, cvr=0
     - skeleton (per impression): ``205`` item id and ``206`` item category
       (single), and bag ``210`` of intention nodes, lengths from ``ad_bag_len``.
 
+    ``n_extra_fields`` (0 to 7) adds that many more single-valued fields on
+    each side (user: ``122``, ``124``, ...; ad: ``207``, ``216``, ...), derived
+    from the user and the item, to give lines the width of the real files.
     ``n_invalid`` rows per split get click = 0 and buy = 1. Raw feature ids
     are large global numbers, as in the real files; values are written with
     six significant digits, so float32 reads them exactly as ``expected``
@@ -639,6 +646,12 @@ def write_raw(src_dir, n_train, n_test=0, *, seed=0, n_invalid=3, ctr=0.2, cvr=0
                   "121": 9_100 + segment.astype(np.int64),
                   "205": 50_000_000 + 7 * world.X[:, 1].astype(np.int64),
                   "206": 8_000 + world.X[:, 2].astype(np.int64)}
+        user_extra = ["122", "124", "125", "126", "127", "128", "129"][:n_extra_fields]
+        ad_extra = ["207", "216", "301", "508", "509", "702", "853"][:n_extra_fields]
+        for i, f in enumerate(user_extra):
+            single[f] = 1_000_000 * (i + 20) + (user.astype(np.int64) * (i + 3)) % (50 * (i + 1))
+        for i, f in enumerate(ad_extra):
+            single[f] = 1_000_000 * (i + 40) + (world.X[:, 1].astype(np.int64) * (i + 5)) % (400 * (i + 1))
 
         def draw_bags(m, lengths_range, vocab, base, weighted):
             lengths = rng.integers(lengths_range[0], lengths_range[1] + 1, size=m)
@@ -658,14 +671,14 @@ def write_raw(src_dir, n_train, n_test=0, *, seed=0, n_invalid=3, ctr=0.2, cvr=0
         with open(src / COMMON.format(split), "w") as fh:
             for q in range(len(sizes)):
                 r = first_row[q]
-                items = [("101", single["101"][r], 1.0), ("121", single["121"][r], 1.0)]
+                items = [(f, single[f][r], 1.0) for f in ["101", "121"] + user_extra]
                 for f, (o, raw, val) in req_bags.items():
                     items += [(f, raw[j], val[j]) for j in range(o[q], o[q + 1])]
                 fh.write(f"{split}{q:012x},{len(items)},{feats(items)}\n")
         with open(src / SKELETON.format(split), "w") as fh:
             o, raw, val = ad_bag
             for i in range(n):
-                items = [("205", single["205"][i], 1.0), ("206", single["206"][i], 1.0)]
+                items = [(f, single[f][i], 1.0) for f in ["205", "206"] + ad_extra]
                 items += [("210", raw[j], val[j]) for j in range(o[i], o[i + 1])]
                 fh.write(f"{i + 1},{click[i]},{buy[i]},{split}{request[i]:012x},{len(items)},"
                          f"{feats(items)}\n")

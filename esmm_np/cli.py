@@ -1,4 +1,5 @@
-"""Command line: ``esmm-np demo``, ``esmm-np experiment``, ``esmm-np gradcheck``."""
+"""Command line: ``esmm-np demo``, ``esmm-np experiment``, ``esmm-np gradcheck``,
+``esmm-np aliccp convert``."""
 
 import argparse
 import sys
@@ -72,6 +73,33 @@ def _experiment(args):
     return 0
 
 
+def _aliccp(args):
+    from . import aliccp
+
+    if args.action == "simulate":
+        aliccp.write_raw(args.src, args.train, args.test, seed=args.seed)
+        print(f"wrote raw Ali-CCP files for {args.train:,} training and {args.test:,} test "
+              f"impressions of a simulated world to {args.src}")
+        return 0
+    try:
+        report = aliccp.convert(args.src, args.out, min_count=args.min_count,
+                                skip_malformed=args.skip_malformed, progress=not args.quiet,
+                                overwrite=args.overwrite)
+    except (aliccp.MalformedLine, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"esmm-np aliccp convert: {e}", file=sys.stderr)
+        return 2
+    for split, s in report["splits"].items():
+        print(f"{split}: {s['skeleton_lines_read']:,} lines read, {s['rows_kept']:,} rows kept, "
+              f"{s['invalid_rows']:,} invalid (click = 0, buy = 1), "
+              f"{s['missing_common_index_rows']:,} with a missing common_feature_index, "
+              f"{s['malformed_lines']:,} malformed lines skipped")
+    print(f"single-valued fields: {' '.join(report['single_fields'])}")
+    print(f"multi-valued fields (bags): {' '.join(report['bag_fields'])}")
+    print(f"done in {report['seconds']:.1f} s ({report['skeleton_lines_per_second']:,} skeleton "
+          f"lines/s); wrote {args.out} (report.json has the details)")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="esmm-np", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +121,26 @@ def main(argv=None):
     e.add_argument("--docs", help="also fill the generated section of this Markdown file "
                                   "(docs/experiments.md)")
     e.set_defaults(run=_experiment)
+    a = sub.add_parser("aliccp", help="convert raw Ali-CCP files into a cache esmm_np loads")
+    asub = a.add_subparsers(dest="action", required=True)
+    c = asub.add_parser("convert", help="read SRC's sample_skeleton_*.csv and "
+                                        "common_features_*.csv, write the cache OUT")
+    c.add_argument("src", help="folder with the raw files")
+    c.add_argument("out", help="folder to create for the cache")
+    c.add_argument("--min-count", type=int, default=10,
+                   help="ids seen in fewer training rows share one out-of-vocabulary id (default 10)")
+    c.add_argument("--skip-malformed", action="store_true",
+                   help="count and skip malformed lines instead of stopping at the first")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--quiet", action="store_true", help="no progress lines")
+    c.set_defaults(run=_aliccp)
+    w = asub.add_parser("simulate", help="write raw Ali-CCP files from a simulated world "
+                                         "(to try the commands without the real data)")
+    w.add_argument("src", help="folder to write the raw files into")
+    w.add_argument("--train", type=int, default=20000, help="training impressions (default 20000)")
+    w.add_argument("--test", type=int, default=5000, help="test impressions (default 5000)")
+    w.add_argument("--seed", type=int, default=0)
+    w.set_defaults(run=_aliccp)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv[1:]

@@ -21,7 +21,7 @@ Batch-norm running statistics are not trained by gradient; they live in
 import numpy as np
 
 from . import layers as L
-from .bags import check_bags, slice_bags
+from .bags import check_bags, in_blocks, slice_bags
 from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
 from .validate import check_dense, check_field_dims, check_ids, check_labels, check_binary
 
@@ -224,6 +224,16 @@ class _EmbeddingMLP:
         dense = check_dense(dense, X.shape[0], self.n_dense, self.dtype)
         return X + self.offsets, dense  # (n, F) int64
 
+    def _inputs(self, X, dense):
+        """Validate ``X`` and ``dense`` for chunked use (predict, eval_loss).
+
+        Checked block by block and not shifted, so a memory-mapped ``X`` is
+        never copied whole; each chunk is shifted by ``offsets`` when used.
+        """
+        X = X if isinstance(X, np.ndarray) else np.asarray(X)
+        in_blocks(lambda x: check_ids(x, self.field_dims), (X,))
+        return X, check_dense(dense, X.shape[0], self.n_dense, self.dtype)
+
     def _bags(self, bags, n):
         """Validate the bags of the multi-valued fields (None for a model without any)."""
         return check_bags(bags, self.bag_dims, n, self.dtype)
@@ -357,17 +367,22 @@ class _EmbeddingMLP:
         Parameters as for :meth:`loss`. Computed in chunks of ``batch_size`` rows
         and averaged over all rows.
         """
-        rows, dense = self._rows(X, dense)
-        labels = self._check_labels(labels, rows.shape[0])
-        bags = self._bags(bags, rows.shape[0])
+        X, dense = self._inputs(X, dense)
+        n = X.shape[0]
+        if any(np.shape(y) != (n,) for y in labels):
+            self._check_labels(labels, n)                     # raises the usual message
+        in_blocks(lambda *ys: self._check_labels(ys, ys[0].shape[0]), labels)
+        bags = self._bags(bags, n)
         total = 0.0
-        for s in range(0, rows.shape[0], batch_size):
+        for s in range(0, n, batch_size):
             d = None if dense is None else dense[s:s + batch_size]
-            logits, _ = self._forward(rows[s:s + batch_size], d, train=False,
+            logits, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
                                       bags=slice_bags(bags, s, s + batch_size))
-            part, _ = self._loss_at_logits(logits, tuple(y[s:s + batch_size] for y in labels))
-            total += part * min(batch_size, rows.shape[0] - s)
-        return total / rows.shape[0]
+            ys = self._check_labels(tuple(np.asarray(y[s:s + batch_size]) for y in labels),
+                                    min(batch_size, n - s))
+            part, _ = self._loss_at_logits(logits, ys)
+            total += part * min(batch_size, n - s)
+        return total / n
 
     def _rng_for(self, seed):
         return self.rng if seed is None else np.random.default_rng(seed)
@@ -488,12 +503,12 @@ class ESMM(_EmbeddingMLP):
         -------
         dict with "p_ctr", "p_cvr", "p_ctcvr", each ndarray of shape (n,)
         """
-        rows, dense = self._rows(X, dense)
-        bags = self._bags(bags, rows.shape[0])
+        X, dense = self._inputs(X, dense)
+        bags = self._bags(bags, X.shape[0])
         out = {"p_ctr": [], "p_cvr": [], "p_ctcvr": []}
-        for s in range(0, rows.shape[0], batch_size):   # chunks bound the memory
+        for s in range(0, X.shape[0], batch_size):      # chunks bound the memory
             d = None if dense is None else dense[s:s + batch_size]
-            logits, _ = self._forward(rows[s:s + batch_size], d, train=False,
+            logits, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
                                       bags=slice_bags(bags, s, s + batch_size))
             p_ctr, p_cvr = L.sigmoid(logits["ctr"]), L.sigmoid(logits["cvr"])
             out["p_ctr"].append(p_ctr)
@@ -600,12 +615,12 @@ class TowerModel(_EmbeddingMLP):
 
     def predict(self, X, dense=None, batch_size=65536, bags=None):
         """Inference-mode probability; returns ``{"p": ndarray of shape (n,)}``."""
-        rows, dense = self._rows(X, dense)
-        bags = self._bags(bags, rows.shape[0])
+        X, dense = self._inputs(X, dense)
+        bags = self._bags(bags, X.shape[0])
         ps = []
-        for s in range(0, rows.shape[0], batch_size):
+        for s in range(0, X.shape[0], batch_size):
             d = None if dense is None else dense[s:s + batch_size]
-            logit, _ = self._forward(rows[s:s + batch_size], d, train=False,
+            logit, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
                                      bags=slice_bags(bags, s, s + batch_size))
             ps.append(L.sigmoid(logit))
         return {"p": np.concatenate(ps)}

@@ -202,3 +202,17 @@ def test_invalid_rows_and_missing_common_index_are_dropped_and_counted(tmp_path)
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="sample_skeleton_train.csv"):
         A.convert(tmp_path, tmp_path / "out", progress=False)
+
+
+def test_the_command_line_simulates_and_converts(tmp_path, capsys):
+    from esmm_np.cli import main
+    assert main(["aliccp", "simulate", str(tmp_path / "raw"), "--train", "400", "--test", "100"]) == 0
+    assert main(["aliccp", "convert", str(tmp_path / "raw"), str(tmp_path / "out"),
+                 "--min-count", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 400 lines read, 397 rows kept, 3 invalid" in out
+    assert len(A.load(tmp_path / "out", "test")) == 97
+    with open(tmp_path / "raw" / A.SKELETON.format("train"), "a") as fh:
+        fh.write("401,1,0,train000000000000,1,205\x0277\n")
+    assert main(["aliccp", "convert", str(tmp_path / "raw"), str(tmp_path / "out2"), "--quiet"]) == 2
+    assert "sample_skeleton_train.csv:401:" in capsys.readouterr().err
