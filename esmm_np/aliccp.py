@@ -196,10 +196,61 @@ class _Column:
         self.n += len(a)
 
     def read(self):
+        """Finish writing; return a reader (slices and index arrays give ndarrays)."""
         self.fh.close()
-        if self.n == 0:
-            return np.zeros(0, dtype=self.dtype)
-        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n,))
+        return _ColumnReader(self.path, self.dtype, self.n)
+
+
+class _ColumnReader:
+    """Reads a :class:`_Column` back: a slice with a plain file read (so its pages do
+    not stay resident), an index array through a read-only memory map."""
+
+    def __init__(self, path, dtype, n):
+        self.path, self.dtype, self.n, self.map = path, dtype, n, None
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self.n)
+            count = max(stop - start, 0)
+            if count == 0:
+                return np.zeros(0, dtype=self.dtype)
+            return np.fromfile(self.path, dtype=self.dtype, count=count,
+                               offset=start * self.dtype.itemsize)
+        if self.map is None:
+            self.map = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n,))
+        return self.map[key]
+
+    def all(self):
+        return self[0:self.n]
+
+
+class _NpyWriter:
+    """A ``.npy`` file of known shape written front to back in pieces.
+
+    Plain file writes rather than a writable memory map, so the written
+    pages do not stay in the process's resident memory.
+    """
+
+    def __init__(self, path, dtype, shape):
+        self.dtype, self.shape = np.dtype(dtype), tuple(int(d) for d in shape)
+        self.left = int(np.prod(self.shape))
+        self.fh = open(path, "wb")
+        np.lib.format.write_array_header_1_0(
+            self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                      "shape": self.shape})
+
+    def append(self, a):
+        a = np.ascontiguousarray(a, dtype=self.dtype)
+        self.left -= a.size
+        a.tofile(self.fh)
+
+    def close(self):
+        self.fh.close()
+        if self.left != 0:
+            raise RuntimeError(f"{self.fh.name}: {self.left} values short of shape {self.shape}")
 
 
 class _Counter:
@@ -315,12 +366,14 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
     # Each common feature occurs once in every kept row of its request; walk the
     # common lines in blocks so that no array spans all their features.
     nnz_c = np.zeros(_MAX_FIELDS, dtype=np.int64)
+    in_common = np.zeros(_MAX_FIELDS, dtype=bool)
     c_pos = 0
     for q0 in range(0, n_common, _JOIN_ROWS):
         lens = np.asarray(cols["c_len"][q0:q0 + _JOIN_ROWS], dtype=np.int64)
         w = np.repeat(refcount[q0:q0 + _JOIN_ROWS], lens)                # (features,)
         f = np.asarray(cols["c_field"][c_pos:c_pos + len(w)])
         nnz_c += np.bincount(f, weights=w, minlength=_MAX_FIELDS).astype(np.int64)
+        in_common |= np.bincount(f, minlength=_MAX_FIELDS) > 0
         if split == "train":
             counter.add(f.astype(np.int64) << _ID_BITS | cols["c_raw"][c_pos:c_pos + len(w)],
                         weights=w)
@@ -331,7 +384,6 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
         "malformed_lines": sstats["malformed_lines"] + cstats["malformed_lines"],
         "duplicate_common_index_lines": cstats.get("duplicate_common_index", 0),
     }
-    in_common = np.bincount(cols["c_field"], minlength=_MAX_FIELDS) > 0
     in_skeleton = nnz_s > 0
     # A field is single-valued when every row has exactly one id of it with value 1.
     single = np.zeros(_MAX_FIELDS, dtype=bool)
@@ -349,24 +401,22 @@ def _encode_split(cols, out, schema, stats):
     single, bag = schema["single"], schema["bag"]          # lists of field codes
     vkeys, vcodes = schema["vkeys"], schema["vcodes"]
     out.mkdir()
-    X = np.lib.format.open_memmap(out / "X.npy", mode="w+", dtype=np.int32, shape=(n, len(single)))
-    click = np.lib.format.open_memmap(out / "click.npy", mode="w+", dtype=np.int8, shape=(n,))
-    conversion = np.lib.format.open_memmap(out / "conversion.npy", mode="w+", dtype=np.int8,
-                                           shape=(n,))
+    X = _NpyWriter(out / "X.npy", np.int32, (n, len(single)))
+    click = _NpyWriter(out / "click.npy", np.int8, (n,))
+    conversion = _NpyWriter(out / "conversion.npy", np.int8, (n,))
     nnz = schema["nnz"]
     bag_out = {}
     for f in bag:
         name = schema["names"][f]
-        bag_out[f] = [np.lib.format.open_memmap(out / f"bag_{name}_{part}.npy", mode="w+",
-                                                dtype=dt, shape=(int(shape),))
+        bag_out[f] = [_NpyWriter(out / f"bag_{name}_{part}.npy", dt, (shape,))
                       for part, dt, shape in (("offsets", np.int64, n + 1), ("ids", np.int32, nnz[f]),
                                               ("weights", np.float32, nnz[f]))]
-        bag_out[f][0][0] = 0
+        bag_out[f][0].append(np.zeros(1))
     col_single = np.full(_MAX_FIELDS, -1)
     col_single[single] = np.arange(len(single))
     is_bag = np.zeros(_MAX_FIELDS, dtype=bool)
     is_bag[bag] = True
-    c_lens = np.asarray(cols["c_len"], dtype=np.int64)                   # (common lines,)
+    c_lens = cols["c_len"].all().astype(np.int64)                        # (common lines,)
     c_start = np.cumsum(c_lens) - c_lens
     pos = {f: 0 for f in bag}
     b = 0                                          # skeleton features read so far
@@ -374,11 +424,11 @@ def _encode_split(cols, out, schema, stats):
     for r0 in range(0, n, _JOIN_ROWS):
         r1 = min(r0 + _JOIN_ROWS, n)
         m = r1 - r0
-        click[r0:r1] = cols["click"][r0:r1]
-        conversion[r0:r1] = cols["buy"][r0:r1]
+        click.append(cols["click"][r0:r1])
+        conversion.append(cols["buy"][r0:r1])
         s_len = np.asarray(cols["s_len"][r0:r1], dtype=np.int64)
         a, b = b, b + int(s_len.sum())
-        code = np.asarray(cols["common"][r0:r1])
+        code = cols["common"][r0:r1]
         c_len = c_lens[code]
         c_pos = np.repeat(c_start[code] - np.concatenate([[0], np.cumsum(c_len)[:-1]]), c_len) \
             + np.arange(int(c_len.sum()))
@@ -396,25 +446,25 @@ def _encode_split(cols, out, schema, stats):
         at = np.minimum(np.searchsorted(vkeys, key), len(vkeys) - 1)
         ids = np.where(vkeys[at] == key, vcodes[at], 0).astype(np.int32)   # 0: out of vocabulary
         bounds = np.searchsorted(field, np.arange(_MAX_FIELDS + 1))
+        x_chunk = np.zeros((m, len(single)), dtype=np.int32)               # missing: id 0
         for f in single:
             lo, hi = bounds[f], bounds[f + 1]
             r = row[lo:hi]
             first = np.ones(hi - lo, dtype=bool)
             first[1:] = r[1:] != r[:-1]
-            x = np.zeros(m, dtype=np.int32)                                  # missing: id 0
-            x[r[first]] = ids[lo:hi][first]
-            X[r0:r1, col_single[f]] = x
+            x_chunk[r[first], col_single[f]] = ids[lo:hi][first]
             single_missing += m - int(first.sum())
             single_extra += int((~first).sum())
         for f in bag:
             lo, hi = bounds[f], bounds[f + 1]
             offsets, bag_ids, weights = bag_out[f]
-            offsets[r0 + 1:r1 + 1] = pos[f] + np.cumsum(np.bincount(row[lo:hi], minlength=m))
-            bag_ids[pos[f]:pos[f] + hi - lo] = ids[lo:hi]
-            weights[pos[f]:pos[f] + hi - lo] = val[lo:hi]
+            offsets.append(pos[f] + np.cumsum(np.bincount(row[lo:hi], minlength=m)))
+            bag_ids.append(ids[lo:hi])
+            weights.append(val[lo:hi])
             pos[f] += hi - lo
-    for arrays in [X, click, conversion] + [a for v in bag_out.values() for a in v]:
-        arrays.flush()
+        X.append(x_chunk)
+    for writer in [X, click, conversion] + [a for v in bag_out.values() for a in v]:
+        writer.close()
     stats.update(single_field_missing=single_missing, single_field_extra_ids=single_extra,
                  unknown_field_ids=unknown)
     files = {"X": {"shape": [n, len(single)], "dtype": "int32"},

@@ -44,7 +44,7 @@ def in_blocks(check, arrays, block=BLOCK):
     return None
 
 
-def check_bags(bags, bag_dims, n, dtype=np.float64, name="bags"):
+def check_bags(bags, bag_dims, n, dtype=None, name="bags"):
     """Check the bags of every multi-valued field.
 
     Parameters
@@ -54,7 +54,10 @@ def check_bags(bags, bag_dims, n, dtype=np.float64, name="bags"):
         The fields the model (or dataset) has and their number of ids.
     n : int
         Number of impressions (rows of ``X``).
-    dtype : the float dtype weights are returned in
+    dtype : numpy float dtype or None
+        The dtype weights are returned in; None (default) keeps floating
+        weights as they are (a memory-mapped float32 array stays on disk;
+        the layer casts each batch) and turns integer ones into float64.
 
     Returns
     -------
@@ -83,7 +86,7 @@ def check_bags(bags, bag_dims, n, dtype=np.float64, name="bags"):
     return {f: check_bag(bags[f], bag_dims[f], n, dtype, f"{name}[{f!r}]") for f in bag_dims}
 
 
-def check_bag(triple, dim, n, dtype=np.float64, name="bag"):
+def check_bag(triple, dim, n, dtype=None, name="bag"):
     """Check one field's ``(offsets, ids, weights)``; see :func:`check_bags`."""
     if not isinstance(triple, (tuple, list)) or len(triple) != 3:
         raise TypeError(f"{name} must be a triple (offsets, ids, weights), got {type(triple).__name__}"
@@ -137,6 +140,8 @@ def check_bag(triple, dim, n, dtype=np.float64, name="bag"):
                 bad = s + np.flatnonzero(~np.isfinite(part))
                 raise ValueError(f"{name} weights have NaN or inf at position(s) "
                                  f"{bad[:5].tolist()}")
+        if dtype is None:
+            dtype = weights.dtype if np.issubdtype(weights.dtype, np.floating) else np.float64
         weights = weights.astype(dtype, copy=False)
     return offsets.astype(np.int64, copy=False), ids, weights
 

@@ -235,8 +235,12 @@ class _EmbeddingMLP:
         return X, check_dense(dense, X.shape[0], self.n_dense, self.dtype)
 
     def _bags(self, bags, n):
-        """Validate the bags of the multi-valued fields (None for a model without any)."""
-        return check_bags(bags, self.bag_dims, n, self.dtype)
+        """Validate the bags of the multi-valued fields (None for a model without any).
+
+        Weights keep their dtype (nothing is copied); ``bag_forward`` casts
+        each batch's to the model's dtype.
+        """
+        return check_bags(bags, self.bag_dims, n)
 
     def _embed(self, table, rows, dense, bags=None):
         """The input path shared by every model: rows of the table -> tower input ``h0``.
