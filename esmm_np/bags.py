@@ -20,6 +20,8 @@ never needs memory for the whole split.
 
 import numpy as np
 
+from .validate import check_ids
+
 #: Rows (or ids) per block when a check or a copy walks a large array.
 BLOCK = 1 << 18
 
@@ -42,6 +44,17 @@ def in_blocks(check, arrays, block=BLOCK):
         check(*arrays)
         raise
     return None
+
+
+def check_ids_in_blocks(X, field_dims, name="X"):
+    """:func:`esmm_np.validate.check_ids`, block by block; returns ``X`` uncopied.
+
+    Only uint64 ids are converted (to int64, as ``check_ids`` does), since
+    adding the int64 row offsets to them would give floats.
+    """
+    X = X if isinstance(X, np.ndarray) else np.asarray(X)
+    in_blocks(lambda x: check_ids(x, field_dims, name), (X,))
+    return X.astype(np.int64) if X.dtype == np.uint64 else X
 
 
 def check_bags(bags, bag_dims, n, dtype=None, name="bags"):

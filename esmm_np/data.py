@@ -17,11 +17,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .bags import check_bags, in_blocks, take_bags
+from .bags import check_bags, check_ids_in_blocks, in_blocks, take_bags
 from .validate import (check_binary, check_click_conversion, check_dense, check_field_dims,
                        check_ids, check_labels)
 
 _MAX_LISTED = 10  # how many dropped rows a strict-mode error lists
+
+#: Dataset fields that __post_init__ validates (and then protects).
+_CHECKED = ("X", "click", "conversion", "field_dims", "field_names", "dense", "true_ctr",
+            "true_cvr", "conversion_if_clicked")
 
 
 def _check_probability(p, n, name):
@@ -111,8 +115,7 @@ class Dataset:
     def __post_init__(self):
         self.field_dims = check_field_dims(self.field_dims)
         # Block by block, so that memory-mapped arrays (esmm_np.aliccp.load) stay on disk.
-        X = self.X if isinstance(self.X, np.ndarray) else np.asarray(self.X)
-        in_blocks(lambda x: check_ids(x, self.field_dims), (X,))
+        X = check_ids_in_blocks(self.X, self.field_dims)
         if max(self.field_dims) > np.iinfo(np.int32).max:
             raise ValueError("field_dims above 2**31 - 1 do not fit the int32 ids of a Dataset")
         self.X = X.astype(np.int32, copy=False)                           # (n, F)
@@ -155,6 +158,22 @@ class Dataset:
             if self.bags is None:
                 raise ValueError("bag_dims was given without bags")
             self.bags = check_bags({str(f): t for f, t in self.bags.items()}, self.bag_dims, n)
+        # Checked once, so kept as checked: the arrays are read-only views (the
+        # caller's own arrays are not touched) and the checked fields cannot be
+        # reassigned. dataclasses.replace(ds, click=...) builds a new, checked Dataset.
+        for name in _CHECKED:
+            a = getattr(self, name)
+            if isinstance(a, np.ndarray):
+                a = a.view()
+                a.flags.writeable = False
+                object.__setattr__(self, name, a)
+        object.__setattr__(self, "_sealed", True)
+
+    def __setattr__(self, name, value):
+        if name in _CHECKED and getattr(self, "_sealed", False):
+            raise AttributeError(f"Dataset.{name} cannot be reassigned after the checks ran; "
+                                 f"use dataclasses.replace(dataset, {name}=...) for a checked copy")
+        object.__setattr__(self, name, value)
 
     def __len__(self):
         return self.X.shape[0]

@@ -4,15 +4,18 @@ import time
 
 import numpy as np
 
-from .bags import in_blocks, slice_bags, take_bags
+from . import validate as V
+from .bags import check_ids_in_blocks, in_blocks, slice_bags, take_bags
 from .data import clean_dataset
-from .optim import Adam
+from .optim import Adam, _Optimizer
+from .threads import blas_limited
 from .validate import check_dense, check_ids
 
-#: Rows per shuffling block when the data are memory-mapped (a multiple of the batch size).
+#: Rows per shuffling block when the data are memory-mapped (rounded up to whole batches).
 SHUFFLE_BLOCK = 1 << 16
 
 
+@blas_limited   # one BLAS thread: faster for these small products, and no stall on a busy machine
 def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None, seed=0,
         verbose=True, callback=None, invalid="raise", validation=None, patience=None,
         bags=None, shuffle="auto"):
@@ -28,9 +31,10 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     epochs : int
     batch_size : int
     optimizer : SGD or Adam; default ``Adam(lr=1e-3)``
-    seed : int
-        Seeds the shuffling. Together with the model's own seed (init and
-        dropout) it makes a run reproducible bit for bit.
+    seed : int or numpy.random.Generator
+        Seeds the shuffling and the dropout masks. Together with the model's
+        own seed (initialisation) it makes a run reproducible bit for bit;
+        calls of ``model.loss`` in between do not change what ``fit`` trains.
     verbose : bool
         Print one line per epoch.
     callback : callable(epoch, history), optional
@@ -69,20 +73,37 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         ``invalid="drop"``, ``"clean_report"``: the :class:`~esmm_np.data.CleanReport`;
         with ``validation``, ``"val_loss"`` per epoch and ``"best_epoch"``
         (1-based), the epoch whose parameters the model ends with.
+
+    Raises
+    ------
+    FloatingPointError
+        When a step's loss or a gradient is NaN or inf; the message names the
+        epoch and step. The model (parameters and batch-norm statistics) and
+        the optimizer keep the state they had before that step.
     """
-    if invalid not in ("raise", "drop"):
-        raise ValueError(f"invalid must be 'raise' or 'drop', got {invalid!r}")
-    if shuffle not in ("auto", "full", "blocks"):
-        raise ValueError(f"shuffle must be 'auto', 'full' or 'blocks', got {shuffle!r}")
+    # Every option is checked before anything changes (the model, the optimizer).
+    V.check_choice(invalid, "invalid", ("raise", "drop"))
+    V.check_choice(shuffle, "shuffle", ("auto", "full", "blocks"))
     mapped = any(isinstance(a, np.memmap) for a in
                  (X, dense, *labels, *(a for t in (bags or {}).values() for a in t)))
     blocks = shuffle == "blocks" or (shuffle == "auto" and mapped)
+    epochs = V.check_int(epochs, "epochs", low=1)
+    batch_size = V.check_int(batch_size, "batch_size", low=1)
+    verbose = V.check_bool(verbose, "verbose")
+    seed = V.check_seed(seed)
+    if patience is not None:
+        patience = V.check_int(patience, "patience", low=1)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+    optimizer = Adam() if optimizer is None else optimizer
+    if not isinstance(optimizer, _Optimizer):
+        raise TypeError(f"optimizer must be an esmm_np SGD or Adam, got {optimizer!r}")
+    optimizer.bind(model.params, record=False)   # refuses an optimizer that serves another model
     report = None
     if invalid == "drop" and len(labels) == 2:
         clean, report = clean_dataset(X, labels[0], labels[1], dense, field_dims=model.field_dims,
                                       bags=bags, bag_dims=getattr(model, "bag_dims", None))
-        X, labels, dense = clean.X, (clean.click, clean.conversion), clean.dense
-        bags = clean.bags
+        X, labels, dense, bags = clean.X, (clean.click, clean.conversion), clean.dense, clean.bags
         if verbose:
             print(f"clean_dataset: dropped {report.n_invalid} of {report.n_in} rows with "
                   "click = 0 and conversion = 1", flush=True)
@@ -90,9 +111,8 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     # so no shifted copy of the whole dataset is ever made.
     if blocks:
         # Block by block, keeping the arrays as they are (memory-mapped ones stay on disk);
-        # each batch is converted when it is read.
-        X = X if isinstance(X, np.ndarray) else np.asarray(X)
-        in_blocks(lambda x: check_ids(x, model.field_dims), (X,))
+        # each block is converted when it is read.
+        X = check_ids_in_blocks(X, model.field_dims)
         n = X.shape[0]
         if dense is None or np.shape(dense)[0] != n:
             check_dense(dense, n, model.n_dense, model.dtype)   # raises the usual message
@@ -106,12 +126,20 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         dense = check_dense(dense, X.shape[0], model.n_dense, model.dtype)
         labels = model._check_labels(labels, X.shape[0])
     bags = model._bags(bags, X.shape[0])
-    if int(epochs) < 1 or int(batch_size) < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    optimizer = Adam() if optimizer is None else optimizer
     lazy = bool(getattr(optimizer, "lazy", False))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)   # shuffling and dropout: nothing else draws from it
     n = X.shape[0]
+    batch_norm = getattr(model, "batch_norm", False)
+    if blocks:
+        block = batch_size * max(1, -(-SHUFFLE_BLOCK // batch_size))
+        starts = list(range(0, n, block))
+        if len(starts) > 1 and n - starts[-1] < 2:
+            starts.pop()                       # a lone last row joins the block before it
+        blocks = list(zip(starts, starts[1:] + [n]))
+        n_steps = sum(len(_batch_bounds(e - s, batch_size, batch_norm)) for s, e in blocks)
+    else:
+        bounds = _batch_bounds(n, batch_size, batch_norm)
+        n_steps = len(bounds)
     history = {"loss": [], "batch_loss": [], "seconds": []}
     if report is not None:
         history["clean_report"] = report
@@ -123,12 +151,20 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         dense_val = validation[1 + n_labels] if len(validation) > 1 + n_labels else None
         model.eval_loss(X_val, *labels_val, dense=dense_val, **val_kw)   # validate before training
         history["val_loss"], best = [], None
-    batches = _block_batches if blocks else _batches
+    optimizer.bind(model.params)   # everything is checked: from here on the optimizer is this model's
     for epoch in range(int(epochs)):
         start = time.perf_counter()
+        batches = (_block_batches(model, X, labels, dense, bags, blocks, batch_size, rng)
+                   if blocks else _batches(model, X, labels, dense, bags, bounds, rng))
         total = 0.0
-        for rows, d, ys, b in batches(model, X, labels, dense, bags, batch_size, rng):
-            loss, grads = model.train_loss(rows, d, ys, model.rng, lazy=lazy, bags=b)
+        for step, (rows, d, ys, b) in enumerate(batches):
+            try:
+                loss, grads = model.train_loss(rows, d, ys, rng, lazy=lazy, bags=b)
+            except FloatingPointError as err:   # raised before anything was updated
+                raise FloatingPointError(
+                    f"epoch {epoch + 1}, step {step + 1} of {n_steps}: {err}. The model and "
+                    "the optimizer keep their state from before this step; a smaller learning "
+                    "rate usually helps") from None
             optimizer.step(model.params, grads)
             history["batch_loss"].append(loss)
             total += loss * rows.shape[0]
@@ -162,40 +198,53 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     return history
 
 
-def _batches(model, X, labels, dense, bags, batch_size, rng):
+def _batch_bounds(n, batch_size, batch_norm):
+    """``(start, end)`` of each minibatch of a pass over ``n`` shuffled rows.
+
+    Batch norm cannot train on a one-row batch (the row is its own mean), so
+    with batch norm a lone last row joins the batch before it.
+    """
+    if batch_norm and (n < 2 or batch_size < 2):
+        raise ValueError(f"batch norm needs training batches of at least 2 rows; got "
+                         f"{n} row(s) and batch_size={batch_size}")
+    starts = list(range(0, n, batch_size))
+    if batch_norm and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def _batches(model, X, labels, dense, bags, bounds, rng):
     """One epoch's minibatches, in a fresh permutation of all rows.
 
     Yields ``(rows, dense, labels, bags)`` of one batch: table rows (b, F),
     dense (b, d) or None, the label arrays (b,), the bags of the batch or None.
     """
-    n = X.shape[0]
-    order = rng.permutation(n)
-    for s in range(0, n, batch_size):
-        idx = order[s:s + batch_size]
+    order = rng.permutation(X.shape[0])
+    for s, e in bounds:
+        idx = order[s:e]
         yield (X[idx] + model.offsets,                                   # (b, F)
                None if dense is None else dense[idx],
                tuple(y[idx] for y in labels),
                take_bags(bags, idx))
 
 
-def _block_batches(model, X, labels, dense, bags, batch_size, rng):
+def _block_batches(model, X, labels, dense, bags, blocks, batch_size, rng):
     """One epoch's minibatches, shuffled by blocks (for memory-mapped data).
 
-    The blocks (``SHUFFLE_BLOCK`` rows rounded up to whole batches) come in
-    random order; each is read into memory once and its rows are permuted.
-    Yields the same tuples as :func:`_batches`.
+    The blocks ``(start, end)`` come in random order; each is read into
+    memory once and its rows are permuted. Yields the same tuples as
+    :func:`_batches`.
     """
-    n = X.shape[0]
-    block = batch_size * max(1, -(-SHUFFLE_BLOCK // batch_size))
-    for s in rng.permutation(np.arange(0, n, block)):
-        e = min(int(s) + block, n)
+    batch_norm = getattr(model, "batch_norm", False)
+    for b in rng.permutation(len(blocks)):
+        s, e = blocks[b]
         Xb = np.asarray(X[s:e])                                          # (m, F) in memory
         yb = tuple(np.asarray(y[s:e]).astype(np.int8, copy=False) for y in labels)
         db = None if dense is None else np.asarray(dense[s:e], dtype=model.dtype)
         bb = slice_bags(bags, s, e)
         order = rng.permutation(e - s)
-        for t in range(0, e - s, batch_size):
-            idx = order[t:t + batch_size]
+        for t, u in _batch_bounds(e - s, batch_size, batch_norm):
+            idx = order[t:u]
             yield (Xb[idx] + model.offsets,                              # (b, F)
                    None if db is None else db[idx],
                    tuple(y[idx] for y in yb),

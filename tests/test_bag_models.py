@@ -212,3 +212,16 @@ def test_bags_given_to_a_model_without_bag_fields_are_refused():
     model = esmm_np.TowerModel([3], embed_dim=2, tower_units=(3,))
     with pytest.raises(ValueError, match="no multi-valued fields"):
         model.loss(np.zeros((3, 1), dtype=int), np.array([0, 1, 0]), bags=_valid())
+
+
+def test_a_model_with_bags_saves_and_loads(tmp_path):
+    rng = np.random.default_rng(8)
+    X, click, conversion, bags = _batch(rng, n=30)
+    model = esmm_np.ESMM(FIELD_DIMS, embed_dim=3, tower_units=(5,), bag_dims=BAG_DIMS,
+                         bag_pooling="mean")
+    _perturb(model, rng)
+    model.save(tmp_path / "m.npz")
+    again = esmm_np.load_model(tmp_path / "m.npz")
+    assert again.bag_dims == BAG_DIMS and again.bag_pooling == "mean"
+    a, b = model.predict(X, bags=bags), again.predict(X, bags=bags)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
