@@ -219,6 +219,8 @@ class _ColumnReader:
                 return np.zeros(0, dtype=self.dtype)
             return np.fromfile(self.path, dtype=self.dtype, count=count,
                                offset=start * self.dtype.itemsize)
+        if self.n == 0:
+            return np.zeros(np.shape(key), dtype=self.dtype)
         if self.map is None:
             self.map = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n,))
         return self.map[key]
@@ -395,9 +397,54 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
 
 # ------------------------------------------------------------------ pass 2
 
-def _encode_split(cols, out, schema, stats):
-    """Join each kept row with its common features and write the encoded arrays."""
+def _encode(keys, vkeys, vcodes):
+    """Vocabulary codes of int64 keys (``field << 40 | raw id``); 0 when out of vocabulary."""
+    if len(vkeys) == 0:
+        return np.zeros(len(keys), dtype=np.int32)
+    at = np.minimum(np.searchsorted(vkeys, keys), len(vkeys) - 1)
+    return np.where(vkeys[at] == keys, vcodes[at], 0).astype(np.int32)
+
+
+def _sort_common(cols, schema, tmp, split):
+    """Encode every common feature once, and order each line's features by field.
+
+    Returns the line lengths (in memory: one number per request), readers of
+    the codes and values in the new order, and a reader of each line's
+    field starts: entry ``line * (nf + 1) + f`` is where field ``f``'s run
+    begins within the line (``nf`` fields; entry ``nf`` is the line length).
+    """
+    nf = len(schema["names"])
+    c_lens = cols["c_len"].all().astype(np.int64)                    # (common lines,)
+    codes = _Column(tmp / f"{split}.cs_code", np.int32)
+    values = _Column(tmp / f"{split}.cs_val", np.float32)
+    starts = _Column(tmp / f"{split}.cs_start", np.int32)
+    pos = 0
+    for q0 in range(0, len(c_lens), _JOIN_ROWS):
+        lens = c_lens[q0:q0 + _JOIN_ROWS]
+        total = int(lens.sum())
+        line = np.repeat(np.arange(len(lens)), lens)                  # (features,)
+        field = cols["c_field"][pos:pos + total].astype(np.int64)
+        order = np.lexsort((field, line))                             # by line, then field; stable
+        keys = field[order] << _ID_BITS | cols["c_raw"][pos:pos + total][order]
+        codes.append(_encode(keys, schema["vkeys"], schema["vcodes"]))
+        values.append(cols["c_val"][pos:pos + total][order])
+        counts = np.bincount(line * nf + field, minlength=len(lens) * nf).reshape(len(lens), nf)
+        first = np.zeros((len(lens), nf + 1), dtype=np.int32)
+        np.cumsum(counts, axis=1, out=first[:, 1:])
+        starts.append(first.ravel())
+        pos += total
+    return c_lens, codes.read(), values.read(), starts.read()
+
+
+def _encode_split(cols, out, schema, stats, tmp):
+    """Join each kept row with its common features and write the encoded arrays.
+
+    Each row's bag of a field is its skeleton ids of that field, then its
+    request's, each in file order. Common features were encoded once per
+    request (:func:`_sort_common`), so the join only gathers runs of codes.
+    """
     n = len(cols["click"])
+    nf = len(schema["names"])
     single, bag = schema["single"], schema["bag"]          # lists of field codes
     vkeys, vcodes = schema["vkeys"], schema["vcodes"]
     out.mkdir()
@@ -412,12 +459,10 @@ def _encode_split(cols, out, schema, stats):
                       for part, dt, shape in (("offsets", np.int64, n + 1), ("ids", np.int32, nnz[f]),
                                               ("weights", np.float32, nnz[f]))]
         bag_out[f][0].append(np.zeros(1))
-    col_single = np.full(_MAX_FIELDS, -1)
-    col_single[single] = np.arange(len(single))
-    is_bag = np.zeros(_MAX_FIELDS, dtype=bool)
-    is_bag[bag] = True
-    c_lens = cols["c_len"].all().astype(np.int64)                        # (common lines,)
-    c_start = np.cumsum(c_lens) - c_lens
+    known = np.zeros(nf, dtype=bool)
+    known[single + bag] = True
+    c_lens, cs_code, cs_val, cs_start = _sort_common(cols, schema, tmp, out.name)
+    c_start = np.cumsum(c_lens) - c_lens                                 # (common lines,)
     pos = {f: 0 for f in bag}
     b = 0                                          # skeleton features read so far
     single_missing = single_extra = unknown = 0
@@ -426,42 +471,54 @@ def _encode_split(cols, out, schema, stats):
         m = r1 - r0
         click.append(cols["click"][r0:r1])
         conversion.append(cols["buy"][r0:r1])
-        s_len = np.asarray(cols["s_len"][r0:r1], dtype=np.int64)
+        s_len = cols["s_len"][r0:r1].astype(np.int64)
         a, b = b, b + int(s_len.sum())
-        code = cols["common"][r0:r1]
-        c_len = c_lens[code]
-        c_pos = np.repeat(c_start[code] - np.concatenate([[0], np.cumsum(c_len)[:-1]]), c_len) \
-            + np.arange(int(c_len.sum()))
-        row = np.concatenate([np.repeat(np.arange(m), s_len), np.repeat(np.arange(m), c_len)])
-        field = np.concatenate([cols["s_field"][a:b], cols["c_field"][c_pos]]).astype(np.int64)
-        raw = np.concatenate([cols["s_raw"][a:b], cols["c_raw"][c_pos]])
-        val = np.concatenate([cols["s_val"][a:b], cols["c_val"][c_pos]])
-        known = is_bag[field] | (col_single[field] >= 0)
-        unknown += int((~known).sum())
-        # Group by field, then row; lexsort is stable, so skeleton ids precede common ones.
-        order = np.lexsort((row, field))
-        order = order[known[order]]
-        row, field, raw, val = row[order], field[order], raw[order], val[order]
-        key = field << _ID_BITS | raw
-        at = np.minimum(np.searchsorted(vkeys, key), len(vkeys) - 1)
-        ids = np.where(vkeys[at] == key, vcodes[at], 0).astype(np.int32)   # 0: out of vocabulary
-        bounds = np.searchsorted(field, np.arange(_MAX_FIELDS + 1))
-        x_chunk = np.zeros((m, len(single)), dtype=np.int32)               # missing: id 0
-        for f in single:
-            lo, hi = bounds[f], bounds[f + 1]
-            r = row[lo:hi]
+        code = cols["common"][r0:r1]                                      # (m,) request of each row
+        rel = cs_start[(code[:, None] * (nf + 1) + np.arange(nf + 1)).ravel()]
+        rel = rel.reshape(m, nf + 1).astype(np.int64)                     # (m, nf + 1)
+        n_common = rel[:, 1:] - rel[:, :-1]                               # (m, nf) ids per field
+        base = c_start[code]                                              # (m,) line start
+        s_row = np.repeat(np.arange(m), s_len)
+        s_field = cols["s_field"][a:b].astype(np.int64)
+        s_code = _encode(s_field << _ID_BITS | cols["s_raw"][a:b], vkeys, vcodes)
+        s_val = cols["s_val"][a:b]
+        order = np.lexsort((s_row, s_field))                              # by field, then row
+        s_row, s_field, s_code, s_val = s_row[order], s_field[order], s_code[order], s_val[order]
+        s_bounds = np.searchsorted(s_field, np.arange(nf + 1))
+        unknown += int((~known[s_field]).sum()) + int(n_common[:, ~known].sum())
+        x_chunk = np.zeros((m, len(single)), dtype=np.int32)             # missing: id 0
+        for j, f in enumerate(single):
+            lo, hi = s_bounds[f], s_bounds[f + 1]
+            r = s_row[lo:hi]
+            has_c = n_common[:, f] > 0
+            x_chunk[has_c, j] = cs_code[base[has_c] + rel[has_c, f]]
             first = np.ones(hi - lo, dtype=bool)
             first[1:] = r[1:] != r[:-1]
-            x_chunk[r[first], col_single[f]] = ids[lo:hi][first]
-            single_missing += m - int(first.sum())
-            single_extra += int((~first).sum())
+            x_chunk[r[first], j] = s_code[lo:hi][first]                   # a skeleton id wins
+            total = np.bincount(r, minlength=m) + n_common[:, f]
+            single_missing += int((total == 0).sum())
+            single_extra += int(np.maximum(total - 1, 0).sum())
         for f in bag:
-            lo, hi = bounds[f], bounds[f + 1]
-            offsets, bag_ids, weights = bag_out[f]
-            offsets.append(pos[f] + np.cumsum(np.bincount(row[lo:hi], minlength=m)))
-            bag_ids.append(ids[lo:hi])
-            weights.append(val[lo:hi])
-            pos[f] += hi - lo
+            lo, hi = s_bounds[f], s_bounds[f + 1]
+            r = s_row[lo:hi]
+            n_s, n_c = np.bincount(r, minlength=m), n_common[:, f]        # (m,), (m,)
+            n_out = n_s + n_c
+            out_start = np.cumsum(n_out) - n_out
+            ids = np.empty(int(n_out.sum()), dtype=np.int32)
+            weights = np.empty(len(ids), dtype=np.float32)
+            # Skeleton ids first in each row's bag ...
+            at = out_start[r] + np.arange(hi - lo) - (np.cumsum(n_s) - n_s)[r]
+            ids[at], weights[at] = s_code[lo:hi], s_val[lo:hi]
+            # ... then the request's, gathered as one run per row.
+            rank = np.arange(int(n_c.sum())) - np.repeat(np.cumsum(n_c) - n_c, n_c)
+            src = np.repeat(base + rel[:, f], n_c) + rank
+            at = np.repeat(out_start + n_s, n_c) + rank
+            ids[at], weights[at] = cs_code[src], cs_val[src]
+            w_off, w_ids, w_weights = bag_out[f]
+            w_off.append(pos[f] + np.cumsum(n_out))
+            w_ids.append(ids)
+            w_weights.append(weights)
+            pos[f] += len(ids)
         X.append(x_chunk)
     for writer in [X, click, conversion] + [a for v in bag_out.values() for a in v]:
         writer.close()
@@ -563,7 +620,7 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
                 "vocabulary_sizes": {names[f]: vocab[names[f]]["size"] for f in seen}}
     for s in splits:
         schema["nnz"] = per[s]["nnz"]
-        files = _encode_split(cols[s], partial / s, schema, stats[s])
+        files = _encode_split(cols[s], partial / s, schema, stats[s], tmp)
         manifest["splits"][s] = {"rows": len(cols[s]["click"]), "files": files}
         cols[s] = None
     shutil.rmtree(tmp)
