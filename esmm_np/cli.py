@@ -73,13 +73,31 @@ def _experiment(args):
         cfg.n_impressions = args.n
     if args.workers is not None:
         cfg.workers = args.workers
-    result, sweep = E.run_all(cfg, sweep=not args.no_sweep)
+    data = None
+    if args.data is not None:
+        data = _converted(args.data)
+        if args.workers is None:
+            cfg.workers = 1       # spawned workers would each receive a copy of the data
+        cfg.label = f"data {args.data}"
+        if data[0].bags is not None:
+            cfg.arch = dict(cfg.arch, bag_pooling="mean")
+    result, sweep = E.run_all(cfg, sweep=not args.no_sweep, data=data)
     _report(result, sweep, args.out)
     if args.docs:
         E.write_docs(result, sweep, args.docs, "esmm-np experiment " + " ".join(args.argv),
                      section=None if cfg.preset == "default" else cfg.preset)
         print(f"updated {args.docs}")
     return 0
+
+
+def _converted(path):
+    """(train, test) of a cache written by ``esmm-np aliccp convert``, memory-mapped."""
+    from . import aliccp
+
+    try:
+        return aliccp.load(path, "train"), aliccp.load(path, "test")
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"esmm-np experiment --data: {e}") from None
 
 
 def _aliccp(args):
@@ -187,8 +205,11 @@ def main(argv=None):
                    help="the simulated world (esmm_np.simulate's preset)")
     e.add_argument("--quick", action="store_true",
                    help="a small configuration (under a minute); its numbers are not the table's")
-    e.add_argument("--workers", type=_count(1), default=2,
-                   help="worker processes, one BLAS thread each")
+    e.add_argument("--workers", type=_count(1), default=None,
+                   help="worker processes, one BLAS thread each (default 2; 1 with --data)")
+    e.add_argument("--data", metavar="DIR",
+                   help="run on a cache written by `esmm-np aliccp convert` instead of a "
+                        "simulated world (metrics that need the true CVR are n/a)")
     e.add_argument("--seeds", type=_count(0), nargs="+", help="training seeds (default 0 1 2)")
     e.add_argument("--n", type=_count(100), help="number of simulated impressions")
     e.add_argument("--no-sweep", action="store_true", help="skip the sparsity sweep")

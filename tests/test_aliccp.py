@@ -216,3 +216,25 @@ def test_the_command_line_simulates_and_converts(tmp_path, capsys):
         fh.write("401,1,0,train000000000000,1,205\x0277\n")
     assert main(["aliccp", "convert", str(tmp_path / "raw"), str(tmp_path / "out2"), "--quiet"]) == 2
     assert "sample_skeleton_train.csv:401:" in capsys.readouterr().err
+
+
+def test_experiment_runs_on_a_converted_fixture(converted, tmp_path, capsys):
+    """`esmm-np experiment --data DIR --seeds 0`: every method trains on the bags; the
+    metrics that need the true CVR are reported as not available, never as numbers."""
+    from esmm_np.cli import main
+    root, expected, _ = converted
+    out = tmp_path / "results"
+    assert main(["experiment", "--data", str(root / "cache"), "--seeds", "0", "--quick",
+                 "--no-sweep", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| ESMM |" in printed and "n/a" in printed
+    result = json.loads((out / "results.json").read_text())
+    assert result["world"]["n_train"] == len(expected["train"]["click"])
+    assert result["world"]["n_test"] == len(expected["test"]["click"])
+    for method, runs in result["runs"].items():
+        scores = runs[0]
+        for needs_truth in ("cvr_auc_entire", "cvr_soft_auc_entire", "cvr_soft_auc_clicked",
+                            "pcvr_bias_unclicked"):
+            assert scores[needs_truth] is None, (method, needs_truth)
+        assert scores["ctcvr_auc"] is not None and 0 < scores["ctcvr_auc"] < 1
+    assert 0 < result["runs"]["ESMM"][0]["cvr_auc_clicked"] < 1
