@@ -5,7 +5,9 @@ Usage::
     python benchmarks/bench_aliccp.py [--lines 200000 800000] [--dir DIR] [--batch 1024]
 
 Every step runs once per ``--lines`` value, so the output shows how time
-and memory grow with the number of lines.
+and memory grow with the number of lines. ``--traced`` adds a run of each
+step under ``tracemalloc`` (slow, so not timed) for the peak of the memory
+Python and NumPy allocate, without the file pages.
 
 1. Writes raw files shaped like Ali-CCP from a simulated world
    (``esmm_np.aliccp.write_raw``): requests of 1 to 100 impressions sharing
@@ -59,12 +61,15 @@ def _anon():
 """
 
 _CONVERT = _ANON + """
-import json, time
+import json, time, tracemalloc
 from esmm_np import aliccp
+if {traced}:
+    tracemalloc.start()
 start, cpu = time.perf_counter(), time.process_time()
 report = aliccp.convert({src!r}, {out!r}, min_count=10, progress=False)
 print(json.dumps({{"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
-                  "report": report, "anon": _anon()}}))
+                  "report": report, "anon": _anon(),
+                  "traced": tracemalloc.get_traced_memory()[1] / 2**20}}))
 """
 
 _EPOCH = _ANON + """
@@ -75,11 +80,15 @@ from esmm_np import aliccp
 ds = aliccp.load({out!r})
 model = esmm_np.ESMM(ds.field_dims, embed_dim=8, tower_units=(64, 32), bag_dims=ds.bag_dims,
                      bag_pooling="mean", dtype=np.float32, seed=0)
+import tracemalloc
+if {traced}:
+    tracemalloc.start()
 start, cpu = time.perf_counter(), time.process_time()
 h = esmm_np.fit(model, ds.X, ds.click, ds.conversion, bags=ds.bags, epochs=1,
                 batch_size={batch}, optimizer=esmm_np.Adam(lr=1e-3, lazy=True), verbose=False)
 print(json.dumps({{"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
                   "rows": len(ds), "loss": h["loss"][0], "anon": _anon(),
+                  "traced": tracemalloc.get_traced_memory()[1] / 2**20,
                   "params_mb": sum(p.nbytes for p in model.params.values()) / 2**20}}))
 """
 
@@ -108,6 +117,9 @@ def main():
                     help="skeleton lines to generate (one run per value)")
     ap.add_argument("--dir", help="work folder (default: a temporary one, removed afterwards)")
     ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--traced", action="store_true",
+                    help="also run conversion and epoch once more under tracemalloc and print "
+                         "the peak of the memory Python and NumPy allocate (slow; memory only)")
     args = ap.parse_args()
     sys.path.insert(0, REPO)
     from esmm_np import aliccp
@@ -117,13 +129,13 @@ def main():
         _, base = run_measured(_BASELINE)
         print(f"an interpreter with NumPy and esmm_np: peak memory {base:.0f} MiB")
         for n in args.lines:
-            _one(aliccp, os.path.join(work, str(n)), n, args.batch)
+            _one(aliccp, os.path.join(work, str(n)), n, args.batch, args.traced)
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _one(aliccp, work, n_lines, batch):
+def _one(aliccp, work, n_lines, batch, traced):
     src, out = os.path.join(work, "raw"), os.path.join(work, "cache")
     print(f"\n=== {n_lines:,} skeleton lines (load average {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} cores)")
@@ -135,7 +147,7 @@ def _one(aliccp, work, n_lines, batch):
           f"per impression with its share of the common features) in "
           f"{time.perf_counter() - start:.0f} s")
     shutil.rmtree(out, ignore_errors=True)
-    lines, peak = run_measured(_CONVERT.format(src=src, out=out))
+    lines, peak = run_measured(_CONVERT.format(src=src, out=out, traced=False))
     conv = json.loads(lines[-1])
     rep = conv["report"]
     cache_bytes = _size(out)
@@ -146,7 +158,7 @@ def _one(aliccp, work, n_lines, batch):
     print(f"  cache {cache_bytes / 2**20:.0f} MiB on disk ({cache_bytes / n_lines:.0f} bytes "
           f"per impression); {len(rep['single_fields'])} single-valued fields, bags "
           f"{' '.join(rep['bag_fields'])}")
-    lines, peak = run_measured(_EPOCH.format(out=out, batch=batch))
+    lines, peak = run_measured(_EPOCH.format(out=out, batch=batch, traced=False))
     ep = json.loads(lines[-1])
     print(f"one epoch of ESMM (float32, embedding 8, towers 64-32, mean pooling, lazy Adam, "
           f"batch {batch}) over the memory-mapped training split:")
@@ -156,6 +168,12 @@ def _one(aliccp, work, n_lines, batch):
     print(f"  peak memory {peak:.0f} MiB; anonymous memory at the end {ep['anon']:.0f} MiB; "
           f"parameters {ep['params_mb']:.1f} MiB")
     print(f"  load average now: {os.getloadavg()[0]:.2f}")
+    if traced:
+        shutil.rmtree(out, ignore_errors=True)
+        conv = json.loads(run_measured(_CONVERT.format(src=src, out=out, traced=True))[0][-1])
+        ep = json.loads(run_measured(_EPOCH.format(out=out, batch=batch, traced=True))[0][-1])
+        print(f"tracemalloc peak (memory Python and NumPy allocate): conversion "
+              f"{conv['traced']:.0f} MiB, epoch {ep['traced']:.0f} MiB")
     shutil.rmtree(work, ignore_errors=True)
 
 
