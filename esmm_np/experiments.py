@@ -38,7 +38,7 @@ import numpy as np
 
 from .files import dumps_strict, read_text, write_file
 from .baselines import (AMAN_RATES, EXTRA_METHODS, METHODS, OVERSAMPLING_KS, TRAINERS,
-                        USES_CTR_NET, make_context, train_ctr_net)
+                        USES_CTR_NET, bag_kw, make_context, train_ctr_net)
 from .metrics import evaluate_esmm, paired_bootstrap, soft_auc
 from .simulator import simulate
 
@@ -210,10 +210,11 @@ def _run_task(task):
     if task["method"] == "_ctr_net":
         model, record = train_ctr_net(ctx)
         out.update(model=model, networks={"CTR net": record}, choice=None,
-                   pred={"p_ctr": model.predict(test.X, test.dense)["p"].astype(np.float32)})
+                   pred={"p_ctr": model.predict(test.X, test.dense,
+                                                **bag_kw(test))["p"].astype(np.float32)})
     else:
         method = TRAINERS[task["method"]](ctx)
-        pred = method.predict(test.X, test.dense)
+        pred = method.predict(test.X, test.dense, **bag_kw(test))
         out.update(networks=method.networks, choice=method.choice,
                    pred={k: np.asarray(v, dtype=np.float32) for k, v in pred.items()})
         if "p_cvr_raw" in pred:

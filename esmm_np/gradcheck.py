@@ -125,7 +125,8 @@ def compare(name, analytic, numeric, tol, atol=ATOL, checked=None):
             "n_checked": int(keep.sum()), "ok": bool(ok)}
 
 
-def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_entries=None):
+def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_entries=None,
+                bags=None):
     """Check every parameter tensor of ``model`` against finite differences.
 
     Parameters
@@ -141,6 +142,8 @@ def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_ent
         Fixes the dropout masks, so every loss evaluation sees the same network.
     max_entries : int, optional
         Check at most this many randomly chosen entries per tensor (large tables).
+    bags : dict field -> (offsets, ids, weights), optional
+        The multi-valued fields, for a model built with ``bag_dims``.
 
     Returns
     -------
@@ -152,13 +155,14 @@ def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_ent
                          "(~1e-7) swamps a finite difference with h = 1e-5")
 
     def f():
-        return model.loss(X, *labels, dense=dense, seed=seed)[0]
+        return model.loss(X, *labels, dense=dense, seed=seed, **bag_kw)[0]
 
     h = _check_step(h)
     if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(
             max_entries, (int, np.integer)) or max_entries < 1):
         raise ValueError(f"max_entries must be None or an integer >= 1, got {max_entries!r}")
-    _, grads = model.loss(X, *labels, dense=dense, seed=seed)
+    bag_kw = {} if bags is None else {"bags": bags}
+    _, grads = model.loss(X, *labels, dense=dense, seed=seed, **bag_kw)
     pick = np.random.default_rng(seed)
     rows = []
     for name, w in model.params.items():
