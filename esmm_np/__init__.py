@@ -8,11 +8,12 @@ Post-Click Conversion Rate. SIGIR 2018.
 from . import data, gradcheck, layers, losses, metrics, optim, simulator, validate
 from .data import CleanReport, Dataset, clean_dataset, describe
 from .model import ESMM, TowerModel
+from .escm2 import ESCM2
 from .optim import SGD, Adam
 from .simulator import simulate
 from .train import fit
 
-__all__ = ["ESMM", "TowerModel", "SGD", "Adam", "fit", "simulate", "Dataset", "clean_dataset",
+__all__ = ["ESMM", "ESCM2", "TowerModel", "SGD", "Adam", "fit", "simulate", "Dataset", "clean_dataset",
            "CleanReport", "describe", "data", "gradcheck", "layers", "losses", "metrics",
            "optim", "simulator", "validate"]
 __version__ = "0.1.0"

@@ -1,0 +1,341 @@
+"""ESCM² (Wang et al., "ESCM²: Entire Space Counterfactual Multi-Task Model for
+Post-Click Conversion Rate Estimation", SIGIR 2022): ESMM plus a
+counterfactual CVR loss.
+
+ESMM supervises pCVR only through pCTCVR = pCTR · pCVR. ESCM² adds a direct
+CVR loss over the entire space, built from the clicked impressions and
+reweighted by the inverse of the propensity pCTR, so that in expectation it
+equals the CVR loss every impression would have had if it had been clicked:
+
+    L = w_ctr · L_ctr + w_ctcvr · L_ctcvr + λ_c · L_cf
+
+(``loss_weights = (w_ctr, w_ctcvr)`` as in ESMM, so the paper's λ_g is
+``w_ctcvr``; ``counterfactual_weight`` is λ_c). With ``a, b`` the CTR and CVR
+logits, ``y`` the click, ``c`` the conversion, ``q = max(σ(a), floor)`` the
+propensity and ``e = BCE(c, σ(b))`` the CVR error of a row:
+
+- IPS: ``L_cf = mean over impressions of y · e / q``;
+- DR: a third tower, the imputation tower, predicts the error of every row,
+  ``ê = softplus(g)`` (an error is never negative) from its logit ``g``;
+  ``L_cf = mean of [ê + y (e − ê) / q] + mean of y (e − ê)² / q``, the
+  doubly robust CVR loss plus the imputation tower's own loss.
+
+Whether the gradient flows into the CTR tower through ``q`` is the option
+``propensity_grad``; the default is ``False`` (the propensity is a constant
+in each step), which docs/derivation.md section "ESCM²" discusses with its
+source. Every gradient here is hand-written and derived in that section.
+
+Parameter names: those of :class:`~esmm_np.model.ESMM`, plus for DR the
+imputation tower's ``imp.W{i}``, ``imp.b{i}``, ... ``imp.W_out``, ``imp.b_out``
+(and ``imp.embedding`` when ``share_embedding=False``).
+"""
+
+import numpy as np
+
+from . import layers as L
+from .losses import softplus
+from .model import ESMM, _as_units, init_tower
+
+VARIANTS = ("ips", "dr")
+
+
+# ------------------------------------------------------------------ pieces
+
+def propensity_forward(a, floor):
+    """The propensity ``q = max(σ(a), floor)`` from the CTR logit.
+
+    Parameters
+    ----------
+    a : ndarray of shape (n,), CTR logits
+    floor : float in [0, 1)
+        Propensities below it are raised to it, so no weight ``1 / q`` exceeds ``1 / floor``.
+
+    Returns
+    -------
+    q : ndarray of shape (n,)
+    cache : (p_ctr, inside) for :func:`propensity_backward`
+    """
+    p_ctr = L.sigmoid(a)                                               # (n,)
+    inside = p_ctr > floor                                             # (n,) not clipped
+    q = np.where(inside, p_ctr, a.dtype.type(floor))                   # (n,)
+    return q, (p_ctr, inside)
+
+
+def propensity_backward(dq, cache):
+    """``da = dq · σ(a) (1 − σ(a))`` where the clip is inactive, 0 where it is.
+
+    Returns
+    -------
+    da : ndarray of shape (n,)
+    """
+    p_ctr, inside = cache
+    return np.where(inside, dq * p_ctr * (1 - p_ctr), 0).astype(dq.dtype, copy=False)  # (n,)
+
+
+def cvr_error(b, conversion):
+    """Per-row CVR error ``e = BCE(c, σ(b))`` and its derivative ``de/db = σ(b) − c``.
+
+    Parameters
+    ----------
+    b : ndarray of shape (n,), CVR logits
+    conversion : ndarray of shape (n,), 0/1
+
+    Returns
+    -------
+    e, de_db : ndarray of shape (n,)
+    """
+    c = conversion.astype(b.dtype)
+    e = c * softplus(-b) + (1 - c) * softplus(b)                       # (n,)
+    return e, L.sigmoid(b) - c                                         # (n,), (n,)
+
+
+def ips_cvr_loss(b, q, click, conversion):
+    """IPS counterfactual CVR loss ``mean_j y_j e_j / q_j`` and its gradients.
+
+    Parameters
+    ----------
+    b : ndarray of shape (n,), CVR logits
+    q : ndarray of shape (n,), propensities (already clipped)
+    click, conversion : ndarray of shape (n,), 0/1
+
+    Returns
+    -------
+    loss : float
+    db, dq : ndarray of shape (n,)
+
+    Notes
+    -----
+    With ``w = y / q``: ``dL/db = w (σ(b) − c) / n`` and ``dL/dq = −y e / (q² n)``.
+    Unclicked rows have ``w = 0``: their (unknown) conversion never enters.
+    """
+    n = b.shape[0]
+    y = click.astype(b.dtype)
+    e, de_db = cvr_error(b, conversion)                                # (n,), (n,)
+    w = y / q                                                          # (n,) inverse propensity
+    loss = float(np.mean(w * e))
+    db = w * de_db / n                                                 # (n,)
+    dq = -w * e / q / n                                                # (n,) = -y e / q² / n
+    return loss, db, dq
+
+
+def dr_cvr_loss(b, g, q, click, conversion):
+    """DR counterfactual CVR loss plus the imputation loss, and their gradients.
+
+    ``L = mean_j [ê_j + w_j δ_j] + mean_j w_j δ_j²`` with ``ê = softplus(g)``,
+    ``δ = e − ê`` and ``w = y / q``.
+
+    Parameters
+    ----------
+    b : ndarray of shape (n,), CVR logits
+    g : ndarray of shape (n,), imputation logits
+    q : ndarray of shape (n,), propensities (already clipped)
+    click, conversion : ndarray of shape (n,), 0/1
+
+    Returns
+    -------
+    loss : float
+    db, dg, dq : ndarray of shape (n,)
+
+    Notes
+    -----
+    Per row (then divided by n): ``dL/de = w (1 + 2δ)``, ``dL/dê = 1 − w (1 + 2δ)``,
+    ``dL/dq = −y (δ + δ²) / q²``; then ``de/db = σ(b) − c`` and ``dê/dg = σ(g)``.
+    """
+    n = b.shape[0]
+    y = click.astype(b.dtype)
+    e, de_db = cvr_error(b, conversion)                                # (n,), (n,)
+    e_hat = softplus(g)                                                # (n,) imputed error
+    delta = e - e_hat                                                  # (n,)
+    w = y / q                                                          # (n,)
+    loss = float(np.mean(e_hat + w * delta) + np.mean(w * delta * delta))
+    de = w * (1 + 2 * delta)                                           # (n,) n · dL/de
+    de_hat = 1 - de                                                    # (n,) n · dL/dê
+    db = de * de_db / n                                                # (n,)
+    dg = de_hat * L.sigmoid(g) / n                                     # (n,)
+    dq = -w * (delta + delta * delta) / q / n                          # (n,)
+    return loss, db, dg, dq
+
+
+# ------------------------------------------------------------------- model
+
+class ESCM2(ESMM):
+    """ESMM with a counterfactual CVR loss, IPS or DR.
+
+    Parameters
+    ----------
+    field_dims, embed_dim, tower_units : as :class:`~esmm_np.model.ESMM`
+    variant : {"ips", "dr"}
+    counterfactual_weight : float >= 0
+        λ_c, the weight of the counterfactual CVR loss (0 gives back ESMM's
+        loss, plus an untrained imputation tower for DR).
+    propensity_floor : float in [0, 1)
+        Propensities are ``max(pCTR, propensity_floor)``, so no click weighs
+        more than ``1 / propensity_floor``. Default 0.01 (weight at most 100).
+    propensity_grad : bool
+        False (default): the propensity is treated as a constant in each step,
+        so the counterfactual loss trains the CVR (and imputation) tower and the
+        shared embeddings but not the CTR tower through ``1 / pCTR``. True: the
+        gradient also flows into the CTR logit through the propensity.
+    imputation_units : tuple of int, optional
+        DR only: hidden widths of the imputation tower (default: the CVR tower's).
+    **options
+        Every other option of ESMM: activation, dropout, batch_norm,
+        l2_reg_embedding, l2_reg_dnn, n_dense, loss_weights, ctcvr_loss,
+        share_embedding (False gives every tower its own table), dtype, seed,
+        bn_momentum.
+
+    ``predict`` returns ``p_ctr``, ``p_cvr``, ``p_ctcvr`` as ESMM does;
+    ``loss(X, click, conversion)`` returns ``(value, grads keyed like params)``.
+    """
+
+    def __init__(self, field_dims, embed_dim=8, tower_units=(64, 32), *, variant="ips",
+                 counterfactual_weight=1.0, propensity_floor=0.01, propensity_grad=False,
+                 imputation_units=None, **options):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if not counterfactual_weight >= 0:
+            raise ValueError(f"counterfactual_weight must be >= 0, got {counterfactual_weight}")
+        if not 0 <= propensity_floor < 1:
+            raise ValueError(f"propensity_floor must be in [0, 1), got {propensity_floor}")
+        if variant == "ips" and imputation_units is not None:
+            raise ValueError("imputation_units is for variant='dr' only")
+        super().__init__(field_dims, embed_dim, tower_units, **options)
+        self.variant = variant
+        self.counterfactual_weight = float(counterfactual_weight)
+        self.propensity_floor = float(propensity_floor)
+        self.propensity_grad = bool(propensity_grad)
+        self._fixed_propensity = None
+        if variant == "dr":
+            units = self.tower_units[1] if imputation_units is None else \
+                _as_units(imputation_units, 1)[0]
+            self.towers = ("ctr", "cvr", "imp")
+            self.tower_units = self.tower_units + (units,)
+            if not self.share_embedding:
+                self.tables = self.tables + ("imp.embedding",)
+                self.params["imp.embedding"] = self._new_table()
+            p, s = init_tower(self.rng, "imp", self.d_in, units, self.activation,
+                              self.batch_norm, self.dtype)
+            self.params.update(p)
+            self.state.update(s)
+
+    def loss(self, X, click, conversion, dense=None, *, train=True, seed=None, masks=None,
+             propensity=None):
+        """Loss and gradient of every parameter (see the module docstring for the loss).
+
+        Parameters as :meth:`ESMM.loss`, plus
+
+        propensity : ndarray of shape (n,), optional
+            Use these fixed propensities instead of the clipped pCTR. The
+            gradient check of a detached propensity (``propensity_grad=False``)
+            needs it: the gradient returned is then exactly that of the loss
+            with ``q`` held at these values.
+        """
+        if propensity is None:
+            return super().loss(X, click, conversion, dense=dense, train=train, seed=seed,
+                                masks=masks)
+        q = np.asarray(propensity, dtype=self.dtype)
+        if q.shape != (np.shape(X)[0],) or not np.all((q > 0) & (q <= 1)):
+            raise ValueError("propensity must have shape (n,) with values in (0, 1]")
+        self._fixed_propensity = q
+        try:
+            return super().loss(X, click, conversion, dense=dense, train=train, seed=seed,
+                                masks=masks)
+        finally:
+            self._fixed_propensity = None
+
+    def propensity(self, X, dense=None, *, train=True, seed=None):
+        """The clipped propensities ``max(pCTR, floor)`` of a batch, shape (n,).
+
+        ``train`` and ``seed`` as in :meth:`loss`, so that with the same
+        arguments this is the propensity that call uses.
+        """
+        rows, dense = self._rows(X, dense)
+        logits, _ = self._forward(rows, dense, train, self._rng_for(seed))
+        return propensity_forward(logits["ctr"], self.propensity_floor)[0]
+
+    def _loss_at_logits(self, logits, labels):
+        """ESMM's two losses plus λ_c times the counterfactual CVR loss."""
+        loss, dlogit = super()._loss_at_logits(logits, labels)
+        click, conversion = labels
+        lam = self.counterfactual_weight
+        if self._fixed_propensity is None:
+            q, q_cache = propensity_forward(logits["ctr"], self.propensity_floor)   # (n,)
+        else:
+            q, q_cache = self._fixed_propensity, None
+        if self.variant == "ips":
+            cf, db, dq = ips_cvr_loss(logits["cvr"], q, click, conversion)
+        else:
+            cf, db, dg, dq = dr_cvr_loss(logits["cvr"], logits["imp"], q, click, conversion)
+            dlogit["imp"] = lam * dg
+        dlogit["cvr"] = dlogit["cvr"] + lam * db
+        if self.propensity_grad and q_cache is not None:
+            dlogit["ctr"] = dlogit["ctr"] + lam * propensity_backward(dq, q_cache)
+        return loss + lam * cf, dlogit
+
+
+# ------------------------------------------------------------ gradient check
+
+class _HeldPropensity:
+    """A model whose loss holds the propensity fixed: what a detached gradient is the gradient of."""
+
+    def __init__(self, model, q):
+        self.model, self.q = model, q
+        self.params, self.dtype = model.params, model.dtype
+
+    def loss(self, X, *labels, dense=None, seed=None):
+        return self.model.loss(X, *labels, dense=dense, seed=seed, propensity=self.q)
+
+
+def check_gradients(model, X, click, conversion, dense=None, h=1e-5, tol=1e-6, seed=0,
+                    max_entries=None):
+    """Finite-difference check of every parameter of an ESCM2 model.
+
+    With ``propensity_grad=True`` this is :func:`esmm_np.gradcheck.check_model`.
+    With the default ``propensity_grad=False`` the gradient is, by design,
+    not that of the loss as a function of every parameter: the propensity is
+    held constant. So the check freezes it at the batch's current values
+    (same dropout masks, same batch statistics) and compares the gradient
+    with finite differences of the loss at that fixed propensity.
+
+    Returns the rows of :func:`esmm_np.gradcheck.check_model`.
+    """
+    from .gradcheck import check_model
+
+    target = model
+    if not model.propensity_grad:
+        target = _HeldPropensity(model, model.propensity(X, dense, train=True, seed=seed))
+    return check_model(target, X, click, conversion, dense=dense, h=h, tol=tol, seed=seed,
+                       max_entries=max_entries)
+
+
+def everything_on_example(variant, n=16, seed=0, propensity_grad=False):
+    """A small float64 ESCM2 with every option on, a batch for it.
+
+    As :func:`esmm_np.gradcheck.everything_on_example` (PReLU, dropout, batch
+    norm, L2, dense features, different tower sizes, unequal loss weights),
+    plus λ_c = 0.8, a DR imputation tower of its own width, and the
+    propensity floor set to the median pCTR of the batch, so that half the
+    rows are clipped and half are not (both paths of the clip are checked).
+
+    Returns
+    -------
+    model, (X, click, conversion, dense)
+    """
+    rng = np.random.default_rng(seed)
+    field_dims = [7, 5, 3]
+    extra = dict(imputation_units=(3,)) if variant == "dr" else {}
+    model = ESCM2(field_dims, embed_dim=3, tower_units=((6, 4), (5,)), variant=variant,
+                  counterfactual_weight=0.8, propensity_grad=propensity_grad,
+                  activation="prelu", dropout=0.2, batch_norm=True, l2_reg_embedding=1e-2,
+                  l2_reg_dnn=1e-2, n_dense=2, loss_weights=(1.0, 0.7), seed=seed, **extra)
+    for w in model.params.values():
+        w += 0.1 * rng.standard_normal(w.shape)
+    X = np.stack([rng.integers(0, d, size=n) for d in field_dims], axis=1)
+    click = rng.integers(0, 2, size=n)
+    click[:2] = (0, 1)                                   # both classes present
+    conversion = click * rng.integers(0, 2, size=n)
+    conversion[1] = 1
+    dense = rng.standard_normal((n, 2))
+    model.propensity_floor = 0.0
+    model.propensity_floor = float(np.median(model.propensity(X, dense, train=True, seed=seed)))
+    return model, (X, click, conversion, dense)
