@@ -256,6 +256,11 @@ def evaluate_esmm(pred, dataset):
             needed). A clicked-only model under positive ``rho`` shows a
             positive bias on the unclicked: it learned the CVR of the kind
             of impression that gets clicked.
+        ``pcvr_bias_potential_clicked``, ``pcvr_bias_potential_unclicked`` :
+            mean p_cvr minus the mean of ``conversion_if_clicked``, the
+            potential outcome (:func:`potential_outcome_bias`). Under a hidden
+            confounder this differs from the bias against true_cvr on the
+            unclicked: it sees what no model of the features can.
     """
     if not isinstance(pred, dict):
         raise TypeError(f"pred must be a dict with keys among {_PRED_KEYS}, got "
@@ -277,7 +282,8 @@ def evaluate_esmm(pred, dataset):
     nan = float("nan")
     clicked = dataset.click == 1                                       # (n,)
     out = dict.fromkeys(("ctr_auc", "cvr_auc_clicked", "ctcvr_auc", "cvr_auc_entire",
-                         "pcvr_bias_clicked", "pcvr_bias_unclicked", "pcvr_bias_entire"), nan)
+                         "pcvr_bias_clicked", "pcvr_bias_unclicked", "pcvr_bias_entire",
+                         "pcvr_bias_potential_clicked", "pcvr_bias_potential_unclicked"), nan)
     if "p_ctr" in p:
         out["ctr_auc"] = _auc_or_nan(dataset.click, p["p_ctr"])
     if "p_ctcvr" in p:
@@ -290,4 +296,76 @@ def evaluate_esmm(pred, dataset):
             for group, mask in (("clicked", clicked), ("unclicked", ~clicked),
                                 ("entire", np.ones(n, dtype=bool))):
                 out[f"pcvr_bias_{group}"] = _mean_gap(p["p_cvr"], dataset.true_cvr, mask)
+        if dataset.conversion_if_clicked is not None:
+            for group, mask in (("clicked", clicked), ("unclicked", ~clicked)):
+                out[f"pcvr_bias_potential_{group}"] = potential_outcome_bias(
+                    p["p_cvr"], dataset.conversion_if_clicked, mask)["bias"]
     return out
+
+
+# ------------------------------------------- bias against the potential outcome
+
+def potential_outcome_bias(p_cvr, conversion_if_clicked, mask=None, level=0.95):
+    """Mean pCVR minus mean potential conversion, with a normal-approximation interval.
+
+    The potential outcome ``conversion_if_clicked`` is what each impression
+    would have done if clicked (a simulator knows it for unclicked rows too).
+    On unclicked impressions it is the target of a CVR model used for
+    ranking, and, unlike ``true_cvr``, it carries the effect of a hidden
+    confounder: with one, unclicked impressions convert less often than any
+    function of their features predicts, so a bias against ``true_cvr`` of 0
+    can be a positive bias against the potential outcome.
+
+    Parameters
+    ----------
+    p_cvr : array_like of float in [0, 1], shape (n,)
+    conversion_if_clicked : array_like of 0/1, shape (n,)
+    mask : array_like of bool, shape (n,), optional
+        The group (say ``click == 0``); default all rows.
+    level : float in (0, 1)
+        Coverage of the interval.
+
+    Returns
+    -------
+    dict with ``bias``, ``low``, ``high`` (float; NaN for an empty group) and ``n`` (rows)
+
+    Notes
+    -----
+    With ``d_j = p_j - y_j`` over the ``m`` rows of the group, the bias is
+    ``mean(d)`` and its standard error ``std(d) / sqrt(m)``; the interval is
+    ``bias -+ z * se`` with ``z`` the normal quantile for ``level`` (1.96 for
+    95%). It covers the test impressions' sampling noise for a fixed model;
+    training noise is seen by repeating over seeds.
+    """
+    y, p = _check_labels_and_scores(conversion_if_clicked, p_cvr, "conversion_if_clicked", "p_cvr")
+    _check_probability(p, "p_cvr")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if mask is None:
+        mask = np.ones(p.shape[0], dtype=bool)
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != p.shape:
+        raise ValueError(f"mask must be a boolean array of shape {p.shape}, got "
+                         f"{mask.dtype} of shape {mask.shape}")
+    m = int(mask.sum())
+    if m == 0:
+        nan = float("nan")
+        return {"bias": nan, "low": nan, "high": nan, "n": 0}
+    d = p[mask] - y[mask]                                              # (m,)
+    bias = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(m)) if m > 1 else float("nan")
+    z = _normal_quantile(0.5 + level / 2)
+    return {"bias": bias, "low": bias - z * se, "high": bias + z * se, "n": m}
+
+
+def _normal_quantile(u):
+    """Standard normal quantile by bisection on the erf-based CDF (NumPy only, 1e-12)."""
+    from math import erf, sqrt
+    lo, hi = -10.0, 10.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * (1 + erf(mid / sqrt(2))) < u:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)

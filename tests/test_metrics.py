@@ -235,3 +235,46 @@ def test_evaluate_esmm_sees_the_bias_of_a_clicked_only_estimate():
     # On the clicked it is right up to the binomial noise of the observed mean.
     se = np.sqrt(clicked_mean * (1 - clicked_mean) / clicked.sum())
     assert abs(m["pcvr_bias_clicked"]) < 4 * se
+
+
+# ------------------------------------------- bias against the potential outcome
+
+def test_potential_outcome_bias_hand_computed():
+    from esmm_np.metrics import potential_outcome_bias
+    ds = tiny_dataset()
+    p = np.array([0.6, 0.1, 0.3, 0.5, 0.2, 0.1])
+    # unclicked rows: p 0.5, 0.2, 0.1 against potential 1, 0, 0 -> d = -0.5, 0.2, 0.1
+    r = potential_outcome_bias(p, ds.conversion_if_clicked, ds.click == 0)
+    d = np.array([-0.5, 0.2, 0.1])
+    half = 1.959963984540054 * d.std(ddof=1) / np.sqrt(3)
+    assert r["n"] == 3 and r["bias"] == pytest.approx(d.mean())
+    assert (r["low"], r["high"]) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-9)
+    m = evaluate_esmm({"p_cvr": p}, ds)
+    assert m["pcvr_bias_potential_unclicked"] == pytest.approx(d.mean())
+    assert m["pcvr_bias_potential_clicked"] == pytest.approx((1.0 - 2.0) / 3)
+    assert np.isnan(potential_outcome_bias(p, ds.conversion_if_clicked,
+                                           np.zeros(6, dtype=bool))["bias"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mask=np.ones(6)), "mask must be a boolean"),
+    (dict(level=1.0), "level"),
+])
+def test_potential_outcome_bias_input_errors(kwargs, match):
+    from esmm_np.metrics import potential_outcome_bias
+    with pytest.raises(ValueError, match=match):
+        potential_outcome_bias(np.full(6, 0.2), tiny_dataset().conversion_if_clicked, **kwargs)
+
+
+def test_potential_outcome_bias_sees_the_hidden_confounder():
+    """The true CVR itself: no bias against true_cvr, but against the potential outcome
+    on unclicked impressions only when the confounder is on (interval excludes zero)."""
+    from esmm_np.metrics import potential_outcome_bias
+    for kappa in (0.0, 1.5):
+        ds = simulate(200_000, seed=0, confounder=kappa)
+        unclicked = ds.click == 0
+        r = potential_outcome_bias(ds.true_cvr, ds.conversion_if_clicked, unclicked)
+        if kappa == 0:
+            assert r["low"] < 0 < r["high"], r       # the truth is unbiased
+        else:
+            assert r["low"] > 0, r                   # true_cvr overstates the unclicked
