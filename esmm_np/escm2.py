@@ -118,11 +118,12 @@ def ips_cvr_loss(b, q, click, conversion):
     return loss, db, dq
 
 
-def dr_cvr_loss(b, g, q, click, conversion):
+def dr_cvr_loss(b, g, q, click, conversion, separate=True, held_e=None, held_e_hat=None):
     """DR counterfactual CVR loss plus the imputation loss, and their gradients.
 
     ``L = mean_j [ê_j + w_j δ_j] + mean_j w_j δ_j²`` with ``ê = softplus(g)``,
-    ``δ = e − ê`` and ``w = y / q``.
+    ``δ = e − ê`` and ``w = y / q``: the DR estimate of the CVR loss, then the
+    imputation tower's own loss.
 
     Parameters
     ----------
@@ -130,6 +131,18 @@ def dr_cvr_loss(b, g, q, click, conversion):
     g : ndarray of shape (n,), imputation logits
     q : ndarray of shape (n,), propensities (already clipped)
     click, conversion : ndarray of shape (n,), 0/1
+    separate : bool
+        True (default): each part trains its own tower. The DR estimate
+        trains the CVR tower with ``ê`` held, the imputation loss trains the
+        imputation tower with ``e`` held (the joint-learning scheme of the
+        doubly robust literature). False: the gradient of the summed
+        objective with respect to both logits.
+    held_e, held_e_hat : ndarray of shape (n,), optional
+        With ``separate``: the values held constant, ``e`` in the imputation
+        loss and ``ê`` in the DR estimate. By default the current ones (same
+        value, same gradient); a gradient check passes them fixed, and the
+        gradient returned is then exactly that of this loss as a function of
+        ``b`` and ``g``.
 
     Returns
     -------
@@ -138,18 +151,29 @@ def dr_cvr_loss(b, g, q, click, conversion):
 
     Notes
     -----
-    Per row (then divided by n): ``dL/de = w (1 + 2δ)``, ``dL/dê = 1 − w (1 + 2δ)``,
-    ``dL/dq = −y (δ + δ²) / q²``; then ``de/db = σ(b) − c`` and ``dê/dg = σ(g)``.
+    Per row (then divided by n), with ``de/db = σ(b) − c`` and ``dê/dg = σ(g)``:
+
+    - summed objective: ``dL/de = w (1 + 2δ)``, ``dL/dê = 1 − w (1 + 2δ)``;
+    - separate: ``dL/de = w`` (DR estimate), ``dL/dê = −2 w δ`` (imputation loss);
+    - both: ``dL/dq = −y (δ + δ²) / q²``.
     """
     n = b.shape[0]
     y = click.astype(b.dtype)
     e, de_db = cvr_error(b, conversion)                                # (n,), (n,)
     e_hat = softplus(g)                                                # (n,) imputed error
-    delta = e - e_hat                                                  # (n,)
     w = y / q                                                          # (n,)
-    loss = float(np.mean(e_hat + w * delta) + np.mean(w * delta * delta))
-    de = w * (1 + 2 * delta)                                           # (n,) n · dL/de
-    de_hat = 1 - de                                                    # (n,) n · dL/dê
+    if separate:
+        e_fix = e if held_e is None else held_e                        # (n,) held in imputation loss
+        e_hat_fix = e_hat if held_e_hat is None else held_e_hat        # (n,) held in DR estimate
+        d_est, d_imp = e - e_hat_fix, e_fix - e_hat                    # (n,), (n,)
+        loss = float(np.mean(e_hat_fix + w * d_est) + np.mean(w * d_imp * d_imp))
+        de, de_hat = w, -2 * w * d_imp                                 # (n,) n · dL/de, n · dL/dê
+        delta = e - e_hat                                              # (n,) for dq
+    else:
+        delta = e - e_hat                                              # (n,)
+        loss = float(np.mean(e_hat + w * delta) + np.mean(w * delta * delta))
+        de = w * (1 + 2 * delta)                                       # (n,) n · dL/de
+        de_hat = 1 - de                                                # (n,) n · dL/dê
     db = de * de_db / n                                                # (n,)
     dg = de_hat * L.sigmoid(g) / n                                     # (n,)
     dq = -w * (delta + delta * delta) / q / n                          # (n,)
@@ -178,6 +202,12 @@ class ESCM2(ESMM):
         gradient also flows into the CTR logit through the propensity.
     imputation_units : tuple of int, optional
         DR only: hidden widths of the imputation tower (default: the CVR tower's).
+    dr_gradient : {"separate", "joint"}
+        DR only. "separate" (default): the DR estimate trains the CVR tower
+        (imputed error held), the imputation loss trains the imputation tower
+        (CVR error held). "joint": the gradient of the summed objective with
+        respect to both towers (docs/derivation.md section 9 shows why the
+        CVR tower then drifts to an error half a nat below the imputed one).
     **options
         Every other option of ESMM: activation, dropout, batch_norm,
         l2_reg_embedding, l2_reg_dnn, n_dense, loss_weights, ctcvr_loss,
@@ -190,7 +220,7 @@ class ESCM2(ESMM):
 
     def __init__(self, field_dims, embed_dim=8, tower_units=(64, 32), *, variant="ips",
                  counterfactual_weight=1.0, propensity_floor=0.01, propensity_grad=False,
-                 imputation_units=None, **options):
+                 imputation_units=None, dr_gradient="separate", **options):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if not counterfactual_weight >= 0:
@@ -199,12 +229,15 @@ class ESCM2(ESMM):
             raise ValueError(f"propensity_floor must be in [0, 1), got {propensity_floor}")
         if variant == "ips" and imputation_units is not None:
             raise ValueError("imputation_units is for variant='dr' only")
+        if dr_gradient not in ("separate", "joint"):
+            raise ValueError(f"dr_gradient must be 'separate' or 'joint', got {dr_gradient!r}")
         super().__init__(field_dims, embed_dim, tower_units, **options)
         self.variant = variant
         self.counterfactual_weight = float(counterfactual_weight)
         self.propensity_floor = float(propensity_floor)
         self.propensity_grad = bool(propensity_grad)
-        self._fixed_propensity = None
+        self.dr_gradient = dr_gradient
+        self._held = None
         if variant == "dr":
             units = self.tower_units[1] if imputation_units is None else \
                 _as_units(imputation_units, 1)[0]
@@ -219,53 +252,88 @@ class ESCM2(ESMM):
             self.state.update(s)
 
     def loss(self, X, click, conversion, dense=None, *, train=True, seed=None, masks=None,
-             propensity=None):
+             held=None):
         """Loss and gradient of every parameter (see the module docstring for the loss).
 
         Parameters as :meth:`ESMM.loss`, plus
 
-        propensity : ndarray of shape (n,), optional
-            Use these fixed propensities instead of the clipped pCTR. The
-            gradient check of a detached propensity (``propensity_grad=False``)
-            needs it: the gradient returned is then exactly that of the loss
-            with ``q`` held at these values.
+        held : dict, optional
+            Values to use in place of the live ones, each ndarray of shape (n,):
+            ``"propensity"`` (the clipped pCTR), and for DR ``"e"`` (the CVR
+            error inside the imputation loss) and ``"e_hat"`` (the imputed
+            error inside the DR estimate). The gradient treats exactly these
+            quantities as constants (the default detached propensity, DR's
+            separate gradients), so checking it against finite differences
+            needs them fixed: :func:`check_gradients` passes
+            :meth:`detached_values` here.
         """
-        if propensity is None:
+        if held is None:
             return super().loss(X, click, conversion, dense=dense, train=train, seed=seed,
                                 masks=masks)
-        q = np.asarray(propensity, dtype=self.dtype)
-        if q.shape != (np.shape(X)[0],) or not np.all((q > 0) & (q <= 1)):
-            raise ValueError("propensity must have shape (n,) with values in (0, 1]")
-        self._fixed_propensity = q
+        n = np.shape(X)[0]
+        unknown = set(held) - {"propensity", "e", "e_hat"}
+        if unknown:
+            raise ValueError(f"held has unknown key(s) {sorted(unknown)}")
+        held = {k: np.asarray(v, dtype=self.dtype) for k, v in held.items()}
+        for k, v in held.items():
+            if v.shape != (n,) or not np.all(np.isfinite(v)):
+                raise ValueError(f"held[{k!r}] must be finite with shape ({n},)")
+        if "propensity" in held and not np.all((held["propensity"] > 0)
+                                               & (held["propensity"] <= 1)):
+            raise ValueError("held['propensity'] must be in (0, 1]")
+        self._held = held
         try:
             return super().loss(X, click, conversion, dense=dense, train=train, seed=seed,
                                 masks=masks)
         finally:
-            self._fixed_propensity = None
+            self._held = None
 
-    def propensity(self, X, dense=None, *, train=True, seed=None):
+    def propensity(self, X, dense=None, *, train=False, seed=None):
         """The clipped propensities ``max(pCTR, floor)`` of a batch, shape (n,).
 
-        ``train`` and ``seed`` as in :meth:`loss`, so that with the same
-        arguments this is the propensity that call uses.
+        Inference mode by default; ``train=True`` and ``seed`` as in
+        :meth:`loss` give the propensity that call uses.
         """
         rows, dense = self._rows(X, dense)
         logits, _ = self._forward(rows, dense, train, self._rng_for(seed))
         return propensity_forward(logits["ctr"], self.propensity_floor)[0]
+
+    def detached_values(self, X, click, conversion, dense=None, *, train=True, seed=None):
+        """The quantities this model's gradient holds constant, at their current values.
+
+        Returns
+        -------
+        dict, possibly empty: ``"propensity"`` unless ``propensity_grad``; for
+        DR with ``dr_gradient="separate"`` also ``"e"`` and ``"e_hat"``. Pass it
+        as ``loss(..., held=...)`` with the same ``train`` and ``seed``.
+        """
+        rows, dense = self._rows(X, dense)
+        _, conversion = self._check_labels((click, conversion), rows.shape[0])
+        logits, _ = self._forward(rows, dense, train, self._rng_for(seed))
+        out = {}
+        if not self.propensity_grad:
+            out["propensity"] = propensity_forward(logits["ctr"], self.propensity_floor)[0]
+        if self.variant == "dr" and self.dr_gradient == "separate":
+            out["e"] = cvr_error(logits["cvr"], conversion)[0]
+            out["e_hat"] = softplus(logits["imp"])
+        return out
 
     def _loss_at_logits(self, logits, labels):
         """ESMM's two losses plus λ_c times the counterfactual CVR loss."""
         loss, dlogit = super()._loss_at_logits(logits, labels)
         click, conversion = labels
         lam = self.counterfactual_weight
-        if self._fixed_propensity is None:
-            q, q_cache = propensity_forward(logits["ctr"], self.propensity_floor)   # (n,)
+        held = self._held or {}
+        if "propensity" in held:
+            q, q_cache = held["propensity"], None
         else:
-            q, q_cache = self._fixed_propensity, None
+            q, q_cache = propensity_forward(logits["ctr"], self.propensity_floor)   # (n,)
         if self.variant == "ips":
             cf, db, dq = ips_cvr_loss(logits["cvr"], q, click, conversion)
         else:
-            cf, db, dg, dq = dr_cvr_loss(logits["cvr"], logits["imp"], q, click, conversion)
+            cf, db, dg, dq = dr_cvr_loss(logits["cvr"], logits["imp"], q, click, conversion,
+                                         separate=self.dr_gradient == "separate",
+                                         held_e=held.get("e"), held_e_hat=held.get("e_hat"))
             dlogit["imp"] = lam * dg
         dlogit["cvr"] = dlogit["cvr"] + lam * db
         if self.propensity_grad and q_cache is not None:
@@ -275,40 +343,41 @@ class ESCM2(ESMM):
 
 # ------------------------------------------------------------ gradient check
 
-class _HeldPropensity:
-    """A model whose loss holds the propensity fixed: what a detached gradient is the gradient of."""
+class _Held:
+    """A model whose loss holds some values fixed: what a detached gradient is the gradient of."""
 
-    def __init__(self, model, q):
-        self.model, self.q = model, q
+    def __init__(self, model, held):
+        self.model, self.held = model, held
         self.params, self.dtype = model.params, model.dtype
 
     def loss(self, X, *labels, dense=None, seed=None):
-        return self.model.loss(X, *labels, dense=dense, seed=seed, propensity=self.q)
+        return self.model.loss(X, *labels, dense=dense, seed=seed, held=self.held)
 
 
 def check_gradients(model, X, click, conversion, dense=None, h=1e-5, tol=1e-6, seed=0,
                     max_entries=None):
     """Finite-difference check of every parameter of an ESCM2 model.
 
-    With ``propensity_grad=True`` this is :func:`esmm_np.gradcheck.check_model`.
-    With the default ``propensity_grad=False`` the gradient is, by design,
-    not that of the loss as a function of every parameter: the propensity is
-    held constant. So the check freezes it at the batch's current values
-    (same dropout masks, same batch statistics) and compares the gradient
-    with finite differences of the loss at that fixed propensity.
+    When nothing is detached (``propensity_grad=True`` and, for DR,
+    ``dr_gradient="joint"``) this is :func:`esmm_np.gradcheck.check_model`.
+    Otherwise the gradient is, by design, not that of the loss as a function
+    of every parameter: some values are held constant (the propensity; DR's
+    ``e`` and ``ê`` in each other's part). So the check freezes them at the
+    batch's current values (:meth:`ESCM2.detached_values`, same dropout masks,
+    same batch statistics) and compares the gradient with finite differences
+    of the loss with those values fixed.
 
     Returns the rows of :func:`esmm_np.gradcheck.check_model`.
     """
     from .gradcheck import check_model
 
-    target = model
-    if not model.propensity_grad:
-        target = _HeldPropensity(model, model.propensity(X, dense, train=True, seed=seed))
+    held = model.detached_values(X, click, conversion, dense, train=True, seed=seed)
+    target = _Held(model, held) if held else model
     return check_model(target, X, click, conversion, dense=dense, h=h, tol=tol, seed=seed,
                        max_entries=max_entries)
 
 
-def everything_on_example(variant, n=16, seed=0, propensity_grad=False):
+def everything_on_example(variant, n=16, seed=0, propensity_grad=False, dr_gradient="separate"):
     """A small float64 ESCM2 with every option on, a batch for it.
 
     As :func:`esmm_np.gradcheck.everything_on_example` (PReLU, dropout, batch
@@ -323,7 +392,7 @@ def everything_on_example(variant, n=16, seed=0, propensity_grad=False):
     """
     rng = np.random.default_rng(seed)
     field_dims = [7, 5, 3]
-    extra = dict(imputation_units=(3,)) if variant == "dr" else {}
+    extra = dict(imputation_units=(3,), dr_gradient=dr_gradient) if variant == "dr" else {}
     model = ESCM2(field_dims, embed_dim=3, tower_units=((6, 4), (5,)), variant=variant,
                   counterfactual_weight=0.8, propensity_grad=propensity_grad,
                   activation="prelu", dropout=0.2, batch_norm=True, l2_reg_embedding=1e-2,

@@ -59,26 +59,44 @@ def test_ips_loss_gradients(rng):
     assert np.all(db[click == 0] == 0) and np.all(dq[click == 0] == 0)
 
 
-def test_dr_loss_gradients(rng):
+def test_dr_loss_gradients_summed_objective(rng):
     _, b, g, click, conversion = _rows(rng)
     q = rng.uniform(0.05, 0.9, b.shape[0])
 
     def f():
-        return E.dr_cvr_loss(b, g, q, click, conversion)[0]
+        return E.dr_cvr_loss(b, g, q, click, conversion, separate=False)[0]
 
-    _, db, dg, dq = E.dr_cvr_loss(b, g, q, click, conversion)
+    _, db, dg, dq = E.dr_cvr_loss(b, g, q, click, conversion, separate=False)
     for name, analytic, x in (("db", db, b), ("dg", dg, g), ("dq", dq, q)):
         assert _rel(analytic, G.numerical_gradient(f, x, h=1e-6)) <= PIECE_TOL, name
+
+
+def test_dr_loss_gradients_separate_parts(rng):
+    """Separate: the gradient of the loss with e held in the imputation loss and ê in the DR estimate."""
+    _, b, g, click, conversion = _rows(rng)
+    q = rng.uniform(0.05, 0.9, b.shape[0])
+    e0, e_hat0 = E.cvr_error(b, conversion)[0], E.softplus(g)
+
+    def f():
+        return E.dr_cvr_loss(b, g, q, click, conversion, held_e=e0, held_e_hat=e_hat0)[0]
+
+    loss, db, dg, dq = E.dr_cvr_loss(b, g, q, click, conversion)
+    assert loss == pytest.approx(E.dr_cvr_loss(b, g, q, click, conversion, separate=False)[0])
+    for name, analytic, x in (("db", db, b), ("dg", dg, g), ("dq", dq, q)):
+        assert _rel(analytic, G.numerical_gradient(f, x, h=1e-6)) <= PIECE_TOL, name
+    # the DR estimate's gradient on the CVR logit is IPS's: the imputed error does not depend on b
+    assert np.allclose(db, E.ips_cvr_loss(b, q, click, conversion)[1], rtol=1e-12, atol=0)
 
 
 def test_a_wrong_piece_is_caught(rng):
     """The piece check can fail: drop the imputation loss's share of dL/de and it does."""
     _, b, g, click, conversion = _rows(rng)
     q = rng.uniform(0.05, 0.9, b.shape[0])
-    _, db, _, _ = E.dr_cvr_loss(b, g, q, click, conversion)
+    _, db, _, _ = E.dr_cvr_loss(b, g, q, click, conversion, separate=False)
     e, de_db = E.cvr_error(b, conversion)
     wrong_db = (click / q) * de_db / b.shape[0]                # forgets the 2 δ term
-    num = G.numerical_gradient(lambda: E.dr_cvr_loss(b, g, q, click, conversion)[0], b, h=1e-6)
+    num = G.numerical_gradient(
+        lambda: E.dr_cvr_loss(b, g, q, click, conversion, separate=False)[0], b, h=1e-6)
     assert _rel(db, num) <= PIECE_TOL
     assert _rel(wrong_db, num) > 1e-3
 
@@ -138,14 +156,19 @@ CONFIGS = {
 }
 
 
+KINDS = {"ips": dict(variant="ips"),
+         "dr separate": dict(variant="dr", dr_gradient="separate"),
+         "dr joint": dict(variant="dr", dr_gradient="joint")}
+
+
 @pytest.mark.parametrize("propensity_grad", [False, True])
-@pytest.mark.parametrize("variant", E.VARIANTS)
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_escm2_gradients(name, variant, propensity_grad):
+def test_escm2_gradients(name, kind, propensity_grad):
     rng = np.random.default_rng(11)
     cfg = CONFIGS[name]
-    model = E.ESCM2(FIELD_DIMS, embed_dim=3, seed=1, variant=variant,
-                    propensity_grad=propensity_grad, **cfg)
+    model = E.ESCM2(FIELD_DIMS, embed_dim=3, seed=1, propensity_grad=propensity_grad,
+                    **KINDS[kind], **cfg)
     for w in model.params.values():
         w += 0.1 * rng.standard_normal(w.shape)
     X, click, conversion, dense = _batch(rng, n_dense=cfg.get("n_dense", 0))
@@ -156,11 +179,12 @@ def test_escm2_gradients(name, variant, propensity_grad):
 
 
 @pytest.mark.parametrize("propensity_grad", [False, True])
-@pytest.mark.parametrize("variant", E.VARIANTS)
-def test_everything_on_example_passes(variant, propensity_grad):
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_everything_on_example_passes(kind, propensity_grad):
     model, (X, click, conversion, dense) = E.everything_on_example(
-        variant, propensity_grad=propensity_grad)
-    q = model.propensity(X, dense, seed=0)
+        KINDS[kind]["variant"], propensity_grad=propensity_grad,
+        dr_gradient=KINDS[kind].get("dr_gradient", "separate"))
+    q = model.propensity(X, dense, train=True, seed=0)
     clicked = click == 1
     # both sides of the clip carry clicked rows, so both paths are exercised
     assert (q[clicked] == model.propensity_floor).any() and (q[clicked] > model.propensity_floor).any()
@@ -181,8 +205,17 @@ def test_detached_propensity_is_really_detached():
     assert not any(t.startswith("cvr.") for t in failing)
 
 
-def test_a_missing_propensity_backward_is_caught(monkeypatch):
+def test_dr_separate_is_really_separate():
+    """Checked as one summed objective, the separate DR gradient is wrong on the CVR and imputation towers."""
     model, (X, click, conversion, dense) = E.everything_on_example("dr", propensity_grad=True)
+    rows = G.check_model(model, X, click, conversion, dense=dense, tol=MODEL_TOL)
+    failing = {r["tensor"] for r in rows if not r["ok"]}
+    assert any(t.startswith("cvr.") for t in failing) and any(t.startswith("imp.") for t in failing)
+
+
+def test_a_missing_propensity_backward_is_caught(monkeypatch):
+    model, (X, click, conversion, dense) = E.everything_on_example("dr", propensity_grad=True,
+                                                                   dr_gradient="joint")
     monkeypatch.setattr(E, "propensity_backward", lambda dq, cache: np.zeros_like(dq))
     rows = E.check_gradients(model, X, click, conversion, dense=dense, tol=MODEL_TOL)
     assert not all(r["ok"] for r in rows)
@@ -227,17 +260,24 @@ def test_fit_trains_both_variants_in_float32():
     (dict(propensity_floor=-0.1), "propensity_floor"),
     (dict(counterfactual_weight=-1), "counterfactual_weight"),
     (dict(imputation_units=(4,)), "imputation_units"),
+    (dict(variant="dr", dr_gradient="both"), "dr_gradient"),
 ])
 def test_bad_options_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         E.ESCM2(FIELD_DIMS, **kwargs)
 
 
-def test_bad_fixed_propensity_is_refused(rng):
-    model = E.ESCM2(FIELD_DIMS, embed_dim=3, tower_units=(5,))
+@pytest.mark.parametrize("held, match", [
+    ({"propensity": "zeros"}, "propensity"),
+    ({"e": "short"}, "shape"),
+    ({"weights": "zeros"}, "unknown"),
+])
+def test_bad_held_values_are_refused(rng, held, match):
+    model = E.ESCM2(FIELD_DIMS, embed_dim=3, tower_units=(5,), variant="dr")
     X, click, conversion, _ = _batch(rng)
-    with pytest.raises(ValueError, match="propensity"):
-        model.loss(X, click, conversion, propensity=np.zeros(len(X)))
+    arrays = {"zeros": np.zeros(len(X)), "short": np.ones(len(X) - 1)}
+    with pytest.raises(ValueError, match=match):
+        model.loss(X, click, conversion, held={k: arrays[v] for k, v in held.items()})
 
 
 @pytest.mark.parametrize("model", ["escm2-ips", "escm2-dr"])
