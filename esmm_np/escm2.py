@@ -408,3 +408,50 @@ def everything_on_example(variant, n=16, seed=0, propensity_grad=False, dr_gradi
     model.propensity_floor = 0.0
     model.propensity_floor = float(np.median(model.propensity(X, dense, train=True, seed=seed)))
     return model, (X, click, conversion, dense)
+
+
+# ------------------------------------------- the estimator on its own (notebook 4)
+
+def ips_mean(values, click, propensity, floor=0.0):
+    """IPS estimate of the mean of ``values`` over all rows, seeing only the clicked ones.
+
+    ``estimate = mean_j click_j · values_j / max(propensity_j, floor)``: the
+    same reweighting as :func:`ips_cvr_loss`, applied to any per-row quantity
+    (say the potential conversion), so that its bias and variance can be
+    measured against the mean a simulator knows.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n,)
+        Only the clicked rows' values are used (the others may be anything).
+    click : ndarray of shape (n,), 0/1
+    propensity : ndarray of shape (n,), in (0, 1]
+    floor : float in [0, 1)
+
+    Returns
+    -------
+    dict with ``estimate``; ``se``, its standard error over rows
+    (``std(terms) / sqrt(n)``); ``max_weight``, the largest ``1 / q`` of a
+    clicked row; ``ess``, the effective number of clicked rows
+    ``(sum w)² / sum w²`` (equal to the number of clicks when all weights are
+    equal, smaller the more a few rows dominate); ``clipped``, the share of
+    clicked rows whose propensity the floor raised.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    y = np.asarray(click).astype(bool)
+    p = np.asarray(propensity, dtype=np.float64)
+    if not (values.shape == y.shape == p.shape and values.ndim == 1):
+        raise ValueError(f"values, click and propensity must be 1-d of one length, got "
+                         f"{values.shape}, {y.shape}, {p.shape}")
+    if not np.all((p > 0) & (p <= 1)) and floor <= 0:
+        raise ValueError("propensity must be in (0, 1] (or give a positive floor)")
+    if not 0 <= floor < 1:
+        raise ValueError(f"floor must be in [0, 1), got {floor}")
+    q = np.maximum(p, floor)                                           # (n,)
+    terms = np.where(y, values / q, 0.0)                               # (n,)
+    w = 1.0 / q[y]                                                     # (clicks,)
+    n = values.shape[0]
+    return {"estimate": float(terms.mean()), "se": float(terms.std(ddof=1) / np.sqrt(n)),
+            "max_weight": float(w.max()) if w.size else float("nan"),
+            "ess": float(w.sum() ** 2 / np.sum(w * w)) if w.size else 0.0,
+            "clipped": float(np.mean(p[y] < floor)) if w.size else 0.0}

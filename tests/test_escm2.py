@@ -286,3 +286,18 @@ def test_gradcheck_cli_covers_escm2(model, capsys):
 
     assert main(["gradcheck", "--model", model]) == 0
     assert "tensors ok" in capsys.readouterr().out
+
+
+def test_ips_mean_hand_computed():
+    values = np.array([1.0, 0.0, 1.0, 1.0])
+    click = np.array([1, 1, 0, 1])
+    p = np.array([0.5, 0.25, 0.1, 0.05])
+    r = E.ips_mean(values, click, p, floor=0.1)
+    terms = np.array([2.0, 0.0, 0.0, 10.0])                    # 1/0.5, 0/0.25, unclicked, 1/0.1
+    w = np.array([2.0, 4.0, 10.0])
+    assert r["estimate"] == pytest.approx(terms.mean())
+    assert r["se"] == pytest.approx(terms.std(ddof=1) / 2)
+    assert r["max_weight"] == 10.0 and r["clipped"] == pytest.approx(1 / 3)
+    assert r["ess"] == pytest.approx(w.sum() ** 2 / (w ** 2).sum())
+    with pytest.raises(ValueError, match="floor"):
+        E.ips_mean(values, click, p, floor=1.0)
