@@ -455,3 +455,29 @@ def ips_mean(values, click, propensity, floor=0.0):
             "max_weight": float(w.max()) if w.size else float("nan"),
             "ess": float(w.sum() ** 2 / np.sum(w * w)) if w.size else 0.0,
             "clipped": float(np.mean(p[y] < floor)) if w.size else 0.0}
+
+
+# ------------------------------------------------ methods of the experiment runner
+
+def _train(ctx, name, variant):
+    """Train an ESCM2 like the runner's ESMM: same architecture, same effort rule, own validation loss."""
+    from .baselines import ESMMMethod, fit_network   # local: baselines imports this module
+
+    part, val = ctx.part, ctx.val
+    model = ESCM2(part.field_dims, n_dense=part.n_dense, seed=ctx.seed, variant=variant,
+                  **ctx.options.get("escm2", {}), **ctx.arch)
+    v = None if val is None else (val.X, val.click, val.conversion) + (
+        () if val.dense is None else (val.dense,))
+    record = fit_network(model, part.X, (part.click, part.conversion), part.dense, v,
+                         ctx.train, ctx.seed, ctx.verbose)
+    return ESMMMethod(name, model, {f"{name} net": record})
+
+
+def train_escm2_ips(ctx):
+    """The runner's ESCM2-IPS (``baselines.TRAINERS``); ESCM2 options from ``ctx.options["escm2"]``."""
+    return _train(ctx, "ESCM2-IPS", "ips")
+
+
+def train_escm2_dr(ctx):
+    """The runner's ESCM2-DR (``baselines.TRAINERS``); ESCM2 options from ``ctx.options["escm2"]``."""
+    return _train(ctx, "ESCM2-DR", "dr")
