@@ -5,15 +5,16 @@ Entire Space Multi-Task Model: An Effective Approach for Estimating
 Post-Click Conversion Rate. SIGIR 2018.
 """
 
-from . import data, gradcheck, layers, losses, metrics, optim, simulator, validate
+from . import data, files, gradcheck, layers, losses, metrics, optim, simulator, threads, validate
 from .data import CleanReport, Dataset, clean_dataset, describe
 from .model import ESMM, TowerModel
 from .escm2 import ESCM2
 from .optim import SGD, Adam
+from .persist import load_model
 from .simulator import simulate
 from .train import fit
 
 __all__ = ["ESMM", "ESCM2", "TowerModel", "SGD", "Adam", "fit", "simulate", "Dataset", "clean_dataset",
-           "CleanReport", "describe", "data", "gradcheck", "layers", "losses", "metrics",
-           "optim", "simulator", "validate"]
+           "CleanReport", "describe", "load_model", "data", "files", "gradcheck", "layers",
+           "losses", "metrics", "optim", "simulator", "threads", "validate"]
 __version__ = "0.1.0"

@@ -1,7 +1,12 @@
 """Command line: ``esmm-np demo``, ``esmm-np experiment``, ``esmm-np gradcheck``."""
 
 import argparse
+import math
 import sys
+
+#: The parser's description (plain text: argparse prints it as is).
+DESCRIPTION = ("ESMM in NumPy, for learning: check the gradients, run a one-minute demo, "
+               "or reproduce the paper's experiments on a simulated world.")
 
 
 def _gradcheck(args):
@@ -66,6 +71,8 @@ def _demo(args):
     from . import experiments as E
 
     cfg = E.demo_config()
+    cfg.seeds = (args.seed,)
+    cfg.n_impressions = args.n
     print("esmm-np demo: simulate a world where the true CVR of every impression is known,")
     print("train ESMM and the paper's baselines on it, and compare them on held-out impressions.")
     print("AUC in percent; bias = mean pCVR - mean true CVR, in percentage points.\n")
@@ -96,26 +103,84 @@ def _experiment(args):
     return 0
 
 
+def _count(minimum):
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _number(positive):
+    """argparse type: a finite float, > 0 when ``positive`` else >= 0."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'> 0' if positive else '>= 0'}, got {text}")
+        return value
+    return parse
+
+
+def _check_outputs(parser, args):
+    """Everything a command will write is checked before any training starts."""
+    from . import experiments as E
+    from .files import check_output_dir, check_writable_file, read_text
+
+    try:
+        if getattr(args, "out", None) is not None:
+            check_output_dir(args.out)
+        if getattr(args, "docs", None):
+            check_writable_file(args.docs)
+            text = read_text(args.docs)
+            if E.DOC_START not in text or E.DOC_END not in text:
+                raise ValueError(f"{args.docs} has no {E.DOC_START} ... {E.DOC_END} section "
+                                 "to fill")
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="esmm-np", description=__doc__)
+    from . import __version__
+    from .threads import hint, limit_blas_threads
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="esmm-np", description=DESCRIPTION, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("gradcheck", help="print the gradient-check table of the whole model")
-    g.add_argument("--n", type=int, default=16, help="batch size (default 16)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--h", type=float, default=1e-5, help="finite-difference step")
-    g.add_argument("--tol", type=float, default=1e-6, help="relative-error threshold")
+    g = sub.add_parser("gradcheck", help="print the gradient-check table of the whole model",
+                       formatter_class=fmt)
+    g.add_argument("--n", type=_count(2), default=16, help="batch size (at least 2)")
+    g.add_argument("--seed", type=_count(0), default=0, help="seed of the example and its masks")
+    g.add_argument("--h", type=_number(positive=True), default=1e-5,
+                   help="finite-difference step")
+    g.add_argument("--tol", type=_number(positive=False), default=1e-6,
+                   help="relative-error threshold")
     g.add_argument("--model", choices=("esmm", "escm2-ips", "escm2-dr"), default="esmm")
     g.add_argument("--propensity-grad", action="store_true",
                    help="ESCM2: let the gradient flow through the propensity into the CTR tower")
     g.set_defaults(run=_gradcheck)
-    d = sub.add_parser("demo", help="simulate, train ESMM and the baselines, print and plot")
+    d = sub.add_parser("demo", help="simulate, train ESMM and the baselines, print and plot",
+                       formatter_class=fmt)
     d.add_argument("--out", default="esmm_demo", help="folder for table, JSON and figure")
+    d.add_argument("--seed", type=_count(0), default=0, help="training seed")
+    d.add_argument("--n", type=_count(100), default=1_000_000,
+                   help="number of simulated impressions")
     d.set_defaults(run=_demo)
-    e = sub.add_parser("experiment", help="the paper's Table 2 and sparsity sweep, several seeds")
+    e = sub.add_parser("experiment", help="the paper's Table 2 and sparsity sweep, several seeds",
+                       formatter_class=fmt)
     e.add_argument("--out", default="results", help="folder for table, JSON and figure")
     e.add_argument("--quick", action="store_true", help="a small configuration (seconds)")
-    e.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
-    e.add_argument("--n", type=int, help="number of simulated impressions")
+    e.add_argument("--seeds", type=_count(0), nargs="+", help="training seeds (default 0 1 2)")
+    e.add_argument("--n", type=_count(100), help="number of simulated impressions")
     e.add_argument("--no-sweep", action="store_true", help="skip the sparsity sweep")
     e.add_argument("--docs", help="also fill the generated section of this Markdown file "
                                   "(docs/experiments.md)")
@@ -123,7 +188,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv[1:]
-    return args.run(args)
+    _check_outputs(parser, args)
+    note = hint()
+    if note and args.command != "gradcheck":
+        print(note, file=sys.stderr)
+    with limit_blas_threads():
+        return args.run(args)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from .validate import (check_binary, check_click_conversion, check_dense, check_
 
 _MAX_LISTED = 10  # how many dropped rows a strict-mode error lists
 
+#: Dataset fields that __post_init__ validates (and then protects).
+_CHECKED = ("X", "click", "conversion", "field_dims", "field_names", "dense", "true_ctr",
+            "true_cvr", "conversion_if_clicked")
+
 
 def _check_probability(p, n, name):
     """Return ``p`` as a float array of shape (n,) with every value in [0, 1]."""
@@ -129,6 +133,22 @@ class Dataset:
                                  f"{len(rows)} row(s) differ, e.g. row {int(rows[0])}")
             self.conversion_if_clicked = c
         self.info = dict(self.info)
+        # Checked once, so kept as checked: the arrays are read-only views (the
+        # caller's own arrays are not touched) and the checked fields cannot be
+        # reassigned. dataclasses.replace(ds, click=...) builds a new, checked Dataset.
+        for name in _CHECKED:
+            a = getattr(self, name)
+            if isinstance(a, np.ndarray):
+                a = a.view()
+                a.flags.writeable = False
+                object.__setattr__(self, name, a)
+        object.__setattr__(self, "_sealed", True)
+
+    def __setattr__(self, name, value):
+        if name in _CHECKED and getattr(self, "_sealed", False):
+            raise AttributeError(f"Dataset.{name} cannot be reassigned after the checks ran; "
+                                 f"use dataclasses.replace(dataset, {name}=...) for a checked copy")
+        object.__setattr__(self, name, value)
 
     def __len__(self):
         return self.X.shape[0]

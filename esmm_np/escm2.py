@@ -35,6 +35,7 @@ import numpy as np
 from . import layers as L
 from .losses import softplus
 from .model import ESMM, _as_units, init_tower
+from .persist import MODEL_CLASSES
 
 VARIANTS = ("ips", "dr")
 
@@ -251,6 +252,17 @@ class ESCM2(ESMM):
             self.params.update(p)
             self.state.update(s)
 
+    def get_config(self):
+        """ESMM's constructor arguments plus ESCM2's (see :meth:`ESMM.get_config`)."""
+        config = super().get_config()
+        config["tower_units"] = config["tower_units"][:2]      # the imputation tower's are below
+        config.update(variant=self.variant, counterfactual_weight=self.counterfactual_weight,
+                      propensity_floor=self.propensity_floor,
+                      propensity_grad=self.propensity_grad, dr_gradient=self.dr_gradient)
+        if self.variant == "dr":
+            config["imputation_units"] = list(self.tower_units[2])
+        return config
+
     def loss(self, X, click, conversion, dense=None, *, train=True, seed=None, masks=None,
              held=None):
         """Loss and gradient of every parameter (see the module docstring for the loss).
@@ -339,6 +351,9 @@ class ESCM2(ESMM):
         if self.propensity_grad and q_cache is not None:
             dlogit["ctr"] = dlogit["ctr"] + lam * propensity_backward(dq, q_cache)
         return loss + lam * cf, dlogit
+
+
+MODEL_CLASSES["ESCM2"] = ESCM2     # save_model / load_model know it
 
 
 # ------------------------------------------------------------ gradient check

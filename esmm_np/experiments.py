@@ -12,7 +12,6 @@ writes a Markdown table, JSON and a figure; ``esmm-np demo`` is a one-minute
 version.
 """
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .baselines import METHODS, train_methods
+from .files import dumps_strict, read_text, write_file
 from .metrics import evaluate_esmm
 from .simulator import simulate
 
@@ -244,7 +244,7 @@ def save(result, sweep, out_dir, figure=True):
 
     def put(name, text):
         path = os.path.join(out_dir, name)
-        _write_atomically(path, text)
+        write_file(path, text)
         written.append(path)
 
     md = ["# ESMM and its baselines on a simulated world\n",
@@ -259,11 +259,10 @@ def save(result, sweep, out_dir, figure=True):
     payload = dict(result)
     if sweep:
         payload["sweep"] = {str(k): v for k, v in sweep.items()}
-    put("results.json", json.dumps(payload, indent=1, default=float))
+    put("results.json", dumps_strict(payload, indent=1))   # NaN -> null, with the reason
     if figure:
         path = os.path.join(out_dir, "figure.png")
-        plot(result, sweep, path + ".tmp.png")
-        os.replace(path + ".tmp.png", path)
+        write_file(path, lambda f: plot(result, sweep, f))
         written.append(path)
     return written
 
@@ -277,7 +276,7 @@ def write_docs(result, sweep, path, command):
     The section sits between the markers :data:`DOC_START` and :data:`DOC_END`,
     so prose around it is kept and every number inside it comes from the run.
     """
-    text = open(path).read()
+    text = read_text(path)
     if DOC_START not in text or DOC_END not in text:
         raise ValueError(f"{path} has no {DOC_START} ... {DOC_END} section to fill")
     w = result["world"]
@@ -295,14 +294,7 @@ def write_docs(result, sweep, path, command):
     body.append(DOC_END)
     head, rest = text.split(DOC_START, 1)
     tail = rest.split(DOC_END, 1)[1]
-    _write_atomically(path, head + "\n".join(body) + tail)
-
-
-def _write_atomically(path, text):
-    """Write to a temporary name, then rename: an interrupted run leaves no half file."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_file(path, head + "\n".join(body) + tail)
 
 
 def sweep_table(sweep):
@@ -333,8 +325,10 @@ def plot(result, sweep, path):
         means = [100 * summary[n][metric][0] for n in names]
         errs = [100 * summary[n][metric][1] for n in names]
         ax.bar(x + off, means, 0.4, yerr=errs, label=label)
-    lo = min(100 * summary[n][m][0] for n in names for m in ("cvr_auc_clicked", "cvr_auc_entire"))
-    ax.set_ylim(lo - 3, None)
+    lo = np.nanmin([100 * summary[n][m][0] for n in names
+                    for m in ("cvr_auc_clicked", "cvr_auc_entire")] + [np.inf])
+    if np.isfinite(lo):   # every AUC is NaN when the test set has a single class
+        ax.set_ylim(lo - 3, None)
     ax.set_xticks(x, names, rotation=35, ha="right")
     ax.set_ylabel("CVR AUC (%)")
     ax.set_title("Ranking: CVR AUC")

@@ -22,15 +22,17 @@ def numerical_gradient(f, x, h=1e-5, index=None):
     ----------
     f : callable with no arguments returning a float; it must read ``x`` live
     x : ndarray, float64, perturbed in place and restored
-    h : float
+    h : float > 0, finite
     index : ndarray of flat indices, optional
-        Only these entries are estimated; the others are left as NaN.
+        Only these entries are estimated; the others are left at 0 and are
+        not checked (pass :func:`checked_mask` of ``index`` to :func:`compare`).
 
     Returns
     -------
     ndarray of the shape of ``x``
     """
-    grad = np.full(x.shape, np.nan) if index is not None else np.zeros(x.shape)
+    h = _check_step(h)
+    grad = np.zeros(x.shape)
     flat, gflat = x.reshape(-1), grad.reshape(-1)   # views: writes reach x and grad
     for j in (range(x.size) if index is None else index):
         old = flat[j]
@@ -43,6 +45,25 @@ def numerical_gradient(f, x, h=1e-5, index=None):
     return grad
 
 
+def checked_mask(shape, index=None):
+    """Boolean mask of the entries :func:`numerical_gradient` estimated (all when ``index`` is None).
+
+    "Not checked" is this mask, never a NaN in the gradient: a NaN there
+    would be indistinguishable from a NaN the computation produced.
+    """
+    mask = np.ones(shape, dtype=bool) if index is None else np.zeros(shape, dtype=bool)
+    if index is not None:
+        mask.reshape(-1)[index] = True
+    return mask
+
+
+def _check_step(h):
+    if isinstance(h, bool) or not isinstance(h, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(h) or h <= 0:
+        raise ValueError(f"the finite-difference step h must be a finite number > 0, got {h!r}")
+    return float(h)
+
+
 #: Noise level of a gradient entry. A centred difference carries rounding noise
 #: of about eps * |loss| / h ~ 2e-16 * 1 / 1e-5 = 2e-11, so for a tensor whose
 #: true gradient is zero (a bias just before batch norm, whose shift the
@@ -53,27 +74,55 @@ def numerical_gradient(f, x, h=1e-5, index=None):
 ATOL = 1e-9
 
 
-def relative_error(analytic, numeric):
-    """``||a - n|| / (||a|| + ||n||)`` over the entries ``numeric`` holds (0 if both are 0)."""
-    keep = ~np.isnan(numeric)
-    a, n = analytic[keep], numeric[keep]
+def relative_error(analytic, numeric, checked=None):
+    """``||a - n|| / (||a|| + ||n||)`` over the checked entries (0 if both are 0).
+
+    NaN when any checked entry of either is NaN or inf: such a tensor has no
+    meaningful error, and :func:`compare` marks it failed.
+    """
+    keep = np.ones(np.shape(analytic), dtype=bool) if checked is None else checked
+    a, n = np.asarray(analytic)[keep], np.asarray(numeric)[keep]
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(n))):
+        return float("nan")
     denom = np.linalg.norm(a) + np.linalg.norm(n)
     return 0.0 if denom == 0 else float(np.linalg.norm(a - n) / denom)
 
 
-def compare(name, analytic, numeric, tol, atol=ATOL):
+def compare(name, analytic, numeric, tol, atol=ATOL, checked=None):
     """One table row: name, shape, max |a - n|, relative error, ok.
 
-    ok when the relative error is at most ``tol``, or when both gradients are
-    zero up to rounding noise (every entry of both within ``atol``).
+    ok when every checked entry of both gradients is finite and either the
+    relative error is at most ``tol`` or both gradients are zero up to
+    rounding noise (every entry of both within ``atol``). A NaN or inf entry
+    always fails; the row's ``non_finite`` counts them.
+
+    Parameters
+    ----------
+    analytic, numeric : ndarray of the same shape
+    tol, atol : finite float >= 0
+    checked : ndarray of bool of that shape, optional
+        The entries to compare (default all); see :func:`checked_mask`.
     """
-    keep = ~np.isnan(numeric)
+    for value, what in ((tol, "tol"), (atol, "atol")):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(value) or value < 0:
+            raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    analytic, numeric = np.asarray(analytic, dtype=np.float64), np.asarray(numeric, dtype=np.float64)
+    if analytic.shape != numeric.shape:
+        raise ValueError(f"{name}: analytic shape {analytic.shape} != numeric shape {numeric.shape}")
+    keep = np.ones(analytic.shape, dtype=bool) if checked is None else np.asarray(checked, bool)
     a, n = analytic[keep], numeric[keep]
-    diff = float(np.max(np.abs(a - n))) if keep.any() else 0.0
-    zero = bool(np.all(np.abs(a) <= atol) and np.all(np.abs(n) <= atol))
-    rel = relative_error(analytic, numeric)
+    non_finite = int(np.count_nonzero(~np.isfinite(a)) + np.count_nonzero(~np.isfinite(n)))
+    rel = relative_error(analytic, numeric, keep)
+    if non_finite:
+        diff, zero, ok = float("nan"), False, False
+    else:
+        diff = float(np.max(np.abs(a - n))) if keep.any() else 0.0
+        zero = bool(np.all(np.abs(a) <= atol) and np.all(np.abs(n) <= atol))
+        ok = rel <= tol or zero
     return {"tensor": name, "shape": tuple(analytic.shape), "max_abs_diff": diff,
-            "rel_error": rel, "zero_gradient": zero, "ok": rel <= tol or zero}
+            "rel_error": rel, "zero_gradient": zero, "non_finite": non_finite,
+            "n_checked": int(keep.sum()), "ok": bool(ok)}
 
 
 def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_entries=None):
@@ -105,6 +154,10 @@ def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_ent
     def f():
         return model.loss(X, *labels, dense=dense, seed=seed)[0]
 
+    h = _check_step(h)
+    if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(
+            max_entries, (int, np.integer)) or max_entries < 1):
+        raise ValueError(f"max_entries must be None or an integer >= 1, got {max_entries!r}")
     _, grads = model.loss(X, *labels, dense=dense, seed=seed)
     pick = np.random.default_rng(seed)
     rows = []
@@ -112,7 +165,8 @@ def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_ent
         index = None
         if max_entries is not None and w.size > max_entries:
             index = pick.choice(w.size, size=max_entries, replace=False)
-        rows.append(compare(name, grads[name], numerical_gradient(f, w, h, index), tol))
+        rows.append(compare(name, grads[name], numerical_gradient(f, w, h, index), tol,
+                            checked=checked_mask(w.shape, index)))
     return rows
 
 
@@ -123,11 +177,16 @@ def format_table(rows):
     for r in rows:
         shape = "x".join(str(s) for s in r["shape"])
         ok = ("yes (zero)" if r["zero_gradient"] else "yes") if r["ok"] else "NO"
+        if r.get("non_finite"):
+            ok = f"NO ({r['non_finite']} NaN/inf)"
         lines.append(f"{r['tensor']:<18} {shape:<12} {r['max_abs_diff']:>12.2e} "
                      f"{r['rel_error']:>11.2e}  {ok}")
     lines.append("-" * 60)
     lines.append(f"{sum(r['ok'] for r in rows)}/{len(rows)} tensors ok")
-    live = [r for r in rows if not r["zero_gradient"]]
+    live = [r for r in rows if not r["zero_gradient"] and not r.get("non_finite")]
+    if any(r.get("non_finite") for r in rows):
+        lines.append("NaN/inf: a gradient entry is not a finite number, so the check fails "
+                     "whatever the other entries say")
     if live:
         worst = max(live, key=lambda r: r["rel_error"])
         lines.append(f"worst relative error {worst['rel_error']:.2e} ({worst['tensor']})")
@@ -151,6 +210,9 @@ def everything_on_example(n=16, seed=0):
     """
     from .model import ESMM  # local: model imports nothing from here
 
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"the example needs n >= 2 rows (batch norm and both click "
+                         f"classes), got {n!r}")
     rng = np.random.default_rng(seed)
     field_dims = [7, 5, 3]
     model = ESMM(field_dims, embed_dim=3, tower_units=((6, 4), (5,)), activation="prelu",

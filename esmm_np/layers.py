@@ -295,6 +295,11 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, eps=1e-5
         inv_std = 1.0 / np.sqrt(running_var + eps)                     # (d,)
         xhat = (x - running_mean) * inv_std                            # (n, d)
         return gamma * xhat + beta, (xhat, gamma, inv_std, False), None
+    if x.shape[0] < 2:
+        # One row is its own mean: every unit would normalise to 0 and the
+        # running variance would collapse towards 0, a silently broken model.
+        raise ValueError("batch norm needs at least 2 rows in a training batch, got 1 "
+                         "(use a larger batch_size, or train=False for inference)")
     mu = x.mean(axis=0)                    # (d,)
     xc = x - mu                            # (n, d)
     var = (xc * xc).mean(axis=0)           # (d,)

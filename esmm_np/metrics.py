@@ -11,7 +11,7 @@
 
 import numpy as np
 
-from .validate import check_binary
+from .validate import check_binary, check_int
 
 
 def _as_float_vector(x, name):
@@ -105,7 +105,12 @@ def auc(y, score):
     scores higher, 1/2 if tied. Sorting makes it O(n log n) instead of the
     O(P N) pair count.
     """
+    raw = np.asarray(score)
     y, score = _check_labels_and_scores(y, score)
+    if np.issubdtype(raw.dtype, np.integer):
+        # Rank integer scores as they are: float64 would merge integers above
+        # 2**53 (2**53 and 2**53 + 1 become one value) into false ties.
+        score = raw
     n_pos = int(y.sum(dtype=np.int64))
     n_neg = y.shape[0] - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -173,9 +178,7 @@ def calibration(y_or_true_prob, p, n_bins=10, strategy="uniform"):
     _check_same_length(target, p, "y_or_true_prob", "p")
     _check_probability(target, "y_or_true_prob")
     _check_probability(p, "p")
-    if int(n_bins) != n_bins or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    n_bins = int(n_bins)
+    n_bins = check_int(n_bins, "n_bins", low=1)
     if strategy == "uniform":
         edges = np.linspace(0.0, 1.0, n_bins + 1)                      # (B + 1,)
     elif strategy == "quantile":

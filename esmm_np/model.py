@@ -22,7 +22,9 @@ import numpy as np
 
 from . import layers as L
 from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
-from .validate import check_dense, check_field_dims, check_ids, check_labels, check_binary
+from . import validate as V
+from .validate import (check_binary, check_choice, check_dense, check_field_dims, check_ids,
+                       check_labels)
 
 _ACT_FORWARD = {"relu": L.relu_forward, "sigmoid": L.sigmoid_forward, "tanh": L.tanh_forward}
 _ACT_BACKWARD = {"relu": L.relu_backward, "sigmoid": L.sigmoid_backward, "tanh": L.tanh_backward}
@@ -146,19 +148,36 @@ def _fold_running_stats(state, prefix, steps, momentum):
 
 # ------------------------------------------------------------ shared base
 
+def check_finite_step(loss, grads):
+    """Raise ``FloatingPointError`` if the loss or any gradient entry is NaN or inf.
+
+    A sum is NaN or inf whenever one of its terms is, so one ``np.sum`` per
+    tensor (no temporary array) is the test; only on failure are the bad
+    entries counted for the message.
+    """
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"the loss is {loss}")
+    for name, g in grads.items():
+        values = g.values if isinstance(g, L.SparseRows) else g
+        if not np.isfinite(np.sum(values)):
+            n_bad = int(np.count_nonzero(~np.isfinite(values)))
+            what = f"{n_bad} NaN or inf entries" if n_bad else "entries so large their sum overflows"
+            raise FloatingPointError(f"the gradient of {name!r} has {what}")
+
+
 def _as_units(units, n_towers):
     """Normalise ``units``: one tuple for every tower, or one tuple per tower."""
+    if isinstance(units, str) or not hasattr(units, "__iter__"):
+        raise TypeError(f"tower_units must be a tuple of ints or {n_towers} such tuples, "
+                        f"got {units!r}")
     units = tuple(units)
-    if all(isinstance(u, (int, np.integer)) for u in units):
-        per = (tuple(int(u) for u in units),) * n_towers
+    if all(V._is_int(u) for u in units):
+        per = (units,) * n_towers
     elif len(units) == n_towers and all(isinstance(u, (tuple, list)) for u in units):
-        per = tuple(tuple(int(v) for v in u) for u in units)
+        per = units
     else:
         raise ValueError(f"tower_units must be a tuple of ints or {n_towers} such tuples, got {units!r}")
-    for u in per:
-        if any(v < 1 for v in u):
-            raise ValueError(f"tower_units must be positive, got {units!r}")
-    return per
+    return tuple(tuple(V.check_int(v, "tower_units entry", low=1) for v in u) for u in per)
 
 
 class _EmbeddingMLP:
@@ -167,26 +186,21 @@ class _EmbeddingMLP:
     def __init__(self, field_dims, embed_dim, *, activation, dropout, batch_norm,
                  l2_reg_embedding, l2_reg_dnn, n_dense, dtype, seed, bn_momentum):
         self.field_dims = check_field_dims(field_dims)
-        if activation not in L.ACTIVATIONS:
-            raise ValueError(f"activation must be one of {L.ACTIVATIONS}, got {activation!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if int(embed_dim) < 1 or int(n_dense) < 0:
-            raise ValueError(f"embed_dim must be >= 1 and n_dense >= 0, got {embed_dim}, {n_dense}")
-        if l2_reg_embedding < 0 or l2_reg_dnn < 0:
-            raise ValueError("L2 strengths must be non-negative")
-        self.dtype = np.dtype(dtype)
+        self.activation = check_choice(activation, "activation", L.ACTIVATIONS)
+        self.dropout = V.check_float(dropout, "dropout", 0, 1, high_open=True)
+        self.embed_dim = V.check_int(embed_dim, "embed_dim", low=1)
+        self.n_dense = V.check_int(n_dense, "n_dense", low=0)
+        self.l2_reg_embedding = V.check_float(l2_reg_embedding, "l2_reg_embedding", low=0)
+        self.l2_reg_dnn = V.check_float(l2_reg_dnn, "l2_reg_dnn", low=0)
+        self.batch_norm = V.check_bool(batch_norm, "batch_norm")
+        self.bn_momentum = V.check_float(bn_momentum, "bn_momentum", 0, 1, high_open=True)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        self.embed_dim = int(embed_dim)
-        self.n_dense = int(n_dense)
-        self.activation = activation
-        self.dropout = float(dropout)
-        self.batch_norm = bool(batch_norm)
-        self.l2_reg_embedding = float(l2_reg_embedding)
-        self.l2_reg_dnn = float(l2_reg_dnn)
-        self.bn_momentum = float(bn_momentum)
-        self.seed = seed
+        self.seed = V.check_seed(seed)
         self.rng = np.random.default_rng(seed)  # init now, dropout masks later
         # Row offset of each field in the stacked table: field f's id j is row offsets[f] + j.
         self.offsets = np.concatenate([[0], np.cumsum(self.field_dims)[:-1]]).astype(np.int64)
@@ -261,6 +275,8 @@ class _EmbeddingMLP:
         grads : dict[str, ndarray]
             Same keys and shapes as ``params``.
         """
+        train = V.check_bool(train, "train")
+        seed = V.check_seed(seed)
         rows, dense = self._rows(X, dense)
         labels = self._check_labels(labels, rows.shape[0])
         loss, grads, _ = self._loss_grads(rows, dense, labels, train, self._rng_for(seed), masks)
@@ -276,6 +292,7 @@ class _EmbeddingMLP:
         """
         loss, grads, caches = self._loss_grads(rows, dense, labels, True, rng)
         loss += self._l2(grads, lazy=lazy)
+        check_finite_step(loss, grads)   # before the running statistics move
         self._fold_bn(caches)
         return loss, grads
 
@@ -285,6 +302,7 @@ class _EmbeddingMLP:
         Parameters as for :meth:`loss`. Computed in chunks of ``batch_size`` rows
         and averaged over all rows.
         """
+        batch_size = V.check_int(batch_size, "batch_size", low=1)
         rows, dense = self._rows(X, dense)
         labels = self._check_labels(labels, rows.shape[0])
         total = 0.0
@@ -294,6 +312,28 @@ class _EmbeddingMLP:
             part, _ = self._loss_at_logits(logits, tuple(y[s:s + batch_size] for y in labels))
             total += part * min(batch_size, rows.shape[0] - s)
         return total / rows.shape[0]
+
+    def get_config(self):
+        """The constructor's arguments as a JSON-able dict.
+
+        ``type(model)(**model.get_config())`` builds the same architecture
+        (with fresh weights); :meth:`save` stores it beside the arrays.
+        Subclasses add their own arguments.
+        """
+        return {"field_dims": list(self.field_dims), "embed_dim": self.embed_dim,
+                "activation": self.activation, "dropout": self.dropout,
+                "batch_norm": self.batch_norm, "l2_reg_embedding": self.l2_reg_embedding,
+                "l2_reg_dnn": self.l2_reg_dnn, "n_dense": self.n_dense,
+                "dtype": self.dtype.name, "bn_momentum": self.bn_momentum,
+                "seed": self.seed if isinstance(self.seed, int) else None}
+
+    def save(self, path, optimizer=None):
+        """Save the model (and optionally its optimizer) to ``path``, a ``.npz`` file.
+
+        See :func:`esmm_np.persist.save_model`; :func:`esmm_np.load_model` reads it.
+        """
+        from .persist import save_model   # local: persist imports this module
+        return save_model(self, path, optimizer=optimizer)
 
     def _rng_for(self, seed):
         return self.rng if seed is None else np.random.default_rng(seed)
@@ -355,13 +395,12 @@ class ESMM(_EmbeddingMLP):
                          batch_norm=batch_norm, l2_reg_embedding=l2_reg_embedding,
                          l2_reg_dnn=l2_reg_dnn, n_dense=n_dense, dtype=dtype, seed=seed,
                          bn_momentum=bn_momentum)
-        if ctcvr_loss not in ("logspace", "naive"):
-            raise ValueError(f"ctcvr_loss must be 'logspace' or 'naive', got {ctcvr_loss!r}")
-        self.ctcvr_loss = ctcvr_loss
-        self.loss_weights = tuple(float(w) for w in loss_weights)
-        if len(self.loss_weights) != 2 or min(self.loss_weights) < 0:
+        self.ctcvr_loss = check_choice(ctcvr_loss, "ctcvr_loss", ("logspace", "naive"))
+        if isinstance(loss_weights, str) or len(loss_weights) != 2:
             raise ValueError(f"loss_weights must be two non-negative numbers, got {loss_weights!r}")
-        self.share_embedding = bool(share_embedding)
+        self.loss_weights = tuple(V.check_float(w, f"loss_weights[{i}]", low=0)
+                                  for i, w in enumerate(loss_weights))
+        self.share_embedding = V.check_bool(share_embedding, "share_embedding")
         self.tower_units = _as_units(tower_units, 2)
         self.tables = ("embedding",) if self.share_embedding else ("ctr.embedding", "cvr.embedding")
         for name in self.tables:
@@ -370,6 +409,13 @@ class ESMM(_EmbeddingMLP):
             p, s = init_tower(self.rng, t, self.d_in, units, activation, batch_norm, self.dtype)
             self.params.update(p)
             self.state.update(s)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(tower_units=[list(u) for u in self.tower_units],
+                      loss_weights=list(self.loss_weights), ctcvr_loss=self.ctcvr_loss,
+                      share_embedding=self.share_embedding)
+        return config
 
     def _table(self, tower):
         return "embedding" if self.share_embedding else f"{tower}.embedding"
@@ -404,6 +450,7 @@ class ESMM(_EmbeddingMLP):
         -------
         dict with "p_ctr", "p_cvr", "p_ctcvr", each ndarray of shape (n,)
         """
+        batch_size = V.check_int(batch_size, "batch_size", low=1)
         rows, dense = self._rows(X, dense)
         out = {"p_ctr": [], "p_cvr": [], "p_ctcvr": []}
         for s in range(0, rows.shape[0], batch_size):   # chunks bound the memory
@@ -505,6 +552,11 @@ class TowerModel(_EmbeddingMLP):
         self.params.update(p)
         self.state.update(s)
 
+    def get_config(self):
+        config = super().get_config()
+        config.update(tower_units=list(self.tower_units))
+        return config
+
     def _forward(self, rows, dense, train, rng=None, masks=None):
         e, emb_cache = L.embedding_forward(self.params["embedding"], rows)   # (n, F*k)
         h0, cat_cache = L.concat_forward(e, dense)                           # (n, d_in)
@@ -514,6 +566,7 @@ class TowerModel(_EmbeddingMLP):
 
     def predict(self, X, dense=None, batch_size=65536):
         """Inference-mode probability; returns ``{"p": ndarray of shape (n,)}``."""
+        batch_size = V.check_int(batch_size, "batch_size", low=1)
         rows, dense = self._rows(X, dense)
         ps = []
         for s in range(0, rows.shape[0], batch_size):

@@ -28,10 +28,57 @@ import math
 
 import numpy as np
 
+from . import validate as V
 from .layers import SparseRows, sparse_to_dense
 
 
-class SGD:
+class _Optimizer:
+    """What both optimisers share: the model they serve and their saved state.
+
+    An optimiser keeps per-parameter state (velocities, moments) keyed by
+    parameter name, so it belongs to one model. It records the names,
+    shapes and dtypes of the parameters it first serves and refuses any
+    other set before changing anything: reusing one for a second model
+    would otherwise apply the first model's moments to the second.
+    """
+
+    #: names of the per-parameter state dicts, saved by :meth:`state_arrays`
+    _slots = ()
+
+    def bind(self, params, record=True):
+        """Record ``params``' shapes on first use; afterwards refuse a different set.
+
+        ``record=False`` only checks (for a caller that may still refuse its input).
+        """
+        shapes = {k: (tuple(w.shape), w.dtype.str) for k, w in params.items()}
+        if self.shapes is None:
+            if record:
+                self.shapes = shapes
+        elif shapes != self.shapes:
+            differ = sorted(k for k in shapes.keys() | self.shapes.keys()
+                            if shapes.get(k) != self.shapes.get(k))
+            raise ValueError(f"this {type(self).__name__} already serves a model with other "
+                             f"parameters (differing: {', '.join(differ[:5])}); its state "
+                             "belongs to that model, so create one optimizer per model")
+
+    def _check_step(self, params, grads):
+        self.bind(params)
+        for name, g in grads.items():
+            shape = (g.n_rows, g.values.shape[1]) if isinstance(g, SparseRows) else np.shape(g)
+            if name not in self.shapes or tuple(shape) != self.shapes[name][0]:
+                raise ValueError(f"gradient {name!r} of shape {tuple(shape)} does not match a "
+                                 f"parameter of this optimizer's model")
+
+    def config(self):
+        """The constructor's arguments, JSON-able (used by ``model.save``)."""
+        raise NotImplementedError
+
+    def state_arrays(self):
+        """Per-parameter state as ``{"slot/param name": ndarray}`` (copies not made)."""
+        return {f"{slot}/{k}": a for slot in self._slots for k, a in getattr(self, slot).items()}
+
+
+class SGD(_Optimizer):
     """``w -= lr * v`` with ``v = momentum * v + g`` (``v = g`` when momentum is 0).
 
     Parameters
@@ -42,14 +89,21 @@ class SGD:
         For sparse gradients with momentum: update only the batch's rows.
     """
 
+    _slots = ("velocity",)
+
     def __init__(self, lr=0.01, momentum=0.0, lazy=False):
-        if lr <= 0 or not 0 <= momentum < 1:
-            raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={lr}, momentum={momentum}")
-        self.lr, self.momentum, self.lazy = float(lr), float(momentum), bool(lazy)
+        self.lr = V.check_float(lr, "lr", low=0, low_open=True)
+        self.momentum = V.check_float(momentum, "momentum", 0, 1, high_open=True)
+        self.lazy = V.check_bool(lazy, "lazy")
         self.velocity = {}
+        self.shapes = None   # the served model's parameter shapes, set by bind()
+
+    def config(self):
+        return {"class": "SGD", "lr": self.lr, "momentum": self.momentum, "lazy": self.lazy}
 
     def step(self, params, grads):
         """Update every parameter in place from its gradient."""
+        self._check_step(params, grads)
         for name, g in grads.items():
             w = params[name]
             sparse = isinstance(g, SparseRows)
@@ -74,7 +128,7 @@ class SGD:
                 w -= self.lr * v
 
 
-class Adam:
+class Adam(_Optimizer):
     """Adam (Kingma & Ba, 2015) with the ESMM paper's settings.
 
     ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g**2``,
@@ -90,16 +144,25 @@ class Adam:
         See the module docstring.
     """
 
+    _slots = ("m", "v")
+
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, lazy=False):
-        if lr <= 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1) or eps <= 0:
-            raise ValueError(f"need lr > 0, betas in [0, 1), eps > 0; got {lr}, {beta1}, {beta2}, {eps}")
-        self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), float(eps)
-        self.lazy = bool(lazy)
+        self.lr = V.check_float(lr, "lr", low=0, low_open=True)
+        self.beta1 = V.check_float(beta1, "beta1", 0, 1, high_open=True)
+        self.beta2 = V.check_float(beta2, "beta2", 0, 1, high_open=True)
+        self.eps = V.check_float(eps, "eps", low=0, low_open=True)
+        self.lazy = V.check_bool(lazy, "lazy")
         self.t = 0
         self.m, self.v = {}, {}
+        self.shapes = None   # the served model's parameter shapes, set by bind()
+
+    def config(self):
+        return {"class": "Adam", "lr": self.lr, "beta1": self.beta1, "beta2": self.beta2,
+                "eps": self.eps, "lazy": self.lazy, "t": self.t}
 
     def step(self, params, grads):
         """Update every parameter in place from its gradient."""
+        self._check_step(params, grads)
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         # Kingma & Ba (end of their section 2) fold both bias corrections into

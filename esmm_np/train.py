@@ -4,11 +4,14 @@ import time
 
 import numpy as np
 
+from . import validate as V
 from .data import clean_dataset
-from .optim import Adam
+from .optim import Adam, _Optimizer
+from .threads import blas_limited
 from .validate import check_dense, check_ids
 
 
+@blas_limited   # one BLAS thread: faster for these small products, and no stall on a busy machine
 def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None, seed=0,
         verbose=True, callback=None, invalid="raise", validation=None, patience=None):
     """Train ``model`` in place by minibatch gradient descent.
@@ -23,9 +26,10 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     epochs : int
     batch_size : int
     optimizer : SGD or Adam; default ``Adam(lr=1e-3)``
-    seed : int
-        Seeds the shuffling. Together with the model's own seed (init and
-        dropout) it makes a run reproducible bit for bit.
+    seed : int or numpy.random.Generator
+        Seeds the shuffling and the dropout masks. Together with the model's
+        own seed (initialisation) it makes a run reproducible bit for bit;
+        calls of ``model.loss`` in between do not change what ``fit`` trains.
     verbose : bool
         Print one line per epoch.
     callback : callable(epoch, history), optional
@@ -53,9 +57,28 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         ``invalid="drop"``, ``"clean_report"``: the :class:`~esmm_np.data.CleanReport`;
         with ``validation``, ``"val_loss"`` per epoch and ``"best_epoch"``
         (1-based), the epoch whose parameters the model ends with.
+
+    Raises
+    ------
+    FloatingPointError
+        When a step's loss or a gradient is NaN or inf; the message names the
+        epoch and step. The model (parameters and batch-norm statistics) and
+        the optimizer keep the state they had before that step.
     """
-    if invalid not in ("raise", "drop"):
-        raise ValueError(f"invalid must be 'raise' or 'drop', got {invalid!r}")
+    # Every option is checked before anything changes (the model, the optimizer).
+    V.check_choice(invalid, "invalid", ("raise", "drop"))
+    epochs = V.check_int(epochs, "epochs", low=1)
+    batch_size = V.check_int(batch_size, "batch_size", low=1)
+    verbose = V.check_bool(verbose, "verbose")
+    seed = V.check_seed(seed)
+    if patience is not None:
+        patience = V.check_int(patience, "patience", low=1)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+    optimizer = Adam() if optimizer is None else optimizer
+    if not isinstance(optimizer, _Optimizer):
+        raise TypeError(f"optimizer must be an esmm_np SGD or Adam, got {optimizer!r}")
+    optimizer.bind(model.params, record=False)   # refuses an optimizer that serves another model
     report = None
     if invalid == "drop" and len(labels) == 2:
         clean, report = clean_dataset(X, labels[0], labels[1], dense, field_dims=model.field_dims)
@@ -68,12 +91,10 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     X = check_ids(X, model.field_dims)
     dense = check_dense(dense, X.shape[0], model.n_dense, model.dtype)
     labels = model._check_labels(labels, X.shape[0])
-    if int(epochs) < 1 or int(batch_size) < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    optimizer = Adam() if optimizer is None else optimizer
     lazy = bool(getattr(optimizer, "lazy", False))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)   # shuffling and dropout: nothing else draws from it
     n = X.shape[0]
+    bounds = _batch_bounds(n, batch_size, getattr(model, "batch_norm", False))
     history = {"loss": [], "batch_loss": [], "seconds": []}
     if report is not None:
         history["clean_report"] = report
@@ -83,16 +104,23 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         dense_val = validation[1 + n_labels] if len(validation) > 1 + n_labels else None
         model.eval_loss(X_val, *labels_val, dense=dense_val)   # validate before training
         history["val_loss"], best = [], None
+    optimizer.bind(model.params)   # everything is checked: from here on the optimizer is this model's
     for epoch in range(int(epochs)):
         start = time.perf_counter()
         order = rng.permutation(n)
         total = 0.0
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
+        for step, (s, e) in enumerate(bounds):
+            idx = order[s:e]
             rows = X[idx] + model.offsets                                # (b, F)
             d = None if dense is None else dense[idx]
-            loss, grads = model.train_loss(rows, d, tuple(y[idx] for y in labels),
-                                           model.rng, lazy=lazy)
+            try:
+                loss, grads = model.train_loss(rows, d, tuple(y[idx] for y in labels),
+                                               rng, lazy=lazy)
+            except FloatingPointError as err:   # raised before anything was updated
+                raise FloatingPointError(
+                    f"epoch {epoch + 1}, step {step + 1} of {len(bounds)}: {err}. The model and "
+                    "the optimizer keep their state from before this step; a smaller learning "
+                    "rate usually helps") from None
             optimizer.step(model.params, grads)
             history["batch_loss"].append(loss)
             total += loss * len(idx)
@@ -124,3 +152,18 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
             print(f"restored the parameters of epoch {best_epoch + 1} (lowest validation loss)",
                   flush=True)
     return history
+
+
+def _batch_bounds(n, batch_size, batch_norm):
+    """``(start, end)`` of each minibatch of a pass over ``n`` shuffled rows.
+
+    Batch norm cannot train on a one-row batch (the row is its own mean), so
+    with batch norm a lone last row joins the batch before it.
+    """
+    if batch_norm and (n < 2 or batch_size < 2):
+        raise ValueError(f"batch norm needs training batches of at least 2 rows; got "
+                         f"{n} row(s) and batch_size={batch_size}")
+    starts = list(range(0, n, batch_size))
+    if batch_norm and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))

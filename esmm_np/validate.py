@@ -29,10 +29,14 @@ def check_field_dims(field_dims):
     field_dims : sequence of int
         Number of distinct ids of each categorical field.
     """
-    try:
-        dims = tuple(int(d) for d in field_dims)
-    except (TypeError, ValueError):
-        raise TypeError(f"field_dims must be a sequence of integers, got {field_dims!r}") from None
+    if isinstance(field_dims, (str, bytes)) or not hasattr(field_dims, "__iter__"):
+        raise TypeError(f"field_dims must be a sequence of integers, got {field_dims!r}")
+    field_dims = list(field_dims)
+    bad = [d for d in field_dims if not _is_int(d)]
+    if bad:   # 3.7 is refused, not truncated to 3
+        raise TypeError(f"field_dims must be a sequence of integers, got {field_dims!r} "
+                        f"(not integers: {bad[:_MAX_LISTED]})")
+    dims = tuple(int(d) for d in field_dims)
     if len(dims) == 0:
         raise ValueError("field_dims is empty: the model needs at least one categorical field")
     bad = [f for f, d in enumerate(dims) if d < 1]
@@ -75,6 +79,10 @@ def check_ids(X, field_dims, name="X"):
                                 for r, f in zip(rows[:_MAX_LISTED], fields[:_MAX_LISTED]))
             more = f" (and {len(rows) - _MAX_LISTED} more)" if len(rows) > _MAX_LISTED else ""
             raise ValueError(f"{name} has {len(rows)} id(s) {what}: {details}{more}")
+    if X.dtype == np.uint64:
+        # Every id is now below field_dims, so int64 holds it; uint64 + int64
+        # offsets would otherwise give float64 table rows.
+        X = X.astype(np.int64)
     return X
 
 
@@ -111,7 +119,15 @@ def check_dense(dense, n, n_dense, dtype, name="dense"):
     if bad.any():
         raise ValueError(f"{name} has {int(bad.sum())} NaN or inf value(s) at (row, column) "
                          f"{_where(np.argwhere(bad))}")
-    return dense.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):     # an overflow is reported below, by position
+        out = dense.astype(dtype, copy=False)
+    if out is not dense:
+        # Checked again after the cast: 1e39 is finite in float64 but inf in float32.
+        bad = ~np.isfinite(out)
+        if bad.any():
+            raise ValueError(f"{name} has {int(bad.sum())} value(s) too large for {np.dtype(dtype)} "
+                             f"(they would become inf) at (row, column) {_where(np.argwhere(bad))}")
+    return out
 
 
 def check_binary(y, n, name):
@@ -170,3 +186,75 @@ def check_labels(click, conversion, n):
     conversion = check_binary(conversion, n, "conversion")
     check_click_conversion(click, conversion)
     return click, conversion
+
+
+# ------------------------------------------------------------ hyperparameters
+#
+# Options are checked as strictly as data: a float where an integer is meant
+# is refused rather than truncated (``embed_dim=2.7`` is not 2), a string is
+# never read as a truth value (``batch_norm="no"`` is not True), and NaN or
+# inf never slips through a comparison (``lr=nan`` fails every ``>`` test, so
+# ``if lr <= 0: raise`` alone would accept it).
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(value, name, low=None, high=None):
+    """Return ``value`` as a Python int in ``[low, high]`` (either bound optional).
+
+    Refuses booleans, floats (even 2.0: a float here is usually a computed
+    size that was meant to be rounded on purpose) and strings.
+    """
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = (f">= {low}" if high is None else f"<= {high}" if low is None
+                else f"in [{low}, {high}]")
+        raise ValueError(f"{name} must be {span}, got {value}")
+    return value
+
+
+def check_float(value, name, low=None, high=None, low_open=False, high_open=False):
+    """Return ``value`` as a finite Python float within the given bounds.
+
+    ``low_open`` / ``high_open`` exclude the bound itself (``lr > 0`` is
+    ``low=0, low_open=True``). NaN and inf are refused whatever the bounds.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+        span = (f"{'>' if low_open else '>='} {low:g}" if high is None
+                else f"{'<' if high_open else '<='} {high:g}" if low is None else f"in {lo}, {hi}")
+        raise ValueError(f"{name} must be {span}, got {value:g}")
+    return value
+
+
+def check_bool(value, name):
+    """Return ``value`` as a bool; only True/False (or NumPy's) are accepted."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_choice(value, name, choices):
+    """Return ``value`` if it is one of ``choices`` (compared as strings)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_seed(seed, name="seed"):
+    """A seed is None, a non-negative int or a ``numpy.random.Generator``."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    return check_int(seed, name, low=0)

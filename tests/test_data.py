@@ -80,8 +80,7 @@ def test_subset_by_index_and_by_mask_copies():
     assert np.array_equal(by_index.dense, ds.dense[[3, 0]])
     by_mask = ds.subset(np.array([True, False, False, True]))
     assert np.array_equal(by_mask.click, ds.click[[0, 3]])
-    by_mask.X[0, 0] = 4  # the subset owns its arrays
-    assert ds.X[0, 0] == 0
+    assert not np.shares_memory(by_mask.X, ds.X)  # the subset owns its arrays
     assert by_mask.field_dims == ds.field_dims and by_mask.field_names == ds.field_names
 
 

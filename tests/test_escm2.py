@@ -301,3 +301,18 @@ def test_ips_mean_hand_computed():
     assert r["ess"] == pytest.approx(w.sum() ** 2 / (w ** 2).sum())
     with pytest.raises(ValueError, match="floor"):
         E.ips_mean(values, click, p, floor=1.0)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_save_and_load_round_trip(kind, tmp_path, rng):
+    model = E.ESCM2(FIELD_DIMS, embed_dim=3, tower_units=((5,), (4,)), batch_norm=True,
+                    propensity_floor=0.02, counterfactual_weight=0.5, seed=2, **KINDS[kind])
+    for w in model.params.values():
+        w += 0.1 * rng.standard_normal(w.shape)
+    path = model.save(tmp_path / "m.npz")
+    loaded = esmm_np.load_model(path)
+    assert type(loaded) is E.ESCM2 and loaded.get_config() == model.get_config()
+    X, click, conversion, _ = _batch(rng)
+    for k, v in model.predict(X).items():
+        assert np.array_equal(v, loaded.predict(X)[k])
+    assert model.loss(X, click, conversion, seed=1)[0] == loaded.loss(X, click, conversion, seed=1)[0]

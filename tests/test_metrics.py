@@ -145,7 +145,7 @@ def test_quantile_bins_hold_equal_counts():
     (dict(y_or_true_prob=[0.1, 0.2], p=[0.1]), "y_or_true_prob has length 2 but p has length 1"),
     (dict(y_or_true_prob=[0.1, -0.2], p=[0.1, 0.2]),
      r"y_or_true_prob must be probabilities in \[0, 1\]"),
-    (dict(y_or_true_prob=[0, 1], p=[0.1, 0.2], n_bins=0), "n_bins must be a positive integer"),
+    (dict(y_or_true_prob=[0, 1], p=[0.1, 0.2], n_bins=0), "n_bins must be >= 1"),
     (dict(y_or_true_prob=[0, 1], p=[0.1, 0.2], strategy="log"), "strategy must be"),
 ])
 def test_calibration_input_errors(kwargs, match):
