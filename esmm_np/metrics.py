@@ -372,3 +372,70 @@ def _normal_quantile(u):
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+def seed_interval(values, row_se=None, level=0.95):
+    """Mean over training seeds with an interval that counts seeds and test rows.
+
+    A bias measured on one test set varies for two reasons: the trained
+    network (seed to seed) and the test impressions. With ``S`` seeds'
+    values ``v_s`` and, optionally, each seed's test-row standard error, the
+    half-width is
+
+        sqrt( (t · sd(v) / sqrt(S))² + (z · mean(row_se))² )
+
+    with ``t`` the Student quantile at ``S - 1`` degrees of freedom and ``z``
+    the normal one. The test-row part is not divided by ``sqrt(S)``: every
+    seed is scored on the same test rows, so their noise does not average out.
+    For a difference between two methods on the same rows (paired), pass the
+    per-seed differences and no ``row_se``: a shared target cancels.
+
+    Parameters
+    ----------
+    values : sequence of float, at least 2
+    row_se : sequence of float or None
+    level : float in (0, 1)
+
+    Returns
+    -------
+    dict with ``mean``, ``low``, ``high``, ``n`` (seeds)
+    """
+    v = _as_float_vector(values, "values")
+    if v.shape[0] < 2:
+        raise ValueError(f"an interval over seeds needs at least 2 values, got {v.shape[0]}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    u = 0.5 + level / 2
+    seeds = _t_quantile(u, v.shape[0] - 1) * v.std(ddof=1) / np.sqrt(v.shape[0])
+    rows = 0.0
+    if row_se is not None:
+        se = _as_float_vector(row_se, "row_se")
+        _check_same_length(v, se, "values", "row_se")
+        rows = _normal_quantile(u) * float(se.mean())
+    half = float(np.hypot(seeds, rows))
+    mean = float(v.mean())
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": int(v.shape[0])}
+
+
+def _t_quantile(u, df):
+    """Student-t quantile (u > 1/2) by bisection on the CDF, integrated numerically (NumPy only)."""
+    from math import lgamma, pi
+    log_c = lgamma((df + 1) / 2) - lgamma(df / 2) - 0.5 * np.log(df * pi)
+
+    def cdf(x):
+        # 1/2 + integral_0^x of the density; Simpson's rule on a fine grid (error ~1e-12)
+        t = np.linspace(0.0, x, 20001)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(t * t / df))
+        h = t[1] - t[0]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < u:                       # bracket: heavy tails at df = 1 need room
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if cdf(mid) < u:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)

@@ -278,3 +278,23 @@ def test_potential_outcome_bias_sees_the_hidden_confounder():
             assert r["low"] < 0 < r["high"], r       # the truth is unbiased
         else:
             assert r["low"] > 0, r                   # true_cvr overstates the unclicked
+
+
+def test_t_quantile_matches_the_table():
+    from esmm_np.metrics import _t_quantile
+    # two-sided 95% Student-t critical values (any statistics table)
+    for df, t in ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042)):
+        assert _t_quantile(0.975, df) == pytest.approx(t, abs=1e-3), df
+
+
+def test_seed_interval_hand_computed():
+    from esmm_np.metrics import seed_interval, _t_quantile
+    v = np.array([1.0, 2.0, 4.0])
+    r = seed_interval(v)
+    half = _t_quantile(0.975, 2) * v.std(ddof=1) / np.sqrt(3)
+    assert (r["mean"], r["low"], r["high"], r["n"]) == pytest.approx(
+        (7 / 3, 7 / 3 - half, 7 / 3 + half, 3))
+    r2 = seed_interval(v, row_se=[0.5, 0.5, 0.5])
+    assert r2["high"] - r2["mean"] == pytest.approx(np.hypot(half, 1.959963984540054 * 0.5))
+    with pytest.raises(ValueError, match="at least 2"):
+        seed_interval([1.0])
