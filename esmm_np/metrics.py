@@ -439,3 +439,36 @@ def _t_quantile(u, df):
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+def binned_gap(p, target, by, n_bins=10):
+    """Mean ``p - target`` within quantile bins of ``by``: where a bias sits.
+
+    Parameters
+    ----------
+    p, target, by : ndarray of shape (n,)
+        Say pCVR, the potential conversion, and the true CTR of the same rows.
+    n_bins : int
+        Bins hold about ``n / n_bins`` rows each (edges at quantiles of ``by``).
+
+    Returns
+    -------
+    dict with ``edges`` (n_bins + 1,), ``mid`` (median of ``by`` per bin),
+    ``gap`` and ``se`` (mean of ``p - target`` per bin and its standard error), ``count``
+    """
+    p = _as_float_vector(p, "p")
+    target = _as_float_vector(target, "target")
+    by = _as_float_vector(by, "by")
+    _check_same_length(p, target, "p", "target")
+    _check_same_length(p, by, "p", "by")
+    edges = np.quantile(by, np.linspace(0.0, 1.0, int(n_bins) + 1))    # (B + 1,)
+    bin_of = np.clip(np.searchsorted(edges[1:-1], by, side="right"), 0, n_bins - 1)  # (n,)
+    d = p - target                                                     # (n,)
+    gap, se, mid, count = (np.full(n_bins, np.nan) for _ in range(4))
+    for b in range(n_bins):
+        m = bin_of == b
+        count[b] = m.sum()
+        if m.sum() > 1:
+            gap[b], se[b] = d[m].mean(), d[m].std(ddof=1) / np.sqrt(m.sum())
+            mid[b] = np.median(by[m])
+    return {"edges": edges, "mid": mid, "gap": gap, "se": se, "count": count.astype(np.int64)}

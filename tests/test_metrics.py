@@ -298,3 +298,13 @@ def test_seed_interval_hand_computed():
     assert r2["high"] - r2["mean"] == pytest.approx(np.hypot(half, 1.959963984540054 * 0.5))
     with pytest.raises(ValueError, match="at least 2"):
         seed_interval([1.0])
+
+
+def test_binned_gap_hand_computed():
+    from esmm_np.metrics import binned_gap
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    target = np.array([0.0, 0.0, 1.0, 0.0])
+    by = np.array([0.4, 0.1, 0.3, 0.2])          # bins of 2: {0.1, 0.2} and {0.3, 0.4}
+    r = binned_gap(p, target, by, n_bins=2)
+    assert r["count"].tolist() == [2, 2]
+    assert r["gap"] == pytest.approx([(0.2 + 0.4) / 2, ((0.3 - 1) + 0.1) / 2])
