@@ -330,18 +330,40 @@ def potential_outcome_bias(p_cvr, conversion_if_clicked, mask=None, level=0.95):
 
     Returns
     -------
-    dict with ``bias``, ``low``, ``high`` (float; NaN for an empty group) and ``n`` (rows)
+    dict: see :func:`gap_interval`
+    """
+    y, p = _check_labels_and_scores(conversion_if_clicked, p_cvr, "conversion_if_clicked", "p_cvr")
+    return gap_interval(p, y, mask, level)
+
+
+def gap_interval(p, target, mask=None, level=0.95):
+    """Mean ``p - target`` over a group of rows, with a normal-approximation interval.
+
+    Parameters
+    ----------
+    p, target : array_like of float in [0, 1], shape (n,)
+        Predictions and what they are compared with (0/1 outcomes or true probabilities).
+    mask : array_like of bool, shape (n,), optional
+    level : float in (0, 1)
+
+    Returns
+    -------
+    dict with ``bias``, ``se``, ``low``, ``high`` (float; NaN for an empty
+    group) and ``n`` (rows)
 
     Notes
     -----
-    With ``d_j = p_j - y_j`` over the ``m`` rows of the group, the bias is
+    With ``d_j = p_j - target_j`` over the ``m`` rows of the group, the bias is
     ``mean(d)`` and its standard error ``std(d) / sqrt(m)``; the interval is
     ``bias -+ z * se`` with ``z`` the normal quantile for ``level`` (1.96 for
     95%). It covers the test impressions' sampling noise for a fixed model;
-    training noise is seen by repeating over seeds.
+    training noise is seen by repeating over seeds (:func:`seed_interval`).
     """
-    y, p = _check_labels_and_scores(conversion_if_clicked, p_cvr, "conversion_if_clicked", "p_cvr")
-    _check_probability(p, "p_cvr")
+    p = _as_float_vector(p, "p")
+    target = _as_float_vector(target, "target")
+    _check_same_length(p, target, "p", "target")
+    _check_probability(p, "p")
+    _check_probability(target, "target")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if mask is None:
@@ -351,14 +373,14 @@ def potential_outcome_bias(p_cvr, conversion_if_clicked, mask=None, level=0.95):
         raise ValueError(f"mask must be a boolean array of shape {p.shape}, got "
                          f"{mask.dtype} of shape {mask.shape}")
     m = int(mask.sum())
+    nan = float("nan")
     if m == 0:
-        nan = float("nan")
-        return {"bias": nan, "low": nan, "high": nan, "n": 0}
-    d = p[mask] - y[mask]                                              # (m,)
+        return {"bias": nan, "se": nan, "low": nan, "high": nan, "n": 0}
+    d = p[mask] - target[mask]                                         # (m,)
     bias = float(d.mean())
-    se = float(d.std(ddof=1) / np.sqrt(m)) if m > 1 else float("nan")
+    se = float(d.std(ddof=1) / np.sqrt(m)) if m > 1 else nan
     z = _normal_quantile(0.5 + level / 2)
-    return {"bias": bias, "low": bias - z * se, "high": bias + z * se, "n": m}
+    return {"bias": bias, "se": se, "low": bias - z * se, "high": bias + z * se, "n": m}
 
 
 def _normal_quantile(u):

@@ -308,3 +308,14 @@ def test_binned_gap_hand_computed():
     r = binned_gap(p, target, by, n_bins=2)
     assert r["count"].tolist() == [2, 2]
     assert r["gap"] == pytest.approx([(0.2 + 0.4) / 2, ((0.3 - 1) + 0.1) / 2])
+
+
+def test_gap_interval_against_true_probabilities():
+    from esmm_np.metrics import gap_interval
+    p = np.array([0.2, 0.4, 0.6])
+    t = np.array([0.1, 0.1, 0.4])
+    r = gap_interval(p, t)
+    d = p - t
+    assert r["bias"] == pytest.approx(d.mean()) and r["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    with pytest.raises(ValueError, match="target must be probabilities"):
+        gap_interval(p, np.array([0.1, 2.0, 0.1]))
