@@ -209,6 +209,13 @@ class ESCM2(ESMM):
         (CVR error held). "joint": the gradient of the summed objective with
         respect to both towers (docs/derivation.md section 9 shows why the
         CVR tower then drifts to an error half a nat below the imputed one).
+    validation_loss : {"observed", "full"}
+        What :meth:`eval_loss` (early stopping in :func:`esmm_np.fit`)
+        measures. "observed" (default): ESMM's two losses, the CTR and CTCVR
+        cross-entropies on the log's own labels, the criterion ESMM is
+        stopped on. "full": the training objective, counterfactual term
+        included; its 1 / pCTR weights (up to 1 / floor) make it a noisy
+        criterion that tends to stop within the first few hundred steps.
     **options
         Every other option of ESMM: activation, dropout, batch_norm,
         l2_reg_embedding, l2_reg_dnn, n_dense, loss_weights, ctcvr_loss,
@@ -221,7 +228,8 @@ class ESCM2(ESMM):
 
     def __init__(self, field_dims, embed_dim=8, tower_units=(64, 32), *, variant="ips",
                  counterfactual_weight=1.0, propensity_floor=0.01, propensity_grad=False,
-                 imputation_units=None, dr_gradient="separate", **options):
+                 imputation_units=None, dr_gradient="separate", validation_loss="observed",
+                 **options):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if not counterfactual_weight >= 0:
@@ -230,6 +238,8 @@ class ESCM2(ESMM):
             raise ValueError(f"propensity_floor must be in [0, 1), got {propensity_floor}")
         if variant == "ips" and imputation_units is not None:
             raise ValueError("imputation_units is for variant='dr' only")
+        if validation_loss not in ("observed", "full"):
+            raise ValueError(f"validation_loss must be 'observed' or 'full', got {validation_loss!r}")
         if dr_gradient not in ("separate", "joint"):
             raise ValueError(f"dr_gradient must be 'separate' or 'joint', got {dr_gradient!r}")
         super().__init__(field_dims, embed_dim, tower_units, **options)
@@ -238,7 +248,9 @@ class ESCM2(ESMM):
         self.propensity_floor = float(propensity_floor)
         self.propensity_grad = bool(propensity_grad)
         self.dr_gradient = dr_gradient
+        self.validation_loss = validation_loss
         self._held = None
+        self._observed_only = False
         if variant == "dr":
             units = self.tower_units[1] if imputation_units is None else \
                 _as_units(imputation_units, 1)[0]
@@ -258,7 +270,8 @@ class ESCM2(ESMM):
         config["tower_units"] = config["tower_units"][:2]      # the imputation tower's are below
         config.update(variant=self.variant, counterfactual_weight=self.counterfactual_weight,
                       propensity_floor=self.propensity_floor,
-                      propensity_grad=self.propensity_grad, dr_gradient=self.dr_gradient)
+                      propensity_grad=self.propensity_grad, dr_gradient=self.dr_gradient,
+                      validation_loss=self.validation_loss)
         if self.variant == "dr":
             config["imputation_units"] = list(self.tower_units[2])
         return config
@@ -300,6 +313,14 @@ class ESCM2(ESMM):
         finally:
             self._held = None
 
+    def eval_loss(self, X, *labels, dense=None, batch_size=65536):
+        """The validation loss (inference mode, no L2): see ``validation_loss``."""
+        self._observed_only = self.validation_loss == "observed"
+        try:
+            return super().eval_loss(X, *labels, dense=dense, batch_size=batch_size)
+        finally:
+            self._observed_only = False
+
     def propensity(self, X, dense=None, *, train=False, seed=None):
         """The clipped propensities ``max(pCTR, floor)`` of a batch, shape (n,).
 
@@ -333,6 +354,8 @@ class ESCM2(ESMM):
     def _loss_at_logits(self, logits, labels):
         """ESMM's two losses plus λ_c times the counterfactual CVR loss."""
         loss, dlogit = super()._loss_at_logits(logits, labels)
+        if self._observed_only:
+            return loss, dlogit
         click, conversion = labels
         lam = self.counterfactual_weight
         held = self._held or {}

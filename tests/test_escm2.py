@@ -323,3 +323,16 @@ def test_save_and_load_round_trip(kind, tmp_path, rng):
     for k, v in model.predict(X).items():
         assert np.array_equal(v, loaded.predict(X)[k])
     assert model.loss(X, click, conversion, seed=1)[0] == loaded.loss(X, click, conversion, seed=1)[0]
+
+
+def test_validation_loss_observed_is_esmms(rng):
+    X, click, conversion, _ = _batch(rng)
+    esmm = esmm_np.ESMM(FIELD_DIMS, embed_dim=3, tower_units=(5,), seed=4)
+    for kind in KINDS.values():
+        model = E.ESCM2(FIELD_DIMS, embed_dim=3, tower_units=(5,), seed=4, **kind)
+        full = E.ESCM2(FIELD_DIMS, embed_dim=3, tower_units=(5,), seed=4,
+                       validation_loss="full", **kind)
+        assert model.eval_loss(X, click, conversion) == esmm.eval_loss(X, click, conversion)
+        assert full.eval_loss(X, click, conversion) > model.eval_loss(X, click, conversion)
+        # and the training loss is untouched by the option
+        assert model.loss(X, click, conversion, seed=0)[0] == full.loss(X, click, conversion, seed=0)[0]
