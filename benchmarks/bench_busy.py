@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    python benchmarks/bench_busy.py                 # the full demo, 4 runs: about 3 to 10 minutes
-    python benchmarks/bench_busy.py --n 200000      # a smaller world, for a quick look
+    python benchmarks/bench_busy.py                 # the full demo, 4 runs: 3 minutes on a quiet machine
+    python benchmarks/bench_busy.py --n 200000 --rounds 2   # a smaller world, repeated
 
 Each run starts ``python -m esmm_np.cli demo`` in a fresh process (output to
 a temporary folder) and times it, in two settings and two conditions:
@@ -18,7 +18,8 @@ a temporary folder) and times it, in two settings and two conditions:
 - conditions: **alone**, and **busy**: beside ``--busy`` processes that
   spin on the CPU (``while True: pass``) for the whole run.
 
-It prints the seconds of every run and, per setting, busy / alone. The
+It prints the seconds of every run as it ends and, per setting, the median
+of busy / the median alone. The
 issue's target: beside one CPU-bound process the demo takes at most 2.5
 times as long as alone. Other work on the machine changes every figure;
 run it on a quiet machine, or read the ratios with that in mind.
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -72,6 +75,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="the demo's training seed")
     parser.add_argument("--settings", nargs="+", default=["before", "after"],
                         choices=["before", "after"])
+    parser.add_argument("--rounds", type=int, default=1, help="repetitions of every run")
     args = parser.parse_args()
 
     probe = subprocess.run(
@@ -82,12 +86,22 @@ def main():
           f"esmm_np.threads.TRAINING_THREADS = {probe[2]}")
     print(f"command: {sys.executable} -m esmm_np.cli demo --out TMP --seed {args.seed}"
           + (f" --n {args.n}" if args.n else "") + f"; busy = {args.busy} x 'while True: pass'\n")
-    print(f"{'setting':<8} {'alone s':>9} {'busy s':>9} {'busy/alone':>11}")
+    # Settings alternate within each round, so that load from elsewhere falls on both.
+    times = {(st, busy): [] for st in args.settings for busy in (0, args.busy)}
+    print(f"{'round':>5} {'setting':<8} {'condition':<10} {'seconds':>8}", flush=True)
+    for r in range(args.rounds):
+        for busy in (0, args.busy):
+            for setting in args.settings:
+                seconds = run_demo(setting, busy, args.n, args.seed)
+                times[setting, busy].append(seconds)
+                print(f"{r + 1:>5} {setting:<8} {'busy' if busy else 'alone':<10} {seconds:>8.1f}",
+                      flush=True)
+    print(f"\n{'setting':<8} {'alone s':>9} {'busy s':>9} {'busy/alone':>11}   (medians)")
     for setting in args.settings:
-        alone = run_demo(setting, 0, args.n, args.seed)
-        busy = run_demo(setting, args.busy, args.n, args.seed)
-        print(f"{setting:<8} {alone:>9.1f} {busy:>9.1f} {busy / alone:>11.2f}", flush=True)
-
+        alone = float(np.median(times[setting, 0]))
+        busy = float(np.median(times[setting, args.busy]))
+        print(f"{setting:<8} {alone:>9.1f} {busy:>9.1f} {busy / alone:>11.2f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (other processes add to every figure)")
 
 if __name__ == "__main__":
     main()

@@ -590,8 +590,8 @@ def main():
     print(f"busiest of its processes). Parts over {NOISY:.0%} were rerun, up to {TRIES[0]} "
           f"tries, keeping the quietest. Load average after: {load_after[0]:.2f}.")
     if opts.json:
-        with open(opts.json, "w") as f:
-            json.dump(results, f, indent=1)
+        from esmm_np.files import write_json   # atomic, strict JSON (no NaN tokens)
+        write_json(opts.json, results)
 
 
 if __name__ == "__main__":

@@ -51,12 +51,7 @@ def _report(result, sweep, out):
     from . import experiments as E
 
     print()
-    print(E.format_table(result))
-    note = E.division_note(result)
-    if note:
-        print("\n" + note)
-    if sweep:
-        print("\nSparsity sweep (entire-space CVR AUC, percent):\n" + E.sweep_table(sweep))
+    print(E.report_text(result, sweep))
     figure = True
     try:
         import matplotlib  # noqa: F401
@@ -76,6 +71,8 @@ def _demo(args):
     print("esmm-np demo: simulate a world where the true CVR of every impression is known,")
     print("train ESMM and the paper's baselines on it, and compare them on held-out impressions.")
     print("AUC in percent; bias = mean pCVR - mean true CVR, in percentage points.\n")
+    if args.workers is not None:
+        cfg.workers = args.workers
     result = E.run_experiment(cfg)
     world = result["world"]
     print(f"\nIn this world clicked impressions have mean true CVR "
@@ -88,17 +85,22 @@ def _demo(args):
 def _experiment(args):
     from . import experiments as E
 
-    cfg = E.quick_config() if args.quick else E.ExperimentConfig()
+    cfg = E.CONFIGS["quick" if args.quick else args.preset]()
+    if args.quick:
+        cfg.preset = args.preset
     if args.seeds is not None:
         cfg.seeds = tuple(args.seeds)
     if args.n is not None:
+        if args.n < cfg.n_impressions and cfg.label == "full":
+            cfg.label = "small"
         cfg.n_impressions = args.n
-    data = E.make_world(cfg)
-    result = E.run_experiment(cfg, data=data)
-    sweep = None if args.no_sweep else E.sparsity_sweep(cfg, data=data)
+    if args.workers is not None:
+        cfg.workers = args.workers
+    result, sweep = E.run_all(cfg, sweep=not args.no_sweep)
     _report(result, sweep, args.out)
     if args.docs:
-        E.write_docs(result, sweep, args.docs, "esmm-np experiment " + " ".join(args.argv))
+        E.write_docs(result, sweep, args.docs, "esmm-np experiment " + " ".join(args.argv),
+                     section=None if cfg.preset == "default" else cfg.preset)
         print(f"updated {args.docs}")
     return 0
 
@@ -141,9 +143,9 @@ def _check_outputs(parser, args):
         if getattr(args, "docs", None):
             check_writable_file(args.docs)
             text = read_text(args.docs)
-            if E.DOC_START not in text or E.DOC_END not in text:
-                raise ValueError(f"{args.docs} has no {E.DOC_START} ... {E.DOC_END} section "
-                                 "to fill")
+            start, end = E.doc_markers(None if args.preset == "default" else args.preset)
+            if start not in text or end not in text:
+                raise ValueError(f"{args.docs} has no {start} ... {end} section to fill")
     except (OSError, ValueError) as err:
         parser.error(str(err))
 
@@ -174,16 +176,23 @@ def main(argv=None):
     d.add_argument("--seed", type=_count(0), default=0, help="training seed")
     d.add_argument("--n", type=_count(100), default=1_000_000,
                    help="number of simulated impressions")
+    d.add_argument("--workers", type=_count(1), default=2,
+                   help="worker processes, one BLAS thread each")
     d.set_defaults(run=_demo)
     e = sub.add_parser("experiment", help="the paper's Table 2 and sparsity sweep, several seeds",
                        formatter_class=fmt)
     e.add_argument("--out", default="results", help="folder for table, JSON and figure")
-    e.add_argument("--quick", action="store_true", help="a small configuration (seconds)")
+    e.add_argument("--preset", default="default", choices=("default", "paper"),
+                   help="the simulated world (esmm_np.simulate's preset)")
+    e.add_argument("--quick", action="store_true",
+                   help="a small configuration (under a minute); its numbers are not the table's")
+    e.add_argument("--workers", type=_count(1), default=2,
+                   help="worker processes, one BLAS thread each")
     e.add_argument("--seeds", type=_count(0), nargs="+", help="training seeds (default 0 1 2)")
     e.add_argument("--n", type=_count(100), help="number of simulated impressions")
     e.add_argument("--no-sweep", action="store_true", help="skip the sparsity sweep")
     e.add_argument("--docs", help="also fill the generated section of this Markdown file "
-                                  "(docs/experiments.md)")
+                                  "(docs/experiments.md; one section per preset)")
     e.set_defaults(run=_experiment)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)

@@ -494,3 +494,159 @@ def binned_gap(p, target, by, n_bins=10):
             gap[b], se[b] = d[m].mean(), d[m].std(ddof=1) / np.sqrt(m.sum())
             mid[b] = np.median(by[m])
     return {"edges": edges, "mid": mid, "gap": gap, "se": se, "count": count.astype(np.int64)}
+
+
+# ------------------------------------------------- soft AUC and the bootstrap
+
+def _tie_groups(score):
+    """Each row's tie group, groups numbered 0..g-1 in ascending order of score.
+
+    Returns
+    -------
+    group : ndarray of int64, shape (n,)
+    n_groups : int
+    """
+    values, group = np.unique(score, return_inverse=True)              # (g,), (n,)
+    return group.reshape(-1), values.shape[0]
+
+
+def _pair_auc(pos, weight, group, n_groups, self_pairs):
+    """AUC from per-row positive weights ``pos`` and row weights ``weight``.
+
+    A row of weight ``w`` and positive weight ``pos`` counts as ``pos``
+    positives and ``w - pos`` negatives. Sums ``pos_i neg_j`` over pairs of
+    distinct rows with ``score_i > score_j`` (half for ties) and divides by
+    the sum over all pairs of distinct rows; ``self_pairs`` is the total
+    weight of the pairs of a row with itself, which the tie count of a
+    group would otherwise include. With the rows' tie groups precomputed
+    (:func:`_tie_groups`) this costs O(n) and no sort, which is what makes
+    a bootstrap of many replicates affordable.
+    """
+    pos_g = np.bincount(group, weights=pos, minlength=n_groups)        # (g,) per tie group
+    neg_g = np.bincount(group, weights=weight, minlength=n_groups) - pos_g  # (g,)
+    neg_below = np.cumsum(neg_g) - neg_g                               # (g,) in lower groups
+    num = float(pos_g @ (neg_below + 0.5 * neg_g)) - 0.5 * self_pairs
+    den = float(pos_g.sum()) * float(neg_g.sum()) - self_pairs
+    return num / den if den > 0 else float("nan")
+
+
+def soft_auc(p_true, score):
+    """The AUC expected when row ``i`` is positive with probability ``p_true[i]``.
+
+    Parameters
+    ----------
+    p_true : array_like of float in [0, 1], shape (n,)
+        Each row's probability of being positive; 0/1 labels give the plain
+        :func:`auc`. On simulated data, ``true_cvr``.
+    score : array_like of float, shape (n,)
+
+    Returns
+    -------
+    float in [0, 1]
+
+    Notes
+    -----
+    Every ordered pair of distinct rows (i, j) is weighted by the chance
+    ``p_i (1 - p_j)`` that i is a positive and j a negative:
+
+        soft AUC = sum_{i != j} p_i (1 - p_j) K(s_i, s_j) / sum_{i != j} p_i (1 - p_j),
+
+    with ``K = 1`` if ``s_i > s_j``, 1/2 if tied, 0 otherwise. Numerator and
+    denominator are the expected pair counts of the AUC over label sets
+    drawn from ``p_true``, so for large ``n`` it is the mean AUC over such
+    draws, without their sampling noise: a scorer is judged against the
+    truth, not against one coin toss per row.
+    """
+    p = _as_float_vector(p_true, "p_true")                             # (n,)
+    score = _as_float_vector(score, "score")                           # (n,)
+    _check_same_length(p, score, "p_true", "score")
+    _check_probability(p, "p_true")
+    # Row i with itself would be a "pair" of weight p_i (1 - p_i); it is not one.
+    out = _pair_auc(p, np.ones_like(p), *_tie_groups(score), float(p @ (1.0 - p)))
+    if np.isnan(out):
+        raise ValueError("soft AUC is undefined: p_true gives no pair with a positive and a "
+                         "negative (all 0 or all 1)")
+    return out
+
+
+def paired_bootstrap(target, scores, reference, n_boot=200, seed=0, level=0.95):
+    """Bootstrap over rows of each scorer's AUC and its difference to ``reference``.
+
+    Every replicate draws ``n`` rows with replacement, the same rows for every
+    scorer (paired), and computes every scorer's (soft) AUC on them. The
+    spread of the differences is what says whether two methods can be told
+    apart on this test set; it is far smaller than the spread of each AUC,
+    because both are scored on the same hard and easy rows.
+
+    Parameters
+    ----------
+    target : array_like of float in [0, 1], shape (n,)
+        0/1 labels (plain AUC) or probabilities (:func:`soft_auc`).
+    scores : dict name -> array of shape (n,) or (k, n)
+        ``k`` rows (say, training seeds) are averaged: the scorer's value is
+        the mean AUC of its ``k`` score vectors.
+    reference : str
+        The key of ``scores`` every other scorer is compared with.
+    n_boot : int
+    seed : int
+    level : float in (0, 1)
+        Coverage of the percentile interval.
+
+    Returns
+    -------
+    dict name -> dict with
+        ``value``: the AUC on the full test set (mean over its ``k`` vectors),
+        ``low``, ``high``: percentile interval of the AUC,
+        ``diff``: value minus the reference's value,
+        ``diff_low``, ``diff_high``: percentile interval of the difference,
+        ``diff_se``: bootstrap standard error of the difference.
+    """
+    y = _as_float_vector(target, "target")                             # (n,)
+    _check_probability(y, "target")
+    if reference not in scores:
+        raise ValueError(f"reference {reference!r} is not among the scores {sorted(scores)}")
+    if int(n_boot) != n_boot or n_boot < 2:
+        raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    n = y.shape[0]
+    sorted_scores = {}
+    for name, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        s = s[None, :] if s.ndim == 1 else s                           # (k, n)
+        if s.ndim != 2 or s.shape[1] != n:
+            raise ValueError(f"scores[{name!r}] must have shape (n,) or (k, n) with n = {n}, "
+                             f"got {np.shape(scores[name])}")
+        if np.isnan(s).any():
+            raise ValueError(f"scores[{name!r}] has NaN values")
+        sorted_scores[name] = [_tie_groups(row) for row in s]
+
+    y_var = y * (1.0 - y)                                              # (n,) 0 for 0/1 labels
+
+    def values(weight):
+        # A row drawn c times is c distinct rows: c self-pairs to leave out, and the
+        # c (c - 1) pairs between its copies are real pairs (ties, counted as 1/2).
+        pos, self_pairs = weight * y, float(weight @ y_var)            # (n,), scalar
+        return {name: float(np.mean([_pair_auc(pos, weight, g, k, self_pairs)
+                                     for g, k in groups]))
+                for name, groups in sorted_scores.items()}
+
+    full = values(np.ones(n))
+    rng = np.random.default_rng(seed)
+    draws = {name: np.empty(int(n_boot)) for name in scores}
+    for b in range(int(n_boot)):
+        weight = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
+        for name, v in values(weight).items():
+            draws[name][b] = v
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for name in scores:
+        diff = draws[name] - draws[reference]
+        out[name] = {"value": full[name],
+                     "low": float(np.percentile(draws[name], tail)),
+                     "high": float(np.percentile(draws[name], 100 - tail)),
+                     "diff": full[name] - full[reference],
+                     "diff_low": float(np.percentile(diff, tail)),
+                     "diff_high": float(np.percentile(diff, 100 - tail)),
+                     "diff_se": float(np.std(diff, ddof=1))}
+    return out

@@ -67,7 +67,7 @@ def save_model(model, path, optimizer=None):
         optimizer.bind(model.params)     # refuses an optimizer that serves another model
         meta["optimizer"] = optimizer.config()
         arrays.update({f"optim/{k}": a for k, a in optimizer.state_arrays().items()})
-    arrays["meta"] = np.array(json.dumps(meta))      # a unicode array: text, not a pickle
+    arrays["meta"] = np.array(json.dumps(meta, allow_nan=False))      # a unicode array: text, not a pickle
     return write_file(path, lambda f: np.savez(f, **arrays))
 
 

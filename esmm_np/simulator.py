@@ -55,7 +55,7 @@ _N_QUADRATURE = 32        # Gauss-Hermite nodes for averaging over the confounde
 _STREAM_WORLD, _STREAM_CALIBRATION, _STREAM_BLOCK = 0, 1, 2
 # Second element inside the world family: one stream per ingredient, so
 # adding dense features (say) does not change the users or items.
-_W_USERS, _W_ITEMS, _W_READOUT, _W_DENSE, _W_POPULARITY = range(5)
+_W_USERS, _W_ITEMS, _W_READOUT, _W_DENSE, _W_POPULARITY, _W_ATTRIBUTES = range(6)
 # Last element inside a calibration or impression block.
 _R_IDS, _R_DENSE, _R_CONFOUNDER, _R_OUTCOME = range(4)
 
@@ -145,6 +145,26 @@ def _make_world(seed, n_users, n_items, n_categories, n_segments, popularity_ske
     world["user_cdf"] = _popularity_cdf(pop, n_users, popularity_skew)  # (U,)
     world["item_cdf"] = _popularity_cdf(pop, n_items, popularity_skew)  # (I,)
     return world
+
+
+def _attributes(seed, n_fields, n_users, n_items, skew):
+    """The attribute fields, each an attribute of the item (even f) or of the user (odd f).
+
+    Returns
+    -------
+    list of (side, value, size): side "item" or "user", value an ndarray of
+    int64 of shape (n_items,) or (n_users,) giving each id's attribute value
+    in ``0 .. size - 1``.
+    """
+    rng = _rng(seed, _STREAM_WORLD, _W_ATTRIBUTES)
+    out = []
+    for f in range(int(n_fields)):
+        side, n_ids = ("item", n_items) if f % 2 == 0 else ("user", n_users)
+        size = max(2, n_ids // (5 * 2 ** (f // 2)))
+        cdf = _popularity_cdf(rng, size, skew)                         # (size,)
+        value = np.searchsorted(cdf, rng.random(n_ids), side="right")  # (n_ids,)
+        out.append((side, value, size))
+    return out
 
 
 def _draw_impressions(world, m, n_dense, rng_ids, rng_dense):
@@ -430,10 +450,29 @@ def _check_knobs(n_impressions, seed, ctr, cvr, rho, confounder, n_users, n_item
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
-def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0.0,
-             n_users=4000, n_items=3000, n_categories=40, n_segments=8,
-             popularity_skew=1.0, group_share=0.5, latent_dim=8, n_dense=0, signal=1.5):
+#: Named worlds for :func:`simulate` (``preset=``); a knob passed explicitly wins.
+#: "default" is the world every earlier version simulated. "paper" is closer to
+#: the ESMM paper's public data (Ali-CCP: CTR about 4%, CVR given click about
+#: 0.5%): rare conversions, more and rarer ids, four extra attribute fields, and
+#: clicks and conversions driven mostly by the same structure (rho = 0.9).
+PRESETS = {
+    "default": dict(ctr=0.04, cvr=0.10, rho=0.6, confounder=0.0, n_users=4000, n_items=3000,
+                    n_categories=40, n_segments=8, popularity_skew=1.0, group_share=0.5,
+                    latent_dim=8, n_dense=0, signal=1.5, n_attribute_fields=0),
+    "paper": dict(ctr=0.04, cvr=0.008, rho=0.9, confounder=0.0, n_users=20000, n_items=20000,
+                  n_categories=100, n_segments=20, popularity_skew=1.1, group_share=0.5,
+                  latent_dim=8, n_dense=0, signal=1.5, n_attribute_fields=4),
+}
+
+
+def simulate(n_impressions, *, seed=0, preset="default", ctr=None, cvr=None, rho=None,
+             confounder=None, n_users=None, n_items=None, n_categories=None, n_segments=None,
+             popularity_skew=None, group_share=None, latent_dim=None, n_dense=None,
+             signal=None, n_attribute_fields=None):
     """Simulate ``n_impressions`` impressions with full ground truth.
+
+    Every knob left as None takes its value from ``preset`` (:data:`PRESETS`);
+    the values below are those of the "default" preset.
 
     Parameters
     ----------
@@ -441,6 +480,13 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
         Rows to generate. Cost is linear: generated in blocks of 65,536.
     seed : int >= 0
         Same seed and knobs, same arrays bit for bit.
+    preset : {"default", "paper"}
+        The world the knobs start from. "default" (CTR 4%, CVR given click
+        10%, rho 0.6, 4,000 users, 3,000 items, four fields) is the world of
+        earlier versions, bit for bit. "paper": CTR 4%, CVR given click 0.8%,
+        rho 0.9, 20,000 users and 20,000 items with a longer tail
+        (popularity_skew 1.1), 100 categories, 20 segments and four attribute
+        fields, eight fields in all.
     ctr : float in (0, 1)
         Target mean click probability over impressions (calibrated, so the
         realised mean of ``true_ctr`` is close to it).
@@ -489,6 +535,15 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
         Standard deviation of the score part of each logit. 0: every
         impression has the same CTR and CVR; larger: more spread, higher
         attainable AUC, and stronger selection bias when ``rho != 0``.
+    n_attribute_fields : int >= 0
+        Extra categorical fields, attributes of the item (even fields: say,
+        brand or shop) and of the user (odd fields: say, city). Attribute
+        field ``f`` has ``max(2, n // (5 * 2 ** (f // 2)))`` values (``n`` the
+        number of items or users) and each item or user gets one value by
+        Zipf-like popularity, so a few values are common and most rare. They
+        carry no signal of their own (the probabilities do not use them):
+        like many fields of a real log, a model has to learn that they help
+        little. 0 (default): ``X`` has the four columns above.
 
     Returns
     -------
@@ -518,9 +573,24 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
     click = 1, x), but the potential outcome of an unclicked impression
     converts less often than its ``true_cvr`` says (see docs/simulator.md).
     """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    knobs = dict(PRESETS[preset])
+    given = dict(ctr=ctr, cvr=cvr, rho=rho, confounder=confounder, n_users=n_users,
+                 n_items=n_items, n_categories=n_categories, n_segments=n_segments,
+                 popularity_skew=popularity_skew, group_share=group_share,
+                 latent_dim=latent_dim, n_dense=n_dense, signal=signal,
+                 n_attribute_fields=n_attribute_fields)
+    knobs.update({k: v for k, v in given.items() if v is not None})
+    (ctr, cvr, rho, confounder, n_users, n_items, n_categories, n_segments, popularity_skew,
+     group_share, latent_dim, n_dense, signal, n_attribute_fields) = (knobs[k] for k in given)
     _check_knobs(n_impressions, seed, ctr, cvr, rho, confounder, n_users, n_items,
                  n_categories, n_segments, popularity_skew, group_share, latent_dim,
                  n_dense, signal)
+    if (not isinstance(n_attribute_fields, (int, np.integer)) or isinstance(n_attribute_fields, bool)
+            or n_attribute_fields < 0):
+        raise ValueError(f"n_attribute_fields must be a non-negative integer, got "
+                         f"{n_attribute_fields!r}")
     n, seed = int(n_impressions), int(seed)
     world = _make_world(seed, n_users, n_items, n_categories, n_segments, popularity_skew,
                         group_share, latent_dim, n_dense)
@@ -536,7 +606,8 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
     a_ctr, a_cvr = _calibrate_intercepts(s_ctr, s_cvr, ctr, cvr, signal, confounder,
                                          guess=smap["a0"])
 
-    X = np.empty((n, len(FIELD_NAMES)), dtype=np.int32)                # (n, 4)
+    attributes = _attributes(seed, n_attribute_fields, n_users, n_items, popularity_skew)
+    X = np.empty((n, len(FIELD_NAMES) + len(attributes)), dtype=np.int32)  # (n, 4 + A)
     click = np.empty(n, dtype=np.int8)                                 # (n,)
     conversion_if_clicked = np.empty(n, dtype=np.int8)                 # (n,)
     true_ctr = np.empty(n, dtype=np.float32)                           # (n,)
@@ -566,6 +637,8 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
         X[start:stop, 1] = items
         X[start:stop, 2] = world["category"][items]
         X[start:stop, 3] = world["segment"][users]
+        for f, (side, value, _) in enumerate(attributes):
+            X[start:stop, 4 + f] = value[items if side == "item" else users]
         click[start:stop] = u[:, 0] < p_click
         conversion_if_clicked[start:stop] = u[:, 1] < p_convert
         true_ctr[start:stop] = p_ctr
@@ -577,10 +650,13 @@ def simulate(n_impressions, *, seed=0, ctr=0.04, cvr=0.10, rho=0.6, confounder=0
                 cvr=cvr, rho=rho, confounder=confounder, n_users=n_users, n_items=n_items,
                 n_categories=n_categories, n_segments=n_segments,
                 popularity_skew=popularity_skew, group_share=group_share,
-                latent_dim=latent_dim, n_dense=n_dense, signal=signal,
-                intercept_ctr=float(a_ctr), intercept_cvr=float(a_cvr),
+                latent_dim=latent_dim, n_dense=n_dense, signal=signal, preset=preset,
+                n_attribute_fields=n_attribute_fields, intercept_ctr=float(a_ctr), intercept_cvr=float(a_cvr),
                 neutralising_angle=float(smap["phi"]))
     return Dataset(X=X, click=click, conversion=click * conversion_if_clicked,
-                   field_dims=(n_users, n_items, n_categories, n_segments),
-                   field_names=FIELD_NAMES, dense=dense_all, true_ctr=true_ctr,
+                   field_dims=(n_users, n_items, n_categories, n_segments)
+                   + tuple(size for _, _, size in attributes),
+                   field_names=FIELD_NAMES + tuple(f"{side}_attribute_{f}"
+                                                   for f, (side, _, _) in enumerate(attributes)),
+                   dense=dense_all, true_ctr=true_ctr,
                    true_cvr=true_cvr, conversion_if_clicked=conversion_if_clicked, info=info)

@@ -13,7 +13,8 @@ from .validate import check_dense, check_ids
 
 @blas_limited   # one BLAS thread: faster for these small products, and no stall on a busy machine
 def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None, seed=0,
-        verbose=True, callback=None, invalid="raise", validation=None, patience=None):
+        verbose=True, callback=None, invalid="raise", validation=None, patience=None,
+        eval_every=None, min_steps=0, max_steps=None):
     """Train ``model`` in place by minibatch gradient descent.
 
     Parameters
@@ -24,6 +25,8 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         ``click, conversion`` for ESMM; ``y`` for a TowerModel.
     dense : ndarray of shape (n, n_dense) or None
     epochs : int
+        Passes over the data; the step budget is ``epochs * ceil(n / batch_size)``
+        unless ``max_steps`` is given.
     batch_size : int
     optimizer : SGD or Adam; default ``Adam(lr=1e-3)``
     seed : int or numpy.random.Generator
@@ -40,23 +43,36 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         :func:`esmm_np.clean_dataset`, trains on the valid rows and prints how
         many rows were dropped. Any other problem always raises.
     validation : tuple ``(X_val, *labels_val)`` or ``(X_val, *labels_val, dense_val)``, optional
-        Held-out impressions. After every epoch the data loss on them is
-        computed in inference mode (:meth:`eval_loss`); at the end the model is
-        restored to the epoch with the lowest validation loss (early stopping,
-        the usual guard against the sharp overfitting of embedding models
-        after their first epochs).
+        Held-out impressions. The data loss on them is computed in inference
+        mode (:meth:`eval_loss`) after every epoch, or every ``eval_every``
+        steps; at the end the model is restored to the validation point with
+        the lowest loss (early stopping, the usual guard against the sharp
+        overfitting of embedding models after their first epochs).
     patience : int, optional
-        With ``validation``: stop once this many epochs in a row have not
-        improved the validation loss. Default: run all ``epochs``.
+        With ``validation``: stop once this many validations in a row have not
+        improved the validation loss (and at least ``min_steps`` steps are
+        done). Default: run the whole budget.
+    eval_every : int, optional
+        Validate every ``min(eval_every, steps per epoch)`` optimiser steps
+        instead of once per epoch, so that neither a long epoch nor a short
+        one makes a coarse stopping point. Default: once per epoch.
+    min_steps : int
+        At least this many optimiser steps, however small the data: the
+        budget is raised to it and patience cannot stop before it.
+    max_steps : int, optional
+        The budget (the cap) in optimiser steps, replacing ``epochs``.
 
     Returns
     -------
     history : dict
-        ``"loss"``: mean training loss of each epoch; ``"batch_loss"``: every
-        step's loss; ``"seconds"``: wall time of each epoch; with
-        ``invalid="drop"``, ``"clean_report"``: the :class:`~esmm_np.data.CleanReport`;
-        with ``validation``, ``"val_loss"`` per epoch and ``"best_epoch"``
-        (1-based), the epoch whose parameters the model ends with.
+        ``"loss"``: mean training loss of each epoch (the last one possibly
+        partial); ``"batch_loss"``: every step's loss; ``"seconds"``: wall
+        time of each epoch; ``"steps"``: optimiser steps taken; ``"stopped"``:
+        ``"patience"`` or ``"cap"`` (the budget ran out); ``"kept"``: the step
+        whose parameters the model ends with. With ``invalid="drop"``,
+        ``"clean_report"``: the :class:`~esmm_np.data.CleanReport`; with
+        ``validation``, ``"val_loss"`` and ``"val_steps"`` per validation and
+        ``"best_epoch"`` (1-based), the epoch the kept step belongs to.
 
     Raises
     ------
@@ -73,6 +89,11 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     seed = V.check_seed(seed)
     if patience is not None:
         patience = V.check_int(patience, "patience", low=1)
+    if eval_every is not None:
+        eval_every = V.check_int(eval_every, "eval_every", low=1)
+    if max_steps is not None:
+        max_steps = V.check_int(max_steps, "max_steps", low=1)
+    min_steps = V.check_int(min_steps, "min_steps", low=0)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {callback!r}")
     optimizer = Adam() if optimizer is None else optimizer
@@ -95,6 +116,11 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     rng = np.random.default_rng(seed)   # shuffling and dropout: nothing else draws from it
     n = X.shape[0]
     bounds = _batch_bounds(n, batch_size, getattr(model, "batch_norm", False))
+    steps_per_epoch = len(bounds)
+    cap = epochs * steps_per_epoch if max_steps is None else max_steps
+    cap = max(cap, min_steps)
+    # Validation points: every `interval` steps, or (None) at the end of every epoch.
+    interval = None if eval_every is None else min(eval_every, steps_per_epoch)
     history = {"loss": [], "batch_loss": [], "seconds": []}
     if report is not None:
         history["clean_report"] = report
@@ -103,13 +129,29 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         X_val, labels_val = validation[0], tuple(validation[1:1 + n_labels])
         dense_val = validation[1 + n_labels] if len(validation) > 1 + n_labels else None
         model.eval_loss(X_val, *labels_val, dense=dense_val)   # validate before training
-        history["val_loss"], best = [], None
+        history["val_loss"], history["val_steps"], best = [], [], None
+
+    def validate(step, epoch):
+        """Record the validation loss, keep a copy of the best parameters; True = patience ran out."""
+        nonlocal best
+        val = model.eval_loss(X_val, *labels_val, dense=dense_val)
+        history["val_loss"].append(val)
+        history["val_steps"].append(step)
+        if best is None or val < best[0]:
+            # Copies, not views: training goes on updating the live arrays in place.
+            best = (val, epoch, step, len(history["val_loss"]) - 1,
+                    {k: w.copy() for k, w in model.params.items()},
+                    {k: v.copy() for k, v in model.state.items()})
+        waited = len(history["val_loss"]) - 1 - best[3]
+        return patience is not None and waited >= patience and step >= min_steps
+
     optimizer.bind(model.params)   # everything is checked: from here on the optimizer is this model's
-    for epoch in range(int(epochs)):
+    step, epoch, stop = 0, 0, False
+    while step < cap and not stop:
         start = time.perf_counter()
         order = rng.permutation(n)
-        total = 0.0
-        for step, (s, e) in enumerate(bounds):
+        total, seen = 0.0, 0
+        for i, (s, e) in enumerate(bounds):
             idx = order[s:e]
             rows = X[idx] + model.offsets                                # (b, F)
             d = None if dense is None else dense[idx]
@@ -118,39 +160,47 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
                                                rng, lazy=lazy)
             except FloatingPointError as err:   # raised before anything was updated
                 raise FloatingPointError(
-                    f"epoch {epoch + 1}, step {step + 1} of {len(bounds)}: {err}. The model and "
+                    f"epoch {epoch + 1}, step {i + 1} of {len(bounds)}: {err}. The model and "
                     "the optimizer keep their state from before this step; a smaller learning "
                     "rate usually helps") from None
             optimizer.step(model.params, grads)
+            step += 1
             history["batch_loss"].append(loss)
             total += loss * len(idx)
-        history["loss"].append(total / n)
+            seen += len(idx)
+            if validation is not None and interval is not None and (
+                    step % interval == 0 or step == cap):
+                stop = validate(step, epoch)
+            if stop or step >= cap:
+                break
+        history["loss"].append(total / seen)
         history["seconds"].append(time.perf_counter() - start)
-        line = f"epoch {epoch + 1}/{epochs}  loss {history['loss'][-1]:.5f}"
+        line = f"epoch {epoch + 1}/{-(-cap // steps_per_epoch)}  loss {history['loss'][-1]:.5f}"
+        if interval is not None or max_steps is not None or cap > epochs * steps_per_epoch:
+            line += f"  step {step}/{cap}"
         if validation is not None:
-            val = model.eval_loss(X_val, *labels_val, dense=dense_val)
-            history["val_loss"].append(val)
-            line += f"  validation loss {val:.5f}"
-            if best is None or val < best[0]:
-                # Copies, not views: training goes on updating the live arrays in place.
-                best = (val, epoch, {k: w.copy() for k, w in model.params.items()},
-                        {k: v.copy() for k, v in model.state.items()})
+            if interval is None:
+                stop = validate(step, epoch)
+            line += f"  validation loss {history['val_loss'][-1]:.5f}"
         if verbose:
             print(f"{line}  ({history['seconds'][-1]:.1f} s)", flush=True)
         if callback is not None:
             callback(epoch, history)
-        if validation is not None and patience is not None and epoch - best[1] >= patience:
-            break
+        epoch += 1
+    history["steps"] = step
+    history["stopped"] = "patience" if stop else "cap"
+    history["kept"] = step
     if validation is not None:
-        _, best_epoch, params, state = best
+        _, best_epoch, best_step, _, params, state = best
         for k in params:
             model.params[k][...] = params[k]    # in place: model.params stays the same arrays
         for k in state:
             model.state[k][...] = state[k]
         history["best_epoch"] = best_epoch + 1
-        if verbose and best_epoch + 1 < len(history["loss"]):
-            print(f"restored the parameters of epoch {best_epoch + 1} (lowest validation loss)",
-                  flush=True)
+        history["kept"] = best_step
+        if verbose and best_step < step:
+            print(f"restored the parameters of step {best_step} (epoch {best_epoch + 1}, "
+                  "lowest validation loss)", flush=True)
     return history
 
 

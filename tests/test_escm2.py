@@ -336,3 +336,22 @@ def test_validation_loss_observed_is_esmms(rng):
         assert full.eval_loss(X, click, conversion) > model.eval_loss(X, click, conversion)
         # and the training loss is untouched by the option
         assert model.loss(X, click, conversion, seed=0)[0] == full.loss(X, click, conversion, seed=0)[0]
+
+
+def test_runner_methods_train_under_the_shared_rule():
+    from esmm_np import baselines as B, experiments as X
+    data = esmm_np.simulate(20_000, seed=3, n_users=300, n_items=200)
+    arch = dict(embed_dim=4, tower_units=(8,), dtype=np.float32)
+    train = X.fair_effort(eval_every=20, patience=2, min_steps=40, max_steps=400,
+                          batch_size=256, lr=3e-3)
+    out = B.train_methods(data, ("ESCM2-IPS", "ESCM2-DR"), arch=arch, train=train, seed=0)
+    for name, variant in (("ESCM2-IPS", "ips"), ("ESCM2-DR", "dr")):
+        m = out[name]
+        assert m.model.variant == variant and m.choice is None
+        (rec,) = m.networks.values()
+        assert rec["stopped"] in ("patience", "cap") and 0 < rec["kept"] <= rec["steps"]
+        assert set(m.predict(data.X)) == {"p_ctr", "p_cvr", "p_ctcvr"}
+    ctx = B.make_context(data, arch=arch, train=train, seed=0,
+                         options={"escm2": {"propensity_floor": 0.05, "dr_gradient": "joint"}})
+    m = E.train_escm2_dr(ctx).model
+    assert (m.propensity_floor, m.dr_gradient) == (0.05, "joint")

@@ -161,6 +161,19 @@ def test_unwritable_output_folder_fails_before_training(tmp_path, monkeypatch, c
     assert "not writable" in capsys.readouterr().err
 
 
+def test_unwritable_folder_seen_through_os_access(tmp_path, monkeypatch, capsys):
+    """The same check as above, run even as root: os.access says the folder is read-only."""
+    _no_training(monkeypatch)
+    locked = str(tmp_path / "locked")
+    os.mkdir(locked)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == locked else real(p, mode))
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--out", os.path.join(locked, "out")])
+    assert f"cannot create output folder {locked}/out: {locked} is not writable" in \
+        capsys.readouterr().err
+
+
 def test_check_output_dir_accepts_new_nested_folders(tmp_path):
     check_output_dir(tmp_path / "a" / "b")              # creatable: no error
     assert not (tmp_path / "a").exists()                # and nothing created by the check

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from esmm_np.data import Dataset
 from esmm_np.metrics import (auc, average_ranks, calibration, evaluate_esmm,
-                             expected_calibration_error, log_loss)
+                             expected_calibration_error, log_loss, paired_bootstrap, soft_auc)
 from esmm_np.simulator import simulate
 
 
@@ -319,3 +319,115 @@ def test_gap_interval_against_true_probabilities():
     assert r["bias"] == pytest.approx(d.mean()) and r["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
     with pytest.raises(ValueError, match="target must be probabilities"):
         gap_interval(p, np.array([0.1, 2.0, 0.1]))
+
+
+# ----------------------------------------------------------------- soft AUC
+
+def brute_force_soft_auc(p, score):
+    """sum over ordered pairs i != j of p_i (1 - p_j) [s_i > s_j, ties 1/2], normalised."""
+    num = den = 0.0
+    for i in range(len(p)):
+        for j in range(len(p)):
+            if i != j:
+                w = p[i] * (1 - p[j])
+                num += w * (1.0 if score[i] > score[j] else 0.5 if score[i] == score[j] else 0.0)
+                den += w
+    return num / den
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(-3, 3)), min_size=2, max_size=40))
+def test_soft_auc_is_the_weighted_pair_sum(rows):
+    p = np.array([r[0] / 20 for r in rows])     # probabilities on a grid, 0 and 1 included
+    s = np.array([r[1] for r in rows], dtype=float)
+    den = p.sum() * (1 - p).sum() - np.sum(p * (1 - p))
+    if den <= 0:
+        with pytest.raises(ValueError, match="undefined"):
+            soft_auc(p, s)
+        return
+    # Sums of at most 40 * 39 products of numbers in [0, 1]: 1e-9 is far above rounding.
+    assert soft_auc(p, s) == pytest.approx(brute_force_soft_auc(p, s), abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(labelled_scores)
+def test_soft_auc_of_0_1_labels_is_the_auc(rows):
+    y = np.array([t for t, _ in rows])
+    s = np.array([v for _, v in rows], dtype=float)
+    assert soft_auc(y, s) == pytest.approx(auc(y, s), abs=1e-12)
+
+
+def test_soft_auc_is_the_mean_auc_over_sampled_labels():
+    """Drawing labels from p many times, the mean AUC approaches the soft AUC."""
+    rng = np.random.default_rng(0)
+    n, draws = 2000, 400
+    p = rng.beta(1, 6, n)
+    s = p + rng.normal(0, 0.1, n)
+    aucs = [auc((rng.random(n) < p).astype(int), s) for _ in range(draws)]
+    # The mean of 400 draws has standard error std / 20 (about 0.001 here); the
+    # ratio-of-expectations vs expectation-of-ratio gap is O(1/n), far smaller.
+    se = np.std(aucs) / np.sqrt(draws)
+    assert abs(np.mean(aucs) - soft_auc(p, s)) < 4 * se
+    # ... and one draw scatters far more than the soft AUC's own error (zero here).
+    assert np.std(aucs) > 10 * se
+
+
+def test_soft_auc_refuses_bad_input():
+    with pytest.raises(ValueError, match="p_true"):
+        soft_auc([0.2, 1.5], [0.1, 0.2])
+    with pytest.raises(ValueError, match="length"):
+        soft_auc([0.2, 0.5], [0.1])
+    with pytest.raises(ValueError, match="undefined"):
+        soft_auc([0.0, 0.0], [0.1, 0.2])
+
+
+# ----------------------------------------------------------------- paired bootstrap
+
+def test_paired_bootstrap_values_and_difference():
+    rng = np.random.default_rng(1)
+    n = 4000
+    p = rng.beta(1, 8, n)
+    good = p + rng.normal(0, 0.03, n)
+    bad = p + rng.normal(0, 0.2, n)
+    out = paired_bootstrap(p, {"good": good, "bad": np.stack([bad, bad + 1e-9])}, "good",
+                           n_boot=100, seed=0)
+    assert out["good"]["value"] == pytest.approx(soft_auc(p, good), abs=1e-12)
+    assert out["bad"]["value"] == pytest.approx(soft_auc(p, bad), abs=1e-12)
+    assert out["good"]["diff"] == 0 and out["good"]["diff_se"] == 0
+    d = out["bad"]
+    assert d["diff"] == pytest.approx(d["value"] - out["good"]["value"])
+    assert d["diff_low"] < d["diff"] < d["diff_high"] < 0      # clearly worse, and it says so
+    assert out["bad"]["low"] < out["bad"]["value"] < out["bad"]["high"]
+
+
+def test_paired_bootstrap_interval_covers_zero_for_equal_scorers():
+    """Two scorers of the same quality: the interval of their difference contains 0."""
+    rng = np.random.default_rng(2)
+    n = 3000
+    y = (rng.random(n) < 0.2).astype(int)
+    a = y + rng.normal(0, 1.0, n)
+    b = y + rng.normal(0, 1.0, n)
+    out = paired_bootstrap(y, {"a": a, "b": b}, "a", n_boot=200, seed=0)
+    assert out["b"]["diff_low"] < 0 < out["b"]["diff_high"]
+    # Pairing: the difference is tighter than either AUC alone would suggest.
+    assert out["b"]["diff_high"] - out["b"]["diff_low"] < 2 * (out["b"]["high"] - out["b"]["low"])
+
+
+def test_paired_bootstrap_refuses_bad_input():
+    y = np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="reference"):
+        paired_bootstrap(y, {"a": y * 1.0}, "b")
+    with pytest.raises(ValueError, match="shape"):
+        paired_bootstrap(y, {"a": np.ones(3)}, "a")
+
+
+def test_bootstrap_weights_count_each_copy_as_a_row():
+    """A replicate with row counts c is scored exactly like the data with rows repeated."""
+    from esmm_np.metrics import _pair_auc, _tie_groups
+    rng = np.random.default_rng(3)
+    p = rng.random(30) * 0.5
+    s = np.round(rng.random(30), 1)
+    c = rng.integers(0, 4, 30).astype(float)
+    weighted = _pair_auc(c * p, c, *_tie_groups(s), float(c @ (p * (1 - p))))
+    rep = np.repeat(np.arange(30), c.astype(int))
+    assert weighted == pytest.approx(soft_auc(p[rep], s[rep]), abs=1e-12)

@@ -197,3 +197,74 @@ def test_eval_loss_is_the_inference_data_loss():
     full, _ = model.loss(X, click, conversion, train=False)
     l2 = 0.1 * sum(np.sum(w ** 2) for k, w in model.params.items() if ".W" in k)
     assert model.eval_loss(X, click, conversion, batch_size=37) == pytest.approx(full - l2, rel=1e-10)
+
+
+# ------------------------------------------------- fair effort: steps, kept, stopped
+
+def test_fit_records_steps_kept_and_stopped():
+    """Without validation every step is kept and the run ends on its cap."""
+    X, click, conversion = _toy_data(n=640)
+    model = esmm_np.ESMM([6, 4], embed_dim=4, tower_units=(8,), seed=0)
+    h = esmm_np.fit(model, X, click, conversion, epochs=3, batch_size=64, verbose=False)
+    assert h["steps"] == 30 == len(h["batch_loss"]) and h["kept"] == 30
+    assert h["stopped"] == "cap"
+
+
+def test_eval_every_validates_within_the_epoch_and_keeps_the_best_step():
+    X, click, conversion = _toy_data(n=400, seed=1)
+    Xv, cv, vv = _toy_data(n=300, seed=2)
+    model = esmm_np.ESMM([6, 4], embed_dim=8, tower_units=(32,), seed=0)
+    h = esmm_np.fit(model, X, click, conversion, batch_size=16, verbose=False,
+                    optimizer=esmm_np.Adam(lr=0.05), validation=(Xv, cv, vv),
+                    eval_every=10, max_steps=200)
+    # 25 steps an epoch, validation every 10 steps: at 10, 20, ..., 200.
+    assert h["val_steps"] == list(range(10, 201, 10)) and h["steps"] == 200
+    best = int(np.argmin(h["val_loss"]))
+    assert h["kept"] == h["val_steps"][best] and h["stopped"] == "cap"
+    assert model.eval_loss(Xv, cv, vv) == pytest.approx(h["val_loss"][best], rel=1e-12)
+
+
+def test_a_short_epoch_is_validated_every_epoch():
+    """eval_every larger than an epoch validates once per epoch, not once per eval_every."""
+    X, click, conversion = _toy_data(n=64, seed=1)
+    Xv, cv, vv = _toy_data(n=100, seed=2)
+    model = esmm_np.ESMM([6, 4], embed_dim=4, tower_units=(8,), seed=0)
+    h = esmm_np.fit(model, X, click, conversion, batch_size=32, verbose=False,
+                    validation=(Xv, cv, vv), eval_every=100, max_steps=12)
+    assert h["val_steps"] == [2, 4, 6, 8, 10, 12]
+
+
+def test_min_steps_raises_the_budget_and_holds_off_patience():
+    X, click, conversion = _toy_data(n=400, seed=1)
+    Xv, cv, vv = _toy_data(n=300, seed=2)
+    model = esmm_np.ESMM([6, 4], embed_dim=8, tower_units=(32,), seed=0)
+    h = esmm_np.fit(model, X, click, conversion, epochs=1, batch_size=16, verbose=False,
+                    optimizer=esmm_np.Adam(lr=0.05), validation=(Xv, cv, vv), patience=1,
+                    eval_every=5, min_steps=150)
+    # One epoch is 25 steps; min_steps lifts the budget to 150 and patience waits for it.
+    assert 150 <= h["steps"] <= 150 + 5 * 1 and h["stopped"] == "patience"
+    model = esmm_np.ESMM([6, 4], embed_dim=4, tower_units=(8,), seed=0)
+    h = esmm_np.fit(model, X, click, conversion, epochs=1, batch_size=16, verbose=False,
+                    min_steps=60)
+    assert h["steps"] == 60 and h["stopped"] == "cap"
+
+
+def test_patience_counts_validations():
+    X, click, conversion = _toy_data(n=400, seed=1)
+    Xv, cv, vv = _toy_data(n=300, seed=2)
+    model = esmm_np.ESMM([6, 4], embed_dim=8, tower_units=(32,), seed=0)
+    h = esmm_np.fit(model, X, click, conversion, batch_size=16, verbose=False,
+                    optimizer=esmm_np.Adam(lr=0.05), validation=(Xv, cv, vv), patience=3,
+                    eval_every=5, max_steps=5000)
+    best = int(np.argmin(h["val_loss"]))
+    assert h["stopped"] == "patience" and len(h["val_loss"]) == best + 1 + 3
+    assert h["steps"] == h["val_steps"][-1] < 5000
+
+
+@pytest.mark.parametrize("kw", [dict(eval_every=0), dict(max_steps=1.5), dict(min_steps=-1)])
+def test_bad_step_settings_raise(kw):
+    """Refused before training, with the setting named (a float step count is a TypeError)."""
+    X, click, conversion = _toy_data(n=64)
+    model = esmm_np.ESMM([6, 4], embed_dim=4, tower_units=(8,), seed=0)
+    with pytest.raises((ValueError, TypeError), match=next(iter(kw))):
+        esmm_np.fit(model, X, click, conversion, verbose=False, **kw)

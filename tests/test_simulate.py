@@ -355,3 +355,41 @@ def test_unreachable_rates_raise():
     # A mean CTR of 1e-15 needs an intercept below -30, outside the searched range.
     with pytest.raises(ValueError, match="could not solve for an intercept"):
         simulate(100, ctr=1e-15)
+
+
+# ----------------------------------------------------------------- presets
+
+def test_default_preset_is_the_default_world_bit_for_bit():
+    from esmm_np.simulator import PRESETS
+    a = simulate(70_000, seed=5)
+    b = simulate(70_000, seed=5, preset="default", **PRESETS["default"])
+    for name in ("X", "click", "conversion", "conversion_if_clicked", "true_ctr", "true_cvr"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.field_names == FIELD_NAMES
+
+
+def test_paper_preset_has_ali_ccp_like_rates_and_more_fields():
+    d = simulate(N, seed=SEED, preset="paper")
+    clicked = d.click == 1
+    assert len(d.field_dims) == 8 and d.X.shape[1] == 8
+    assert np.all(d.X.max(axis=0) < np.array(d.field_dims))
+    # Targets 4% and 0.8%; 4 standard errors of the realised rates, inflated as above.
+    se_ctr = 4 * se_mean(d.true_ctr) * np.sqrt(1 + N / _N_CALIBRATION)
+    assert abs(d.true_ctr.mean() - 0.04) < se_ctr
+    cvr = d.true_cvr[clicked].mean()
+    assert 0.005 <= cvr <= 0.01
+    # Strong shared structure: the clicked convert several times more than the unclicked.
+    assert cvr > 2 * d.true_cvr[~clicked].mean()
+    # Long tails: the most common id of an attribute field is far above its mean share.
+    counts = np.bincount(d.X[:, 4], minlength=d.field_dims[4])
+    assert counts.max() > 50 * counts.mean() and np.mean(counts < counts.mean()) > 0.8
+
+
+def test_an_explicit_knob_beats_the_preset():
+    d = simulate(20_000, seed=1, preset="paper", n_attribute_fields=0, cvr=0.05)
+    assert d.X.shape[1] == 4 and d.info["cvr"] == 0.05 and d.info["preset"] == "paper"
+
+
+def test_unknown_preset_raises():
+    with pytest.raises(ValueError, match="preset"):
+        simulate(100, preset="taobao")

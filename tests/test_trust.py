@@ -191,6 +191,7 @@ def test_uint64_ids_work_like_int64():
 
 # ------------------------------------------------------------ training
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # NumPy notices the NaN too
 def test_fit_raises_on_nan_and_keeps_the_state_of_before():
     X, c, v = _data()
     model = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(3,), batch_norm=True, seed=0)
