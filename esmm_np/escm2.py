@@ -20,10 +20,14 @@ propensity and ``e = BCE(c, σ(b))`` the CVR error of a row:
   ``L_cf = mean of [ê + y (e − ê) / q] + mean of y (e − ê)² / q``, the
   doubly robust CVR loss plus the imputation tower's own loss.
 
-Whether the gradient flows into the CTR tower through ``q`` is the option
-``propensity_grad``; the default is ``False`` (the propensity is a constant
-in each step), which docs/derivation.md section "ESCM²" discusses with its
-source. Every gradient here is hand-written and derived in that section.
+Two choices are options, with defaults discussed (and sourced) in
+docs/derivation.md section 9: whether the gradient flows into the CTR tower
+through ``q`` (``propensity_grad``, default False: the propensity is a
+constant in each step), and, for DR, whether each part trains only its own
+tower (``dr_gradient="separate"``, the default) or the summed objective is
+differentiated as a whole ("joint"). Early stopping validates on ESMM's two
+losses by default (``validation_loss``). Every gradient here is
+hand-written and derived in that section.
 
 Parameter names: those of :class:`~esmm_np.model.ESMM`, plus for DR the
 imputation tower's ``imp.W{i}``, ``imp.b{i}``, ... ``imp.W_out``, ``imp.b_out``
