@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .escm2 import train_escm2_dr, train_escm2_ips
 from .metrics import auc
 from .bags import take_bags
 from .model import ESMM, TowerModel
@@ -51,8 +52,9 @@ from .train import fit
 
 #: The paper's Table 2, in its order.
 METHODS = ("BASE", "AMAN", "OVERSAMPLING", "UNBIAS", "DIVISION", "ESMM-NS", "ESMM")
-#: Rows we add beside the paper's: a baseline of ours and the CTR-only reference.
-EXTRA_METHODS = ("UNBIAS-IPS", "CTR-ONLY")
+#: Rows we add beside the paper's: a baseline of ours, the CTR-only reference,
+#: and ESMM's successor ESCM² (Wang et al., SIGIR 2022; esmm_np/escm2.py).
+EXTRA_METHODS = ("UNBIAS-IPS", "CTR-ONLY", "ESCM2-IPS", "ESCM2-DR")
 #: The paper's search ranges, sampled: AMAN's rate of unclicked rows, OVERSAMPLING's k.
 AMAN_RATES = (0.1, 0.3, 1.0)
 OVERSAMPLING_KS = (2, 5, 10)
@@ -411,6 +413,7 @@ TRAINERS = {
     "BASE": train_base, "AMAN": train_aman, "OVERSAMPLING": train_oversampling,
     "UNBIAS": train_unbias, "UNBIAS-IPS": train_unbias_ips, "DIVISION": train_division,
     "ESMM-NS": train_esmm_ns, "ESMM": train_esmm, "CTR-ONLY": train_ctr_only,
+    "ESCM2-IPS": train_escm2_ips, "ESCM2-DR": train_escm2_dr,
 }
 #: Methods whose trainer reads ``ctx.ctr_net``; the others can start before it exists.
 USES_CTR_NET = {"BASE", "AMAN", "OVERSAMPLING", "UNBIAS", "UNBIAS-IPS", "DIVISION", "CTR-ONLY"}

@@ -13,6 +13,8 @@ DESCRIPTION = ("ESMM in NumPy, for learning: check the gradients, run a one-minu
 def _gradcheck(args):
     from . import gradcheck as G
 
+    if args.model != "esmm":
+        return _gradcheck_escm2(args)
     model, (X, click, conversion, dense) = G.everything_on_example(n=args.n, seed=args.seed)
     print("Gradient check of a float64 ESMM with every option on: PReLU, dropout "
           "(fixed masks), batch norm, L2 on embeddings and towers, 2 dense features, "
@@ -20,6 +22,28 @@ def _gradcheck(args):
     print(f"Centred differences, h = {args.h:g}; ok when relative error <= {args.tol:g}.\n")
     rows = G.check_model(model, X, click, conversion, dense=dense, h=args.h, tol=args.tol,
                          seed=args.seed)
+    print(G.format_table(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _gradcheck_escm2(args):
+    from . import escm2, gradcheck as G
+
+    variant = args.model.split("-")[1]
+    model, (X, click, conversion, dense) = escm2.everything_on_example(
+        variant, n=args.n, seed=args.seed, propensity_grad=args.propensity_grad)
+    print(f"Gradient check of a float64 ESCM2-{variant.upper()} with every option on: as for "
+          "ESMM (PReLU, dropout, batch norm, L2, 2 dense features, towers (6, 4) and (5,), "
+          "loss weights (1, 0.7)), counterfactual weight 0.8"
+          + (", imputation tower (3,)" if variant == "dr" else "")
+          + f", propensity floor {model.propensity_floor:.3f} (the batch's median pCTR).")
+    print("Propensity " + ("live: gradient flows into the CTR tower through 1 / pCTR."
+                           if args.propensity_grad else
+                           "detached (the default): held at its current values while "
+                           "differencing, as the gradient treats it."))
+    print(f"Centred differences, h = {args.h:g}; ok when relative error <= {args.tol:g}.\n")
+    rows = escm2.check_gradients(model, X, click, conversion, dense=dense, h=args.h,
+                                 tol=args.tol, seed=args.seed)
     print(G.format_table(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 
@@ -188,6 +212,9 @@ def main(argv=None):
                    help="finite-difference step")
     g.add_argument("--tol", type=_number(positive=False), default=1e-6,
                    help="relative-error threshold")
+    g.add_argument("--model", choices=("esmm", "escm2-ips", "escm2-dr"), default="esmm")
+    g.add_argument("--propensity-grad", action="store_true",
+                   help="ESCM2: let the gradient flow through the propensity into the CTR tower")
     g.set_defaults(run=_gradcheck)
     d = sub.add_parser("demo", help="simulate, train ESMM and the baselines, print and plot",
                        formatter_class=fmt)

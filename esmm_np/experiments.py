@@ -58,6 +58,7 @@ COLUMNS = {
     "ctcvr_auc": "CTCVR AUC",
     "pcvr_bias_unclicked": "pCVR bias, unclicked",
     "pcvr_bias_clicked": "pCVR bias, clicked",
+    "pcvr_bias_potential_unclicked": "pCVR bias vs potential outcome, unclicked",
 }
 
 #: Metrics with a paired bootstrap interval of their difference to ESMM:
