@@ -1,5 +1,5 @@
-"""Command line: ``esmm-np demo``, ``esmm-np experiment``, ``esmm-np gradcheck``,
-``esmm-np aliccp convert``."""
+"""Command line: ``esmm-np demo``, ``experiment``, ``regime-map``, ``gradcheck``,
+``aliccp convert``."""
 
 import argparse
 import math
@@ -151,6 +151,34 @@ def _aliccp(args):
     return 0
 
 
+def _regime(args):
+    from . import experiments as E
+
+    cfg = E.regime_config()
+    rhos, cvrs = (0.3, 0.6, 0.9), (0.01, 0.03, 0.1)
+    if args.quick:
+        cfg.n_impressions, cfg.seeds, cfg.n_boot, cfg.label = 150_000, (0,), 50, "quick"
+        rhos, cvrs = (0.3, 0.9), (0.03, 0.1)
+        print("QUICK regime map: small worlds and one seed; its numbers are not the documented "
+              "map's.")
+    cfg.workers = args.workers
+    rmap = E.regime_map(cfg, rhos, cvrs)
+    print()
+    print(E.regime_table(rmap))
+    figure = True
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        figure = False
+    paths = E.save_regime_map(rmap, args.out, figure=figure)
+    print("\nwrote " + ", ".join(paths))
+    if args.docs:
+        E.write_regime_docs(rmap, args.docs, "esmm-np regime-map " + " ".join(args.argv),
+                            figure=args.figure)
+        print(f"updated {args.docs}")
+    return 0
+
+
 def _count(minimum):
     """argparse type: an integer >= ``minimum``."""
     def parse(text):
@@ -189,7 +217,10 @@ def _check_outputs(parser, args):
         if getattr(args, "docs", None):
             check_writable_file(args.docs)
             text = read_text(args.docs)
-            start, end = E.doc_markers(None if args.preset == "default" else args.preset)
+            section = getattr(args, "preset", "default")
+            section = "regime" if args.command == "regime-map" else (
+                None if section == "default" else section)
+            start, end = E.doc_markers(section)
             if start not in text or end not in text:
                 raise ValueError(f"{args.docs} has no {start} ... {end} section to fill")
     except (OSError, ValueError) as err:
@@ -263,6 +294,16 @@ def main(argv=None):
     w.add_argument("--test", type=int, default=5000, help="test impressions (default 5000)")
     w.add_argument("--seed", type=int, default=0)
     w.set_defaults(run=_aliccp)
+    r = sub.add_parser("regime-map", help="ESMM - BASE across worlds (rho x CVR level), "
+                       "with intervals", formatter_class=fmt)
+    r.add_argument("--out", default="results", help="folder for regime.md/.json/.png")
+    r.add_argument("--quick", action="store_true",
+                   help="four small worlds, one seed (a minute); not the documented map")
+    r.add_argument("--workers", type=_count(1), default=2,
+                   help="worker processes, one BLAS thread each")
+    r.add_argument("--docs", help="also fill the regime section of this Markdown file")
+    r.add_argument("--figure", help="with --docs: the figure's path as the doc links it")
+    r.set_defaults(run=_regime)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv[1:]
