@@ -6,6 +6,8 @@ Post-Click Conversion Rate. SIGIR 2018.
 """
 
 from . import data, files, gradcheck, layers, losses, metrics, optim, simulator, threads, validate
+from . import aliccp, bags
+from .csv_reader import read_csv
 from .data import CleanReport, Dataset, clean_dataset, describe
 from .model import ESMM, TowerModel
 from .escm2 import ESCM2
@@ -16,5 +18,6 @@ from .train import fit
 
 __all__ = ["ESMM", "ESCM2", "TowerModel", "SGD", "Adam", "fit", "simulate", "Dataset", "clean_dataset",
            "CleanReport", "describe", "load_model", "data", "files", "gradcheck", "layers",
-           "losses", "metrics", "optim", "simulator", "threads", "validate"]
+           "losses", "metrics", "optim", "simulator", "threads", "validate",
+           "aliccp", "bags", "read_csv"]
 __version__ = "0.1.0"

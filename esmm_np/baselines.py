@@ -1,6 +1,6 @@
 """The ESMM paper's baselines (Table 2), built from the same layers as ESMM.
 
-Every method answers one question, ``predict(X, dense) -> {"p_ctr", "p_cvr",
+Every method answers one question, ``predict(X, dense[, bags]) -> {"p_ctr", "p_cvr",
 "p_ctcvr"}``, so the experiment runner scores them alike:
 
 - BASE: a CVR network (:class:`~esmm_np.model.TowerModel`) trained on clicked
@@ -45,6 +45,7 @@ import numpy as np
 
 from .escm2 import train_escm2_dr, train_escm2_ips
 from .metrics import auc
+from .bags import take_bags
 from .model import ESMM, TowerModel
 from .optim import Adam
 from .train import fit
@@ -163,13 +164,30 @@ class Context:
     verbose: bool = False
 
 
-def fit_network(model, X, labels, dense, validation, train, seed, verbose=False):
+def bag_kw(d, idx=None):
+    """``{"bags": ...}`` for a Dataset with multi-valued fields (rows ``idx`` if given), else ``{}``.
+
+    Spread into ``predict``/``fit`` calls so that data without bags takes
+    exactly the path it always took.
+    """
+    if getattr(d, "bags", None) is None:
+        return {}
+    return {"bags": d.bags if idx is None else take_bags(d.bags, idx)}
+
+
+def _model_kw(d):
+    """Constructor arguments a model needs for the multi-valued fields of ``d`` (if any)."""
+    return {"bag_dims": d.bag_dims} if getattr(d, "bags", None) is not None else {}
+
+
+def fit_network(model, X, labels, dense, validation, train, seed, verbose=False, bags=None):
     """Train one network under the shared budget; return its stopping record.
 
     ``train`` holds ``batch_size``, ``lr`` (Adam), and either ``epochs`` or
     the fair-effort rule: ``max_steps`` (the cap), ``min_steps``,
     ``eval_every`` and ``patience`` (validations without improvement), as in
-    :func:`esmm_np.fit`.
+    :func:`esmm_np.fit`. ``bags``: the multi-valued fields of the training
+    rows, if any (a trailing dict in ``validation`` carries the validation rows').
 
     Returns
     -------
@@ -182,7 +200,7 @@ def fit_network(model, X, labels, dense, validation, train, seed, verbose=False)
             optimizer=Adam(lr=train["lr"], lazy=train.get("lazy", False)), seed=seed,
             verbose=verbose, validation=validation, patience=train.get("patience"),
             eval_every=train.get("eval_every"), min_steps=train.get("min_steps", 0),
-            max_steps=train.get("max_steps"))
+            max_steps=train.get("max_steps"), **({} if bags is None else {"bags": bags}))
     return {"steps": h["steps"], "kept": h["kept"], "stopped": h["stopped"],
             "rows": int(X.shape[0]),
             "best_val_loss": float(min(h["val_loss"])) if h.get("val_loss") else None}
@@ -191,14 +209,16 @@ def fit_network(model, X, labels, dense, validation, train, seed, verbose=False)
 def _tower(ctx, idx, y, val_idx, val_y):
     """Train a TowerModel on rows ``idx`` of ``ctx.part`` (labels ``y``); returns (model, record)."""
     part, val = ctx.part, ctx.val
-    model = TowerModel(part.field_dims, n_dense=part.n_dense, seed=ctx.seed, **ctx.arch)
+    model = TowerModel(part.field_dims, n_dense=part.n_dense, seed=ctx.seed, **_model_kw(part),
+                       **ctx.arch)
     validation = None
     if val is not None:
         validation = (val.X[val_idx], val_y) + (
-            () if val.dense is None else (val.dense[val_idx],))
+            () if val.dense is None else (val.dense[val_idx],)) + tuple(
+            bag_kw(val, val_idx).values())
     record = fit_network(model, part.X[idx], (y,),
                          None if part.dense is None else part.dense[idx], validation,
-                         ctx.train, ctx.seed, ctx.verbose)
+                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part, idx))
     return model, record
 
 
@@ -213,11 +233,11 @@ class ClickSpaceCVR:
         self.name, self.cvr_net, self.ctr_net = name, cvr_net, ctr_net
         self.networks, self.choice = networks or {}, choice
 
-    def predict(self, X, dense=None):
-        p_cvr = self.cvr_net.predict(X, dense)["p"]
+    def predict(self, X, dense=None, bags=None):
+        p_cvr = self.cvr_net.predict(X, dense, bags=bags)["p"]
         if self.ctr_net is None:
             return {"p_cvr": p_cvr}
-        p_ctr = self.ctr_net.predict(X, dense)["p"]
+        p_ctr = self.ctr_net.predict(X, dense, bags=bags)["p"]
         return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}
 
 
@@ -235,9 +255,9 @@ class Division:
         self.ctr_net, self.ctcvr_net = ctr_net, ctcvr_net
         self.networks = networks or {}
 
-    def predict(self, X, dense=None):
-        p_ctr = self.ctr_net.predict(X, dense)["p"]
-        p_ctcvr = self.ctcvr_net.predict(X, dense)["p"]
+    def predict(self, X, dense=None, bags=None):
+        p_ctr = self.ctr_net.predict(X, dense, bags=bags)["p"]
+        p_ctcvr = self.ctcvr_net.predict(X, dense, bags=bags)["p"]
         raw = p_ctcvr / p_ctr
         return {"p_ctr": p_ctr, "p_cvr": np.minimum(raw, 1.0), "p_cvr_raw": raw,
                 "p_ctcvr": p_ctcvr}
@@ -252,8 +272,8 @@ class ESMMMethod:
         self.name, self.model = name, model
         self.networks = networks or {}
 
-    def predict(self, X, dense=None):
-        return self.model.predict(X, dense)
+    def predict(self, X, dense=None, bags=None):
+        return self.model.predict(X, dense, bags=bags)
 
 
 class CTROnly:
@@ -266,8 +286,8 @@ class CTROnly:
     def __init__(self, ctr_net):
         self.ctr_net = ctr_net
 
-    def predict(self, X, dense=None):
-        p_ctr = self.ctr_net.predict(X, dense)["p"]
+    def predict(self, X, dense=None, bags=None):
+        p_ctr = self.ctr_net.predict(X, dense, bags=bags)["p"]
         return {"p_ctr": p_ctr, "p_ctcvr": p_ctr}
 
 
@@ -300,7 +320,8 @@ def _clicked_val_auc(ctx, model):
     y = val.conversion[clicked]
     if y.min(initial=1) == y.max(initial=0):
         return float("nan")
-    p = model.predict(val.X[clicked], None if val.dense is None else val.dense[clicked])["p"]
+    p = model.predict(val.X[clicked], None if val.dense is None else val.dense[clicked],
+                      **bag_kw(val, clicked))["p"]
     return auc(y, p)
 
 
@@ -339,7 +360,7 @@ def train_oversampling(ctx):
 
 
 def _pctr(ctx, d):
-    return ctx.ctr_net.predict(d.X, d.dense)["p"]
+    return ctx.ctr_net.predict(d.X, d.dense, **bag_kw(d))["p"]
 
 
 def train_unbias(ctx):
@@ -366,11 +387,11 @@ def train_division(ctx):
 def _esmm(ctx, name, share):
     part, val = ctx.part, ctx.val
     model = ESMM(part.field_dims, n_dense=part.n_dense, seed=ctx.seed, share_embedding=share,
-                 **ctx.arch)
+                 **_model_kw(part), **ctx.arch)
     v = None if val is None else (val.X, val.click, val.conversion) + (
-        () if val.dense is None else (val.dense,))
+        () if val.dense is None else (val.dense,)) + tuple(bag_kw(val).values())
     record = fit_network(model, part.X, (part.click, part.conversion), part.dense, v,
-                         ctx.train, ctx.seed, ctx.verbose)
+                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part))
     return ESMMMethod(name, model, {"ESMM net": record})
 
 

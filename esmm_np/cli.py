@@ -1,4 +1,5 @@
-"""Command line: ``esmm-np demo``, ``esmm-np experiment``, ``esmm-np gradcheck``."""
+"""Command line: ``esmm-np demo``, ``experiment``, ``regime-map``, ``gradcheck``,
+``aliccp convert``."""
 
 import argparse
 import math
@@ -96,11 +97,84 @@ def _experiment(args):
         cfg.n_impressions = args.n
     if args.workers is not None:
         cfg.workers = args.workers
-    result, sweep = E.run_all(cfg, sweep=not args.no_sweep)
+    data = None
+    if args.data is not None:
+        data = _converted(args.data)
+        if args.workers is None:
+            cfg.workers = 1       # spawned workers would each receive a copy of the data
+        cfg.label = f"data {args.data}"
+        if data[0].bags is not None:
+            cfg.arch = dict(cfg.arch, bag_pooling="mean")
+    result, sweep = E.run_all(cfg, sweep=not args.no_sweep, data=data)
     _report(result, sweep, args.out)
     if args.docs:
         E.write_docs(result, sweep, args.docs, "esmm-np experiment " + " ".join(args.argv),
                      section=None if cfg.preset == "default" else cfg.preset)
+        print(f"updated {args.docs}")
+    return 0
+
+
+def _converted(path):
+    """(train, test) of a cache written by ``esmm-np aliccp convert``, memory-mapped."""
+    from . import aliccp
+
+    try:
+        return aliccp.load(path, "train"), aliccp.load(path, "test")
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"esmm-np experiment --data: {e}") from None
+
+
+def _aliccp(args):
+    from . import aliccp
+
+    if args.action == "simulate":
+        aliccp.write_raw(args.src, args.train, args.test, seed=args.seed)
+        print(f"wrote raw Ali-CCP files for {args.train:,} training and {args.test:,} test "
+              f"impressions of a simulated world to {args.src}")
+        return 0
+    try:
+        report = aliccp.convert(args.src, args.out, min_count=args.min_count,
+                                skip_malformed=args.skip_malformed, progress=not args.quiet,
+                                overwrite=args.overwrite)
+    except (aliccp.MalformedLine, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"esmm-np aliccp convert: {e}", file=sys.stderr)
+        return 2
+    for split, s in report["splits"].items():
+        print(f"{split}: {s['skeleton_lines_read']:,} lines read, {s['rows_kept']:,} rows kept, "
+              f"{s['invalid_rows']:,} invalid (click = 0, buy = 1), "
+              f"{s['missing_common_index_rows']:,} with a missing common_feature_index, "
+              f"{s['malformed_lines']:,} malformed lines skipped")
+    print(f"single-valued fields: {' '.join(report['single_fields'])}")
+    print(f"multi-valued fields (bags): {' '.join(report['bag_fields'])}")
+    print(f"done in {report['seconds']:.1f} s ({report['skeleton_lines_per_second']:,} skeleton "
+          f"lines/s); wrote {args.out} (report.json has the details)")
+    return 0
+
+
+def _regime(args):
+    from . import experiments as E
+
+    cfg = E.regime_config()
+    rhos, cvrs = (0.3, 0.6, 0.9), (0.01, 0.03, 0.1)
+    if args.quick:
+        cfg.n_impressions, cfg.seeds, cfg.n_boot, cfg.label = 150_000, (0,), 50, "quick"
+        rhos, cvrs = (0.3, 0.9), (0.03, 0.1)
+        print("QUICK regime map: small worlds and one seed; its numbers are not the documented "
+              "map's.")
+    cfg.workers = args.workers
+    rmap = E.regime_map(cfg, rhos, cvrs)
+    print()
+    print(E.regime_table(rmap))
+    figure = True
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        figure = False
+    paths = E.save_regime_map(rmap, args.out, figure=figure)
+    print("\nwrote " + ", ".join(paths))
+    if args.docs:
+        E.write_regime_docs(rmap, args.docs, "esmm-np regime-map " + " ".join(args.argv),
+                            figure=args.figure)
         print(f"updated {args.docs}")
     return 0
 
@@ -143,7 +217,10 @@ def _check_outputs(parser, args):
         if getattr(args, "docs", None):
             check_writable_file(args.docs)
             text = read_text(args.docs)
-            start, end = E.doc_markers(None if args.preset == "default" else args.preset)
+            section = getattr(args, "preset", "default")
+            section = "regime" if args.command == "regime-map" else (
+                None if section == "default" else section)
+            start, end = E.doc_markers(section)
             if start not in text or end not in text:
                 raise ValueError(f"{args.docs} has no {start} ... {end} section to fill")
     except (OSError, ValueError) as err:
@@ -186,14 +263,47 @@ def main(argv=None):
                    help="the simulated world (esmm_np.simulate's preset)")
     e.add_argument("--quick", action="store_true",
                    help="a small configuration (under a minute); its numbers are not the table's")
-    e.add_argument("--workers", type=_count(1), default=2,
-                   help="worker processes, one BLAS thread each")
+    e.add_argument("--workers", type=_count(1), default=None,
+                   help="worker processes, one BLAS thread each (default 2; 1 with --data)")
+    e.add_argument("--data", metavar="DIR",
+                   help="run on a cache written by `esmm-np aliccp convert` instead of a "
+                        "simulated world (metrics that need the true CVR are n/a)")
     e.add_argument("--seeds", type=_count(0), nargs="+", help="training seeds (default 0 1 2)")
     e.add_argument("--n", type=_count(100), help="number of simulated impressions")
     e.add_argument("--no-sweep", action="store_true", help="skip the sparsity sweep")
     e.add_argument("--docs", help="also fill the generated section of this Markdown file "
                                   "(docs/experiments.md; one section per preset)")
     e.set_defaults(run=_experiment)
+    a = sub.add_parser("aliccp", help="convert raw Ali-CCP files into a cache esmm_np loads")
+    asub = a.add_subparsers(dest="action", required=True)
+    c = asub.add_parser("convert", help="read SRC's sample_skeleton_*.csv and "
+                                        "common_features_*.csv, write the cache OUT")
+    c.add_argument("src", help="folder with the raw files")
+    c.add_argument("out", help="folder to create for the cache")
+    c.add_argument("--min-count", type=int, default=10,
+                   help="ids seen in fewer training rows share one out-of-vocabulary id (default 10)")
+    c.add_argument("--skip-malformed", action="store_true",
+                   help="count and skip malformed lines instead of stopping at the first")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--quiet", action="store_true", help="no progress lines")
+    c.set_defaults(run=_aliccp)
+    w = asub.add_parser("simulate", help="write raw Ali-CCP files from a simulated world "
+                                         "(to try the commands without the real data)")
+    w.add_argument("src", help="folder to write the raw files into")
+    w.add_argument("--train", type=int, default=20000, help="training impressions (default 20000)")
+    w.add_argument("--test", type=int, default=5000, help="test impressions (default 5000)")
+    w.add_argument("--seed", type=int, default=0)
+    w.set_defaults(run=_aliccp)
+    r = sub.add_parser("regime-map", help="ESMM - BASE across worlds (rho x CVR level), "
+                       "with intervals", formatter_class=fmt)
+    r.add_argument("--out", default="results", help="folder for regime.md/.json/.png")
+    r.add_argument("--quick", action="store_true",
+                   help="four small worlds, one seed (a minute); not the documented map")
+    r.add_argument("--workers", type=_count(1), default=2,
+                   help="worker processes, one BLAS thread each")
+    r.add_argument("--docs", help="also fill the regime section of this Markdown file")
+    r.add_argument("--figure", help="with --docs: the figure's path as the doc links it")
+    r.set_defaults(run=_regime)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv[1:]

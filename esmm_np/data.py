@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .bags import check_bags, check_ids_in_blocks, in_blocks, take_bags
 from .validate import (check_binary, check_click_conversion, check_dense, check_field_dims,
                        check_ids, check_labels)
 
@@ -84,6 +85,12 @@ class Dataset:
         must hold. None for a real log.
     info : dict
         Free-form provenance, e.g. the simulator knobs.
+    bags : dict str -> (offsets, ids, weights), or None
+        Multi-valued fields, one CSR triple each (see :mod:`esmm_np.bags`),
+        e.g. Ali-CCP's ``"210"`` (a user's recent categories).
+    bag_dims : dict str -> int, or None
+        Number of possible ids of each multi-valued field; inferred as the
+        largest id + 1 when omitted.
 
     Notes
     -----
@@ -102,15 +109,24 @@ class Dataset:
     true_cvr: np.ndarray = None
     conversion_if_clicked: np.ndarray = None
     info: dict = field(default_factory=dict)
+    bags: dict = None
+    bag_dims: dict = None
 
     def __post_init__(self):
         self.field_dims = check_field_dims(self.field_dims)
-        X = check_ids(self.X, self.field_dims)
+        # Block by block, so that memory-mapped arrays (esmm_np.aliccp.load) stay on disk.
+        X = check_ids_in_blocks(self.X, self.field_dims)
         if max(self.field_dims) > np.iinfo(np.int32).max:
             raise ValueError("field_dims above 2**31 - 1 do not fit the int32 ids of a Dataset")
         self.X = X.astype(np.int32, copy=False)                           # (n, F)
         n = self.X.shape[0]
-        self.click, self.conversion = check_labels(self.click, self.conversion, n)  # (n,) int8
+        click, conversion = (a if isinstance(a, np.ndarray) else np.asarray(a)
+                             for a in (self.click, self.conversion))
+        if click.shape != (n,) or conversion.shape != (n,):
+            check_labels(click, conversion, n)                            # the usual message
+        in_blocks(lambda c, v: check_labels(c, v, c.shape[0]), (click, conversion))
+        self.click = click.astype(np.int8, copy=False)                    # (n,)
+        self.conversion = conversion.astype(np.int8, copy=False)          # (n,)
         if self.field_names is None:
             self.field_names = tuple(f"field_{f}" for f in range(len(self.field_dims)))
         self.field_names = tuple(str(s) for s in self.field_names)
@@ -133,6 +149,15 @@ class Dataset:
                                  f"{len(rows)} row(s) differ, e.g. row {int(rows[0])}")
             self.conversion_if_clicked = c
         self.info = dict(self.info)
+        if not self.bags and not self.bag_dims:
+            self.bags = self.bag_dims = None                              # no multi-valued fields
+        if self.bags is not None and self.bag_dims is None:
+            self.bag_dims = {f: int(np.max(t[1], initial=-1)) + 1 for f, t in self.bags.items()}
+        if self.bag_dims is not None:
+            self.bag_dims = {str(f): int(d) for f, d in self.bag_dims.items()}
+            if self.bags is None:
+                raise ValueError("bag_dims was given without bags")
+            self.bags = check_bags({str(f): t for f, t in self.bags.items()}, self.bag_dims, n)
         # Checked once, so kept as checked: the arrays are read-only views (the
         # caller's own arrays are not touched) and the checked fields cannot be
         # reassigned. dataclasses.replace(ds, click=...) builds a new, checked Dataset.
@@ -154,7 +179,9 @@ class Dataset:
         return self.X.shape[0]
 
     def __repr__(self):
+        bags = f"bag_fields={self.bag_dims}, " if self.bags else ""
         return (f"Dataset(n={len(self)}, fields={dict(zip(self.field_names, self.field_dims))}, "
+                f"{bags}"
                 f"clicks={int(self.click.sum(dtype=np.int64))}, "
                 f"conversions={int(self.conversion.sum(dtype=np.int64))}, "
                 f"n_dense={self.n_dense}, ground_truth={self.has_ground_truth})")
@@ -203,7 +230,8 @@ class Dataset:
                        conversion=self.conversion[idx], dense=take(self.dense),
                        true_ctr=take(self.true_ctr), true_cvr=take(self.true_cvr),
                        conversion_if_clicked=take(self.conversion_if_clicked),
-                       info=dict(self.info))
+                       info=dict(self.info),
+                       bags=take_bags(self.bags, np.arange(len(self))[idx]))
 
     def split(self, test_fraction=0.2, seed=0):
         """Split the rows at random into a train and a test Dataset.
@@ -256,7 +284,7 @@ class CleanReport:
 
 
 def clean_dataset(X, click, conversion, dense=None, *, field_dims=None, field_names=None,
-                  strict=False, info=None):
+                  strict=False, info=None, bags=None, bag_dims=None):
     """Validate a raw impression log and drop conversions without a click.
 
     Every problem other than click = 0 with conversion = 1 (wrong shapes,
@@ -279,6 +307,7 @@ def clean_dataset(X, click, conversion, dense=None, *, field_dims=None, field_na
         of dropping them.
     info : dict, optional
         Stored in the returned Dataset's ``info``.
+    bags, bag_dims : the multi-valued fields, as for :class:`Dataset`; optional
 
     Returns
     -------
@@ -314,7 +343,8 @@ def clean_dataset(X, click, conversion, dense=None, *, field_dims=None, field_na
     # Boolean indexing copies, so the Dataset never aliases the caller's arrays.
     ds = Dataset(X=X[keep], click=click[keep], conversion=conversion[keep],
                  field_dims=field_dims, field_names=field_names,
-                 dense=None if dense is None else dense[keep], info=dict(info or {}))
+                 dense=None if dense is None else dense[keep], info=dict(info or {}),
+                 bags=take_bags(bags, np.flatnonzero(keep)), bag_dims=bag_dims)
     check_click_conversion(ds.click, ds.conversion)  # the invariant the drop established
     report = CleanReport(n_in=n, n_invalid=int(dropped.size), n_out=len(ds), dropped_rows=dropped)
     return ds, report

@@ -21,7 +21,7 @@ propensity and ``e = BCE(c, σ(b))`` the CVR error of a row:
   doubly robust CVR loss plus the imputation tower's own loss.
 
 Two choices are options, with defaults discussed (and sourced) in
-docs/derivation.md section 9: whether the gradient flows into the CTR tower
+docs/derivation.md section 10: whether the gradient flows into the CTR tower
 through ``q`` (``propensity_grad``, default False: the propensity is a
 constant in each step), and, for DR, whether each part trains only its own
 tower (``dr_gradient="separate"``, the default) or the summed objective is
@@ -211,7 +211,7 @@ class ESCM2(ESMM):
         DR only. "separate" (default): the DR estimate trains the CVR tower
         (imputed error held), the imputation loss trains the imputation tower
         (CVR error held). "joint": the gradient of the summed objective with
-        respect to both towers (docs/derivation.md section 9 shows why the
+        respect to both towers (docs/derivation.md section 10 shows why the
         CVR tower then drifts to an error half a nat below the imputed one).
     validation_loss : {"observed", "full"}
         What :meth:`eval_loss` (early stopping in :func:`esmm_np.fit`)

@@ -38,7 +38,7 @@ import numpy as np
 
 from .files import dumps_strict, read_text, write_file
 from .baselines import (AMAN_RATES, EXTRA_METHODS, METHODS, OVERSAMPLING_KS, TRAINERS,
-                        USES_CTR_NET, make_context, train_ctr_net)
+                        USES_CTR_NET, bag_kw, make_context, train_ctr_net)
 from .metrics import evaluate_esmm, paired_bootstrap, soft_auc
 from .simulator import simulate
 
@@ -169,7 +169,8 @@ def _get_world(key):
         return _GIVEN
     if key not in _WORLDS:
         n, preset, world, world_seed, test_fraction = key
-        _WORLDS.clear()   # one world at a time keeps a worker's memory bounded
+        if len(_WORLDS) >= 3:   # a few worlds at a time keeps a worker's memory bounded
+            _WORLDS.pop(next(iter(_WORLDS)))
         data = simulate(n, seed=world_seed, preset=preset, **dict(world))
         _WORLDS[key] = data.split(test_fraction, seed=world_seed)
     return _WORLDS[key]
@@ -211,10 +212,11 @@ def _run_task(task):
     if task["method"] == "_ctr_net":
         model, record = train_ctr_net(ctx)
         out.update(model=model, networks={"CTR net": record}, choice=None,
-                   pred={"p_ctr": model.predict(test.X, test.dense)["p"].astype(np.float32)})
+                   pred={"p_ctr": model.predict(test.X, test.dense,
+                                                **bag_kw(test))["p"].astype(np.float32)})
     else:
         method = TRAINERS[task["method"]](ctx)
-        pred = method.predict(test.X, test.dense)
+        pred = method.predict(test.X, test.dense, **bag_kw(test))
         out.update(networks=method.networks, choice=method.choice,
                    pred={k: np.asarray(v, dtype=np.float32) for k, v in pred.items()})
         if "p_cvr_raw" in pred:
@@ -568,6 +570,208 @@ def effort_table(result):
                          f"{np.mean([r['kept'] for r in recs]):,.0f} | "
                          f"{sum(r['stopped'] == 'patience' for r in recs)} of {len(recs)} |")
     return "\n".join(lines)
+
+
+def budget_check(cfg, factor=10, seed=0, progress=print):
+    """Retrain every sweep cell with ``factor`` times the effort; how far do the AUCs move?
+
+    The effort rule's patience, minimum and cap are all multiplied by
+    ``factor`` (validation stays every ``eval_every`` steps). If a cell's
+    AUC moves by less than a point, the sweep measures the methods and not
+    the budget.
+
+    Returns
+    -------
+    list of dicts: ``frac``, ``method``, ``auc`` and ``auc_more`` (entire-space
+    CVR AUC, and soft), steps of both runs, and the ``move`` in points.
+    """
+    base = ExperimentConfig(**{**asdict(cfg), "methods": (), "seeds": (seed,), "n_boot": 2})
+    more = ExperimentConfig(**{**asdict(base), "train": {
+        **cfg.train, "patience": factor * cfg.train["patience"],
+        "min_steps": factor * cfg.train["min_steps"], "max_steps": factor * cfg.train["max_steps"]}})
+    a = run_all(base, progress, sweep=True)[1]
+    b = run_all(more, progress, sweep=True)[1]
+    rows = []
+    for frac in a:
+        for m in a[frac]["runs"]:
+            ra, rb = a[frac]["runs"][m][0], b[frac]["runs"][m][0]
+            na, nb = (next(iter(x[frac]["networks"][m][0].values())) for x in (a, b))
+            rows.append({"frac": frac, "method": m,
+                         "auc": ra["cvr_auc_entire"], "auc_more": rb["cvr_auc_entire"],
+                         "soft": ra["cvr_soft_auc_entire"], "soft_more": rb["cvr_soft_auc_entire"],
+                         "steps": na["steps"], "steps_more": nb["steps"],
+                         "stopped_more": nb["stopped"],
+                         "move": 100 * (rb["cvr_auc_entire"] - ra["cvr_auc_entire"])})
+    return rows
+
+
+def budget_table(rows):
+    """:func:`budget_check` as Markdown."""
+    lines = ["| share | method | CVR AUC entire | with 10x effort | move (points) | "
+             "soft AUC entire | with 10x effort | steps | steps with 10x |", "|---" * 9 + "|"]
+    for r in rows:
+        lines.append(f"| {r['frac']:.0%} | {r['method']} | {100 * r['auc']:.2f} | "
+                     f"{100 * r['auc_more']:.2f} | {r['move']:+.2f} | {100 * r['soft']:.2f} | "
+                     f"{100 * r['soft_more']:.2f} | {r['steps']:,} | {r['steps_more']:,} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------- regime map
+
+def regime_config():
+    """The regime map's run: BASE and ESMM in each world, smaller worlds, two seeds."""
+    return ExperimentConfig(n_impressions=500_000, seeds=(0, 1), methods=("BASE", "ESMM"),
+                            sweep_fractions=(), n_boot=100)
+
+
+def regime_map(cfg, rhos=(0.3, 0.6, 0.9), cvrs=(0.01, 0.03, 0.1), progress=print):
+    """ESMM − BASE across worlds: rho (shared structure) x CVR given click (sparsity).
+
+    Each world is ``simulate(cfg.n_impressions, preset=cfg.preset, rho=rho,
+    cvr=cvr, **cfg.world)``; BASE and ESMM train in it under ``cfg``'s effort
+    rule for every seed, and the difference ESMM − BASE is measured on its
+    test set with paired bootstrap intervals, on the soft CVR AUC of the
+    clicked test impressions (the paper's protocol without the label noise)
+    and of the entire space.
+
+    Returns
+    -------
+    dict with ``"cells"``: list of dicts (``rho``, ``cvr``, ``rates``,
+    ``esmm_minus_base``: metric -> {diff, low, high}, ``networks``), and
+    ``"config"``.
+    """
+    say = progress or (lambda s: None)
+    start = time.perf_counter()
+    worlds = {}
+    tasks = {}
+    for rho in rhos:
+        for cvr in cvrs:
+            wcfg = ExperimentConfig(**{**asdict(cfg), "world": {**cfg.world, "rho": rho,
+                                                                "cvr": cvr}})
+            key = _world_key(wcfg)
+            worlds[(rho, cvr)] = key
+            for seed in cfg.seeds:
+                for m in ("ESMM", "BASE"):
+                    tasks[(f"rho {rho}, cvr {cvr}", m, seed, None)] = _task(wcfg, m, seed,
+                                                                           world=key)
+    say(f"regime map: {len(rhos) * len(cvrs)} worlds, {len(tasks)} trainings on "
+        f"{max(cfg.workers, 1)} worker(s)")
+    metrics = ("cvr_soft_auc_clicked", "cvr_soft_auc_entire")
+    with _executor(cfg.workers, None) as pool:
+        done = _run_tasks(tasks, pool, say)
+        jobs = {}
+        for (rho, cvr), key in worlds.items():
+            name = f"rho {rho}, cvr {cvr}"
+            preds = {m: [done[(name, m, s, None)]["pred"] for s in cfg.seeds]
+                     for m in ("BASE", "ESMM")}
+            jobs[(rho, cvr)] = pool.submit(_run_intervals, key, preds, "ESMM", metrics,
+                                           cfg.n_boot)
+        ivs = {k: f.result() for k, f in jobs.items()}
+    cells = []
+    for (rho, cvr), key in worlds.items():
+        name = f"rho {rho}, cvr {cvr}"
+        train, test = _get_world(key)
+        diff = {}
+        for metric in metrics:
+            e = ivs[(rho, cvr)][metric]["BASE"]          # BASE − ESMM: flip the sign
+            diff[metric] = {"diff": -e["diff"], "low": -e["diff_high"], "high": -e["diff_low"]}
+        cells.append({"rho": rho, "cvr": cvr, "rates": _describe(train, test),
+                      "esmm_minus_base": diff,
+                      "networks": {m: [done[(name, m, s, None)]["networks"] for s in cfg.seeds]
+                                   for m in ("BASE", "ESMM")}})
+        _WORLDS.pop(key, None)
+    say(f"regime map done in {time.perf_counter() - start:.0f} s")
+    return {"config": _config_dict(cfg), "rhos": list(rhos), "cvrs": list(cvrs),
+            "cells": cells, "seconds": time.perf_counter() - start}
+
+
+def regime_table(rmap):
+    """The regime map as Markdown: ESMM − BASE (points) with 95% intervals per world."""
+    lines = ["| rho | CVR given click (target) | clicks / conversions in training | "
+             "ESMM − BASE, soft CVR AUC clicked | ESMM − BASE, soft CVR AUC entire |",
+             "|---|---|---|---|---|"]
+    for c in rmap["cells"]:
+        r = c["rates"]
+        n_click = round(r["ctr"] * r["n_train"])
+        cells = []
+        for metric in ("cvr_soft_auc_clicked", "cvr_soft_auc_entire"):
+            e = c["esmm_minus_base"][metric]
+            cells.append(_ci({"diff": e["diff"], "diff_low": e["low"], "diff_high": e["high"]}))
+        lines.append(f"| {c['rho']} | {100 * c['cvr']:g}% | {n_click:,} / "
+                     f"{round(r['cvr'] * n_click):,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_regime_map(rmap, path=None, axes=None):
+    """Two heat maps of ESMM − BASE (soft clicked AUC, soft entire-space AUC), intervals inside."""
+    import matplotlib
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rhos, cvrs = rmap["rhos"], rmap["cvrs"]
+    fig = None
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, title in zip(axes, ("cvr_soft_auc_clicked", "cvr_soft_auc_entire"),
+                                 ("clicked impressions (paper's protocol, soft)",
+                                  "entire space (soft)")):
+        grid = np.full((len(rhos), len(cvrs)), np.nan)
+        text = {}
+        for c in rmap["cells"]:
+            i, j = rhos.index(c["rho"]), cvrs.index(c["cvr"])
+            e = c["esmm_minus_base"][metric]
+            grid[i, j] = 100 * e["diff"]
+            star = "*" if e["low"] > 0 or e["high"] < 0 else ""
+            text[i, j] = f"{100 * e['diff']:+.2f}{star}\n[{100 * e['low']:+.2f}, {100 * e['high']:+.2f}]"
+        lim = max(1.0, np.nanmax(np.abs(grid)))
+        im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
+        for (i, j), t in text.items():
+            ax.text(j, i, t, ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(cvrs)), [f"{100 * c:g}%" for c in cvrs])
+        ax.set_yticks(range(len(rhos)), [str(r) for r in rhos])
+        ax.set_xlabel("CVR given click")
+        ax.set_ylabel("rho (shared structure of CTR and CVR)")
+        ax.set_title(f"ESMM − BASE, {title}", fontsize=9)
+        plt.colorbar(im, ax=ax, label="AUC points (* : interval excludes 0)")
+    if fig is not None:
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=100, format="png")
+            plt.close(fig)
+    return axes
+
+
+def save_regime_map(rmap, out_dir, figure=True):
+    """Write ``regime.md``, ``regime.json`` and (with matplotlib) ``regime.png``; return the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, n) for n in ("regime.md", "regime.json", "regime.png")]
+    write_file(paths[0], "# ESMM − BASE across worlds\n\n" + regime_table(rmap) + "\n")
+    write_file(paths[1], dumps_strict(rmap, indent=1))
+    if not figure:
+        return paths[:2]
+    write_file(paths[2], lambda f: plot_regime_map(rmap, f))
+    return paths
+
+
+def write_regime_docs(rmap, path, command, figure=None):
+    """Fill the ``regime`` section of a Markdown file with the map's table (and figure link)."""
+    start, end = doc_markers("regime")
+    text = read_text(path)
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} section to fill")
+    cfg = rmap["config"]
+    body = [start, f"Generated by `{command}` on {time.strftime('%Y-%m-%d')} in "
+            f"{rmap['seconds'] / 60:.1f} min: preset \"{cfg['preset']}\" with rho and CVR "
+            f"given click set per world, {cfg['n_impressions']:,} impressions per world, "
+            f"{len(cfg['seeds'])} training seeds, {cfg['n_boot']} bootstrap replicates; "
+            "ESMM − BASE in AUC points with 95% paired bootstrap intervals (* : excludes 0).",
+            "", regime_table(rmap)]
+    if figure:
+        body += ["", f"![ESMM minus BASE across worlds]({figure})"]
+    body.append(end)
+    head, rest = text.split(start, 1)
+    write_file(path, head + "\n".join(body) + rest.split(end, 1)[1])
 
 
 # ------------------------------------------------------------------ output

@@ -21,8 +21,9 @@ Batch-norm running statistics are not trained by gradient; they live in
 import numpy as np
 
 from . import layers as L
-from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
+from .bags import check_bags, check_ids_in_blocks, in_blocks, slice_bags
 from . import validate as V
+from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
 from .validate import (check_binary, check_choice, check_dense, check_field_dims, check_ids,
                        check_labels)
 
@@ -171,7 +172,7 @@ def _as_units(units, n_towers):
         raise TypeError(f"tower_units must be a tuple of ints or {n_towers} such tuples, "
                         f"got {units!r}")
     units = tuple(units)
-    if all(V._is_int(u) for u in units):
+    if all(V.is_int(u) for u in units):
         per = (units,) * n_towers
     elif len(units) == n_towers and all(isinstance(u, (tuple, list)) for u in units):
         per = units
@@ -184,8 +185,10 @@ class _EmbeddingMLP:
     """What ESMM and the single-tower model share: options, embeddings, input checks."""
 
     def __init__(self, field_dims, embed_dim, *, activation, dropout, batch_norm,
-                 l2_reg_embedding, l2_reg_dnn, n_dense, dtype, seed, bn_momentum):
+                 l2_reg_embedding, l2_reg_dnn, n_dense, dtype, seed, bn_momentum,
+                 bag_dims=None, bag_pooling="sum"):
         self.field_dims = check_field_dims(field_dims)
+        self._init_bags(bag_dims, bag_pooling)
         self.activation = check_choice(activation, "activation", L.ACTIVATIONS)
         self.dropout = V.check_float(dropout, "dropout", 0, 1, high_open=True)
         self.embed_dim = V.check_int(embed_dim, "embed_dim", low=1)
@@ -205,11 +208,24 @@ class _EmbeddingMLP:
         # Row offset of each field in the stacked table: field f's id j is row offsets[f] + j.
         self.offsets = np.concatenate([[0], np.cumsum(self.field_dims)[:-1]]).astype(np.int64)
         self.params, self.state = {}, {}
-        self.d_in = len(self.field_dims) * self.embed_dim + self.n_dense
+        self.d_in = (len(self.field_dims) + len(self.bag_dims)) * self.embed_dim + self.n_dense
+
+    def _init_bags(self, bag_dims, bag_pooling):
+        """Multi-valued fields: their sizes, pooling, and rows after the single-id fields'."""
+        if bag_dims is not None and not isinstance(bag_dims, dict):
+            raise TypeError(f"bag_dims must be a dict field -> number of ids, got {bag_dims!r}")
+        bag_dims = dict(bag_dims or {})
+        names = [str(f) for f in bag_dims]
+        dims = check_field_dims(bag_dims.values()) if bag_dims else ()
+        self.bag_dims = dict(zip(names, dims))
+        self.bag_pooling = check_choice(bag_pooling, "bag_pooling", L.BAG_MODES)
+        # Bag field b's id j is table row bag_offsets[b] + j, after every single-id field's rows.
+        starts = sum(self.field_dims) + np.concatenate([[0], np.cumsum(dims)[:-1]]) if dims else []
+        self.bag_offsets = {f: int(o) for f, o in zip(names, starts)}
 
     def _new_table(self):
         """An embedding table with small random rows (N(0, 0.05^2))."""
-        V = sum(self.field_dims)
+        V = sum(self.field_dims) + sum(self.bag_dims.values())
         return (0.05 * self.rng.standard_normal((V, self.embed_dim))).astype(self.dtype)
 
     def _tower_cfg(self, units):
@@ -221,6 +237,70 @@ class _EmbeddingMLP:
         X = check_ids(X, self.field_dims)
         dense = check_dense(dense, X.shape[0], self.n_dense, self.dtype)
         return X + self.offsets, dense  # (n, F) int64
+
+    def _inputs(self, X, dense):
+        """Validate ``X`` and ``dense`` for chunked use (predict, eval_loss).
+
+        Checked block by block and not shifted, so a memory-mapped ``X`` is
+        never copied whole; each chunk is shifted by ``offsets`` when used.
+        """
+        X = check_ids_in_blocks(X, self.field_dims)
+        return X, check_dense(dense, X.shape[0], self.n_dense, self.dtype)
+
+    def _bags(self, bags, n):
+        """Validate the bags of the multi-valued fields (None for a model without any).
+
+        Weights keep their dtype (nothing is copied); ``bag_forward`` casts
+        each batch's to the model's dtype.
+        """
+        return check_bags(bags, self.bag_dims, n)
+
+    def _embed(self, table, rows, dense, bags=None):
+        """The input path shared by every model: rows of the table -> tower input ``h0``.
+
+        ``h0 = [e, pooled bags, dense]``: the single-id fields' embeddings
+        (``embedding_forward``), then one pooled vector per multi-valued field
+        (``bag_forward``, ids shifted here to their table rows), then the
+        numeric features.
+
+        Parameters
+        ----------
+        table : ndarray of shape (V, k)
+        rows : ndarray of int, shape (n, F), already shifted by ``offsets``
+        dense : ndarray of shape (n, n_dense) or None
+        bags : dict field -> (offsets, ids, weights) as :meth:`_bags` returns, or None
+
+        Returns
+        -------
+        h0 : ndarray of shape (n, d_in)
+        cache : for :meth:`_embed_backward`
+        """
+        e, emb_cache = L.embedding_forward(table, rows)                     # (n, F*k)
+        if bags is None:
+            h0, cat_cache = L.concat_forward(e, dense)                      # (n, d_in)
+            return h0, (emb_cache, cat_cache)
+        pooled, bag_caches = [e], []
+        for f, (offsets, ids, weights) in bags.items():
+            p, c = L.bag_forward(table, offsets, ids + self.bag_offsets[f], weights,
+                                 self.bag_pooling)                          # (n, k)
+            pooled.append(p)
+            bag_caches.append(c)
+        h0, cat_cache = L.concat_forward(np.concatenate(pooled, axis=1), dense)  # (n, d_in)
+        return h0, (emb_cache, cat_cache, bag_caches)
+
+    def _embed_backward(self, dh0, cache):
+        """Gradient of the table from ``dh0``: the lookups' and every bag's scatter-adds, summed."""
+        if len(cache) == 2:                                                 # no bags
+            emb_cache, cat_cache = cache
+            return L.embedding_backward(L.concat_backward(dh0, cat_cache), emb_cache)
+        emb_cache, cat_cache, bag_caches = cache
+        de = L.concat_backward(dh0, cat_cache)                              # (n, (F+B)*k)
+        width = emb_cache[0].shape[1] * self.embed_dim                      # F*k
+        parts = [L.embedding_backward(de[:, :width], emb_cache)]
+        for b, c in enumerate(bag_caches):
+            lo = width + b * self.embed_dim
+            parts.append(L.bag_backward(de[:, lo:lo + self.embed_dim], c))  # (n, k) each
+        return L.add_sparse_rows(*parts)
 
     def _l2(self, grads, lazy=False):
         """Add the L2 penalties to ``grads``; return their value.
@@ -252,7 +332,7 @@ class _EmbeddingMLP:
                     grads[name] = grads[name] + dpen
         return total
 
-    def loss(self, X, *labels, dense=None, train=True, seed=None, masks=None):
+    def loss(self, X, *labels, dense=None, train=True, seed=None, masks=None, bags=None):
         """Loss and gradient of every parameter (see the subclass for the labels).
 
         Parameters
@@ -267,6 +347,9 @@ class _EmbeddingMLP:
             network (gradient checking needs that); by default they come from
             the model's generator.
         masks : fixed dropout masks per tower, overriding ``seed``
+        bags : dict field -> (offsets, ids, weights), or None
+            The multi-valued fields' bags (see :mod:`esmm_np.bags`); required
+            exactly when the model was built with ``bag_dims``.
 
         Returns
         -------
@@ -279,39 +362,48 @@ class _EmbeddingMLP:
         seed = V.check_seed(seed)
         rows, dense = self._rows(X, dense)
         labels = self._check_labels(labels, rows.shape[0])
-        loss, grads, _ = self._loss_grads(rows, dense, labels, train, self._rng_for(seed), masks)
+        bags = self._bags(bags, rows.shape[0])
+        loss, grads, _ = self._loss_grads(rows, dense, labels, train, self._rng_for(seed), masks,
+                                          bags=bags)
         loss += self._l2(grads)
         return loss, self._densify(grads)
 
-    def train_loss(self, rows, dense, labels, rng, lazy=False):
+    def train_loss(self, rows, dense, labels, rng, lazy=False, bags=None):
         """One training step's loss and gradients on already-validated input.
 
         Used by :func:`esmm_np.fit`: dropout and batch statistics on, the BN
         running statistics updated, the embedding gradient left as
         :class:`~esmm_np.layers.SparseRows` unless L2 on the table makes it dense.
         """
-        loss, grads, caches = self._loss_grads(rows, dense, labels, True, rng)
+        loss, grads, caches = self._loss_grads(rows, dense, labels, True, rng, bags=bags)
         loss += self._l2(grads, lazy=lazy)
         check_finite_step(loss, grads)   # before the running statistics move
         self._fold_bn(caches)
         return loss, grads
 
-    def eval_loss(self, X, *labels, dense=None, batch_size=65536):
+    def eval_loss(self, X, *labels, dense=None, batch_size=65536, bags=None):
         """The data loss (no L2) in inference mode, as for validation; no gradients kept.
 
         Parameters as for :meth:`loss`. Computed in chunks of ``batch_size`` rows
         and averaged over all rows.
         """
         batch_size = V.check_int(batch_size, "batch_size", low=1)
-        rows, dense = self._rows(X, dense)
-        labels = self._check_labels(labels, rows.shape[0])
+        X, dense = self._inputs(X, dense)
+        n = X.shape[0]
+        if any(np.shape(y) != (n,) for y in labels):
+            self._check_labels(labels, n)                     # raises the usual message
+        in_blocks(lambda *ys: self._check_labels(ys, ys[0].shape[0]), labels)
+        bags = self._bags(bags, n)
         total = 0.0
-        for s in range(0, rows.shape[0], batch_size):
+        for s in range(0, n, batch_size):
             d = None if dense is None else dense[s:s + batch_size]
-            logits, _ = self._forward(rows[s:s + batch_size], d, train=False)
-            part, _ = self._loss_at_logits(logits, tuple(y[s:s + batch_size] for y in labels))
-            total += part * min(batch_size, rows.shape[0] - s)
-        return total / rows.shape[0]
+            logits, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
+                                      bags=slice_bags(bags, s, s + batch_size))
+            ys = self._check_labels(tuple(np.asarray(y[s:s + batch_size]) for y in labels),
+                                    min(batch_size, n - s))
+            part, _ = self._loss_at_logits(logits, ys)
+            total += part * min(batch_size, n - s)
+        return total / n
 
     def get_config(self):
         """The constructor's arguments as a JSON-able dict.
@@ -325,7 +417,9 @@ class _EmbeddingMLP:
                 "batch_norm": self.batch_norm, "l2_reg_embedding": self.l2_reg_embedding,
                 "l2_reg_dnn": self.l2_reg_dnn, "n_dense": self.n_dense,
                 "dtype": self.dtype.name, "bn_momentum": self.bn_momentum,
-                "seed": self.seed if isinstance(self.seed, int) else None}
+                "seed": self.seed if isinstance(self.seed, int) else None,
+                **({"bag_dims": dict(self.bag_dims), "bag_pooling": self.bag_pooling}
+                   if self.bag_dims else {})}
 
     def save(self, path, optimizer=None):
         """Save the model (and optionally its optimizer) to ``path``, a ``.npz`` file.
@@ -383,6 +477,15 @@ class ESMM(_EmbeddingMLP):
         Seeds initialisation and dropout masks.
     bn_momentum : float
         Running statistics move as ``r = m * r + (1 - m) * batch``.
+    bag_dims : dict str -> int, optional
+        Multi-valued fields and their number of ids (e.g. Ali-CCP's
+        ``{"210": ..., "109_14": ...}``). Their rows follow the single-id
+        fields' rows in the same table(s); each contributes one pooled
+        vector of size k to the tower input, after the single-id fields.
+        ``loss``, ``predict`` and ``fit`` then take ``bags=``.
+    bag_pooling : {"sum", "mean"}
+        How a bag's (value-weighted) embeddings are pooled; see
+        :func:`esmm_np.layers.bag_forward`.
     """
 
     towers = ("ctr", "cvr")
@@ -390,11 +493,12 @@ class ESMM(_EmbeddingMLP):
     def __init__(self, field_dims, embed_dim=8, tower_units=(64, 32), *, activation="relu",
                  dropout=0.0, batch_norm=False, l2_reg_embedding=0.0, l2_reg_dnn=0.0,
                  n_dense=0, loss_weights=(1.0, 1.0), ctcvr_loss="logspace",
-                 share_embedding=True, dtype=np.float64, seed=0, bn_momentum=0.9):
+                 share_embedding=True, dtype=np.float64, seed=0, bn_momentum=0.9,
+                 bag_dims=None, bag_pooling="sum"):
         super().__init__(field_dims, embed_dim, activation=activation, dropout=dropout,
                          batch_norm=batch_norm, l2_reg_embedding=l2_reg_embedding,
                          l2_reg_dnn=l2_reg_dnn, n_dense=n_dense, dtype=dtype, seed=seed,
-                         bn_momentum=bn_momentum)
+                         bn_momentum=bn_momentum, bag_dims=bag_dims, bag_pooling=bag_pooling)
         self.ctcvr_loss = check_choice(ctcvr_loss, "ctcvr_loss", ("logspace", "naive"))
         if isinstance(loss_weights, str) or len(loss_weights) != 2:
             raise ValueError(f"loss_weights must be two non-negative numbers, got {loss_weights!r}")
@@ -420,7 +524,7 @@ class ESMM(_EmbeddingMLP):
     def _table(self, tower):
         return "embedding" if self.share_embedding else f"{tower}.embedding"
 
-    def _forward(self, rows, dense, train, rng=None, masks=None):
+    def _forward(self, rows, dense, train, rng=None, masks=None, bags=None):
         """Embeddings -> two towers -> two logits; returns logits and caches."""
         logits, caches = {}, {}
         shared = None
@@ -428,9 +532,8 @@ class ESMM(_EmbeddingMLP):
             if self.share_embedding and shared is not None:
                 h0, emb_cache = shared
             else:
-                e, emb_cache = L.embedding_forward(self.params[self._table(t)], rows)  # (n, F*k)
-                h0, cat_cache = L.concat_forward(e, dense)                             # (n, d_in)
-                emb_cache = (emb_cache, cat_cache)
+                h0, emb_cache = self._embed(self.params[self._table(t)], rows, dense,
+                                            bags)                              # (n, d_in)
                 shared = (h0, emb_cache)
             logits[t], caches[t] = tower_forward(
                 self.params, self.state, t, h0, self._tower_cfg(units), train, rng,
@@ -438,67 +541,70 @@ class ESMM(_EmbeddingMLP):
             caches[t] = (caches[t], emb_cache)
         return logits, caches
 
-    def predict(self, X, dense=None, batch_size=65536):
+    def predict(self, X, dense=None, batch_size=65536, bags=None):
         """Inference-mode probabilities for every impression.
 
         Parameters
         ----------
         X : ndarray of int, shape (n, n_fields)
         dense : ndarray of shape (n, n_dense) or None
+        bags : dict field -> (offsets, ids, weights), or None (multi-valued fields)
 
         Returns
         -------
         dict with "p_ctr", "p_cvr", "p_ctcvr", each ndarray of shape (n,)
         """
         batch_size = V.check_int(batch_size, "batch_size", low=1)
-        rows, dense = self._rows(X, dense)
+        X, dense = self._inputs(X, dense)
+        bags = self._bags(bags, X.shape[0])
         out = {"p_ctr": [], "p_cvr": [], "p_ctcvr": []}
-        for s in range(0, rows.shape[0], batch_size):   # chunks bound the memory
+        for s in range(0, X.shape[0], batch_size):      # chunks bound the memory
             d = None if dense is None else dense[s:s + batch_size]
-            logits, _ = self._forward(rows[s:s + batch_size], d, train=False)
+            logits, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
+                                      bags=slice_bags(bags, s, s + batch_size))
             p_ctr, p_cvr = L.sigmoid(logits["ctr"]), L.sigmoid(logits["cvr"])
             out["p_ctr"].append(p_ctr)
             out["p_cvr"].append(p_cvr)
             out["p_ctcvr"].append(p_ctr * p_cvr)
         return {k: np.concatenate(v) for k, v in out.items()}
 
-    def loss(self, X, click, conversion, dense=None, *, train=True, seed=None, masks=None):
+    def loss(self, X, click, conversion, dense=None, *, train=True, seed=None, masks=None,
+             bags=None):
         """Loss and gradient of every parameter.
 
         ``loss = w_ctr * mean BCE(click, p_ctr) + w_ctcvr * mean BCE(click * conversion, p_ctcvr)``
         plus the L2 penalties; ``grads`` has exactly the keys and shapes of
         ``params``. Keyword arguments as in ``_EmbeddingMLP.loss``: ``train``
         (dropout and batch statistics), ``seed`` (fixes this call's dropout
-        masks), ``masks``.
+        masks), ``masks``, ``bags`` (the multi-valued fields).
         """
-        return super().loss(X, click, conversion, dense=dense, train=train, seed=seed, masks=masks)
+        return super().loss(X, click, conversion, dense=dense, train=train, seed=seed, masks=masks,
+                            bags=bags)
 
     def _check_labels(self, labels, n):
         if len(labels) != 2:
             raise TypeError(f"ESMM needs two label arrays (click, conversion), got {len(labels)}")
         return check_labels(labels[0], labels[1], n)
 
-    def _loss_grads(self, rows, dense, labels, train, rng, masks=None):
+    def _loss_grads(self, rows, dense, labels, train, rng, masks=None, bags=None):
         """Forward and backward on validated input; embedding grads stay sparse.
 
         Returns (data loss without L2, grads, caches).
         """
-        logits, caches = self._forward(rows, dense, train, rng, masks)
+        logits, caches = self._forward(rows, dense, train, rng, masks, bags=bags)
         loss, dlogit = self._loss_at_logits(logits, labels)
         grads = {}
         dh0_shared = None
         for t, units in zip(self.towers, self.tower_units):
-            tower_cache, (emb_cache, cat_cache) = caches[t]
+            tower_cache, emb_cache = caches[t]
             dh0 = tower_backward(dlogit[t], tower_cache, t, self._tower_cfg(units), grads)
             if self.share_embedding:
                 # Both towers read the same h0: their gradients add before the lookup.
                 dh0_shared = dh0 if dh0_shared is None else dh0_shared + dh0
             else:
-                grads[self._table(t)] = L.embedding_backward(
-                    L.concat_backward(dh0, cat_cache), emb_cache)
+                grads[self._table(t)] = self._embed_backward(dh0, emb_cache)
         if self.share_embedding:
-            grads["embedding"] = L.embedding_backward(
-                L.concat_backward(dh0_shared, cat_cache), emb_cache)
+            grads["embedding"] = self._embed_backward(dh0_shared, emb_cache)
         return loss, grads, caches
 
     def _loss_at_logits(self, logits, labels):
@@ -539,11 +645,12 @@ class TowerModel(_EmbeddingMLP):
 
     def __init__(self, field_dims, embed_dim=8, tower_units=(64, 32), *, activation="relu",
                  dropout=0.0, batch_norm=False, l2_reg_embedding=0.0, l2_reg_dnn=0.0,
-                 n_dense=0, dtype=np.float64, seed=0, bn_momentum=0.9):
+                 n_dense=0, dtype=np.float64, seed=0, bn_momentum=0.9, bag_dims=None,
+                 bag_pooling="sum"):
         super().__init__(field_dims, embed_dim, activation=activation, dropout=dropout,
                          batch_norm=batch_norm, l2_reg_embedding=l2_reg_embedding,
                          l2_reg_dnn=l2_reg_dnn, n_dense=n_dense, dtype=dtype, seed=seed,
-                         bn_momentum=bn_momentum)
+                         bn_momentum=bn_momentum, bag_dims=bag_dims, bag_pooling=bag_pooling)
         (self.tower_units,) = _as_units(tower_units, 1)
         self.tables, self.towers = ("embedding",), ("net",)
         self.params["embedding"] = self._new_table()
@@ -557,39 +664,40 @@ class TowerModel(_EmbeddingMLP):
         config.update(tower_units=list(self.tower_units))
         return config
 
-    def _forward(self, rows, dense, train, rng=None, masks=None):
-        e, emb_cache = L.embedding_forward(self.params["embedding"], rows)   # (n, F*k)
-        h0, cat_cache = L.concat_forward(e, dense)                           # (n, d_in)
+    def _forward(self, rows, dense, train, rng=None, masks=None, bags=None):
+        h0, emb_cache = self._embed(self.params["embedding"], rows, dense, bags)  # (n, d_in)
         logit, tower_cache = tower_forward(self.params, self.state, "net", h0,
                                            self._tower_cfg(self.tower_units), train, rng, masks)
-        return logit, (tower_cache, emb_cache, cat_cache)
+        return logit, (tower_cache, emb_cache)
 
-    def predict(self, X, dense=None, batch_size=65536):
+    def predict(self, X, dense=None, batch_size=65536, bags=None):
         """Inference-mode probability; returns ``{"p": ndarray of shape (n,)}``."""
         batch_size = V.check_int(batch_size, "batch_size", low=1)
-        rows, dense = self._rows(X, dense)
+        X, dense = self._inputs(X, dense)
+        bags = self._bags(bags, X.shape[0])
         ps = []
-        for s in range(0, rows.shape[0], batch_size):
+        for s in range(0, X.shape[0], batch_size):
             d = None if dense is None else dense[s:s + batch_size]
-            logit, _ = self._forward(rows[s:s + batch_size], d, train=False)
+            logit, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
+                                     bags=slice_bags(bags, s, s + batch_size))
             ps.append(L.sigmoid(logit))
         return {"p": np.concatenate(ps)}
 
-    def loss(self, X, y, dense=None, *, train=True, seed=None, masks=None):
+    def loss(self, X, y, dense=None, *, train=True, seed=None, masks=None, bags=None):
         """Mean BCE(y, p) plus L2, and gradients keyed like ``params``."""
-        return super().loss(X, y, dense=dense, train=train, seed=seed, masks=masks)
+        return super().loss(X, y, dense=dense, train=train, seed=seed, masks=masks, bags=bags)
 
     def _check_labels(self, labels, n):
         if len(labels) != 1:
             raise TypeError(f"TowerModel needs one label array, got {len(labels)}")
         return (check_binary(labels[0], n, "y"),)
 
-    def _loss_grads(self, rows, dense, labels, train, rng, masks=None):
-        logit, (tower_cache, emb_cache, cat_cache) = self._forward(rows, dense, train, rng, masks)
+    def _loss_grads(self, rows, dense, labels, train, rng, masks=None, bags=None):
+        logit, (tower_cache, emb_cache) = self._forward(rows, dense, train, rng, masks, bags=bags)
         loss, dlogit = self._loss_at_logits(logit, labels)
         grads = {}
         dh0 = tower_backward(dlogit, tower_cache, "net", self._tower_cfg(self.tower_units), grads)
-        grads["embedding"] = L.embedding_backward(L.concat_backward(dh0, cat_cache), emb_cache)
+        grads["embedding"] = self._embed_backward(dh0, emb_cache)
         return loss, grads, tower_cache
 
     def _loss_at_logits(self, logit, labels):
