@@ -281,7 +281,7 @@ class ESCM2(ESMM):
         return config
 
     def loss(self, X, click, conversion, dense=None, *, train=True, seed=None, masks=None,
-             held=None):
+             bags=None, held=None):
         """Loss and gradient of every parameter (see the module docstring for the loss).
 
         Parameters as :meth:`ESMM.loss`, plus
@@ -298,7 +298,7 @@ class ESCM2(ESMM):
         """
         if held is None:
             return super().loss(X, click, conversion, dense=dense, train=train, seed=seed,
-                                masks=masks)
+                                masks=masks, bags=bags)
         n = np.shape(X)[0]
         unknown = set(held) - {"propensity", "e", "e_hat"}
         if unknown:
@@ -313,29 +313,31 @@ class ESCM2(ESMM):
         self._held = held
         try:
             return super().loss(X, click, conversion, dense=dense, train=train, seed=seed,
-                                masks=masks)
+                                masks=masks, bags=bags)
         finally:
             self._held = None
 
-    def eval_loss(self, X, *labels, dense=None, batch_size=65536):
+    def eval_loss(self, X, *labels, dense=None, batch_size=65536, bags=None):
         """The validation loss (inference mode, no L2): see ``validation_loss``."""
         self._observed_only = self.validation_loss == "observed"
         try:
-            return super().eval_loss(X, *labels, dense=dense, batch_size=batch_size)
+            return super().eval_loss(X, *labels, dense=dense, batch_size=batch_size, bags=bags)
         finally:
             self._observed_only = False
 
-    def propensity(self, X, dense=None, *, train=False, seed=None):
+    def propensity(self, X, dense=None, *, train=False, seed=None, bags=None):
         """The clipped propensities ``max(pCTR, floor)`` of a batch, shape (n,).
 
         Inference mode by default; ``train=True`` and ``seed`` as in
         :meth:`loss` give the propensity that call uses.
         """
         rows, dense = self._rows(X, dense)
-        logits, _ = self._forward(rows, dense, train, self._rng_for(seed))
+        bags = self._bags(bags, rows.shape[0])
+        logits, _ = self._forward(rows, dense, train, self._rng_for(seed), bags=bags)
         return propensity_forward(logits["ctr"], self.propensity_floor)[0]
 
-    def detached_values(self, X, click, conversion, dense=None, *, train=True, seed=None):
+    def detached_values(self, X, click, conversion, dense=None, *, train=True, seed=None,
+                        bags=None):
         """The quantities this model's gradient holds constant, at their current values.
 
         Returns
@@ -346,7 +348,8 @@ class ESCM2(ESMM):
         """
         rows, dense = self._rows(X, dense)
         _, conversion = self._check_labels((click, conversion), rows.shape[0])
-        logits, _ = self._forward(rows, dense, train, self._rng_for(seed))
+        bags = self._bags(bags, rows.shape[0])
+        logits, _ = self._forward(rows, dense, train, self._rng_for(seed), bags=bags)
         out = {}
         if not self.propensity_grad:
             out["propensity"] = propensity_forward(logits["ctr"], self.propensity_floor)[0]
@@ -392,12 +395,12 @@ class _Held:
         self.model, self.held = model, held
         self.params, self.dtype = model.params, model.dtype
 
-    def loss(self, X, *labels, dense=None, seed=None):
-        return self.model.loss(X, *labels, dense=dense, seed=seed, held=self.held)
+    def loss(self, X, *labels, dense=None, seed=None, bags=None):
+        return self.model.loss(X, *labels, dense=dense, seed=seed, bags=bags, held=self.held)
 
 
 def check_gradients(model, X, click, conversion, dense=None, h=1e-5, tol=1e-6, seed=0,
-                    max_entries=None):
+                    max_entries=None, bags=None):
     """Finite-difference check of every parameter of an ESCM2 model.
 
     When nothing is detached (``propensity_grad=True`` and, for DR,
@@ -413,10 +416,10 @@ def check_gradients(model, X, click, conversion, dense=None, h=1e-5, tol=1e-6, s
     """
     from .gradcheck import check_model
 
-    held = model.detached_values(X, click, conversion, dense, train=True, seed=seed)
+    held = model.detached_values(X, click, conversion, dense, train=True, seed=seed, bags=bags)
     target = _Held(model, held) if held else model
     return check_model(target, X, click, conversion, dense=dense, h=h, tol=tol, seed=seed,
-                       max_entries=max_entries)
+                       max_entries=max_entries, bags=bags)
 
 
 def everything_on_example(variant, n=16, seed=0, propensity_grad=False, dr_gradient="separate"):
@@ -503,15 +506,15 @@ def ips_mean(values, click, propensity, floor=0.0):
 
 def _train(ctx, name, variant):
     """Train an ESCM2 like the runner's ESMM: same architecture, same effort rule, own validation loss."""
-    from .baselines import ESMMMethod, fit_network   # local: baselines imports this module
+    from .baselines import ESMMMethod, _model_kw, bag_kw, fit_network   # local: no cycle
 
     part, val = ctx.part, ctx.val
     model = ESCM2(part.field_dims, n_dense=part.n_dense, seed=ctx.seed, variant=variant,
-                  **ctx.options.get("escm2", {}), **ctx.arch)
+                  **_model_kw(part), **ctx.options.get("escm2", {}), **ctx.arch)
     v = None if val is None else (val.X, val.click, val.conversion) + (
-        () if val.dense is None else (val.dense,))
+        () if val.dense is None else (val.dense,)) + tuple(bag_kw(val).values())
     record = fit_network(model, part.X, (part.click, part.conversion), part.dense, v,
-                         ctx.train, ctx.seed, ctx.verbose)
+                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part))
     return ESMMMethod(name, model, {f"{name} net": record})
 
 
