@@ -78,7 +78,7 @@ def test_dr_loss_gradients_separate_parts(rng):
     e0, e_hat0 = E.cvr_error(b, conversion)[0], E.softplus(g)
 
     def f():
-        return E.dr_cvr_loss(b, g, q, click, conversion, held_e=e0, held_e_hat=e_hat0)[0]
+        return E.dr_cvr_loss(b, g, q, click, conversion, held_err=e0, held_err_hat=e_hat0)[0]
 
     loss, db, dg, dq = E.dr_cvr_loss(b, g, q, click, conversion)
     assert loss == pytest.approx(E.dr_cvr_loss(b, g, q, click, conversion, separate=False)[0])
@@ -276,7 +276,7 @@ def test_bad_options_are_refused(kwargs, match):
 
 @pytest.mark.parametrize("held, match", [
     ({"propensity": "zeros"}, "propensity"),
-    ({"e": "short"}, "shape"),
+    ({"err": "short"}, "shape"),
     ({"weights": "zeros"}, "unknown"),
 ])
 def test_bad_held_values_are_refused(rng, held, match):
