@@ -11,13 +11,14 @@ equals the CVR loss every impression would have had if it had been clicked:
 
 (``loss_weights = (w_ctr, w_ctcvr)`` as in ESMM, so the paper's λ_g is
 ``w_ctcvr``; ``counterfactual_weight`` is λ_c). With ``a, b`` the CTR and CVR
-logits, ``y`` the click, ``c`` the conversion, ``q = max(σ(a), floor)`` the
-propensity and ``e = BCE(c, σ(b))`` the CVR error of a row:
+logits, ``y`` the click, ``c`` the conversion, ``π = max(σ(a), floor)`` the
+propensity (code ``q``) and ``r = BCE(c, σ(b))`` the CVR error of a row
+(code ``err``; the symbols of docs/derivation.md section 10):
 
-- IPS: ``L_cf = mean over impressions of y · e / q``;
+- IPS: ``L_cf = mean over impressions of y · r / π``;
 - DR: a third tower, the imputation tower, predicts the error of every row,
-  ``ê = softplus(g)`` (an error is never negative) from its logit ``g``;
-  ``L_cf = mean of [ê + y (e − ê) / q] + mean of y (e − ê)² / q``, the
+  ``r̂ = softplus(g)`` (an error is never negative) from its logit ``g``;
+  ``L_cf = mean of [r̂ + y (r − r̂) / π] + mean of y (r − r̂)² / π``, the
   doubly robust CVR loss plus the imputation tower's own loss.
 
 Two choices are options, with defaults discussed (and sourced) in
@@ -78,7 +79,7 @@ def propensity_backward(dq, cache):
 
 
 def cvr_error(b, conversion):
-    """Per-row CVR error ``e = BCE(c, σ(b))`` and its derivative ``de/db = σ(b) − c``.
+    """Per-row CVR error ``r = BCE(c, σ(b))`` and its derivative ``dr/db = σ(b) − c``.
 
     Parameters
     ----------
@@ -87,11 +88,11 @@ def cvr_error(b, conversion):
 
     Returns
     -------
-    e, de_db : ndarray of shape (n,)
+    err, derr_db : ndarray of shape (n,)
     """
     c = conversion.astype(b.dtype)
-    e = c * softplus(-b) + (1 - c) * softplus(b)                       # (n,)
-    return e, L.sigmoid(b) - c                                         # (n,), (n,)
+    err = c * softplus(-b) + (1 - c) * softplus(b)                     # (n,)
+    return err, L.sigmoid(b) - c                                       # (n,), (n,)
 
 
 def ips_cvr_loss(b, q, click, conversion):
@@ -110,24 +111,25 @@ def ips_cvr_loss(b, q, click, conversion):
 
     Notes
     -----
-    With ``w = y / q``: ``dL/db = w (σ(b) − c) / n`` and ``dL/dq = −y e / (q² n)``.
+    With ``w = y / q``: ``dL/db = w (σ(b) − c) / n`` and ``dL/dq = −y err / (q² n)``.
     Unclicked rows have ``w = 0``: their (unknown) conversion never enters.
     """
     n = b.shape[0]
     y = click.astype(b.dtype)
-    e, de_db = cvr_error(b, conversion)                                # (n,), (n,)
+    err, derr_db = cvr_error(b, conversion)                            # (n,), (n,)
     w = y / q                                                          # (n,) inverse propensity
-    loss = float(np.mean(w * e))
-    db = w * de_db / n                                                 # (n,)
-    dq = -w * e / q / n                                                # (n,) = -y e / q² / n
+    loss = float(np.mean(w * err))
+    db = w * derr_db / n                                               # (n,)
+    dq = -w * err / q / n                                              # (n,) = -y err / q² / n
     return loss, db, dq
 
 
-def dr_cvr_loss(b, g, q, click, conversion, separate=True, held_e=None, held_e_hat=None):
+def dr_cvr_loss(b, g, q, click, conversion, separate=True, held_err=None, held_err_hat=None):
     """DR counterfactual CVR loss plus the imputation loss, and their gradients.
 
-    ``L = mean_j [ê_j + w_j δ_j] + mean_j w_j δ_j²`` with ``ê = softplus(g)``,
-    ``δ = e − ê`` and ``w = y / q``: the DR estimate of the CVR loss, then the
+    ``L = mean_j [err_hat_j + w_j delta_j] + mean_j w_j delta_j²`` with
+    ``err_hat = softplus(g)`` (r̂ in docs/derivation.md), ``delta = err − err_hat``
+    (Δ) and ``w = y / q`` (ω): the DR estimate of the CVR loss, then the
     imputation tower's own loss.
 
     Parameters
@@ -138,13 +140,13 @@ def dr_cvr_loss(b, g, q, click, conversion, separate=True, held_e=None, held_e_h
     click, conversion : ndarray of shape (n,), 0/1
     separate : bool
         True (default): each part trains its own tower. The DR estimate
-        trains the CVR tower with ``ê`` held, the imputation loss trains the
-        imputation tower with ``e`` held (the joint-learning scheme of the
+        trains the CVR tower with ``err_hat`` held, the imputation loss trains
+        the imputation tower with ``err`` held (the joint-learning scheme of the
         doubly robust literature). False: the gradient of the summed
         objective with respect to both logits.
-    held_e, held_e_hat : ndarray of shape (n,), optional
-        With ``separate``: the values held constant, ``e`` in the imputation
-        loss and ``ê`` in the DR estimate. By default the current ones (same
+    held_err, held_err_hat : ndarray of shape (n,), optional
+        With ``separate``: the values held constant, ``err`` in the imputation
+        loss and ``err_hat`` in the DR estimate. By default the current ones (same
         value, same gradient); a gradient check passes them fixed, and the
         gradient returned is then exactly that of this loss as a function of
         ``b`` and ``g``.
@@ -156,31 +158,31 @@ def dr_cvr_loss(b, g, q, click, conversion, separate=True, held_e=None, held_e_h
 
     Notes
     -----
-    Per row (then divided by n), with ``de/db = σ(b) − c`` and ``dê/dg = σ(g)``:
+    Per row (then divided by n), with ``derr/db = σ(b) − c`` and ``derr_hat/dg = σ(g)``:
 
-    - summed objective: ``dL/de = w (1 + 2δ)``, ``dL/dê = 1 − w (1 + 2δ)``;
-    - separate: ``dL/de = w`` (DR estimate), ``dL/dê = −2 w δ`` (imputation loss);
-    - both: ``dL/dq = −y (δ + δ²) / q²``.
+    - summed objective: ``dL/derr = w (1 + 2 delta)``, ``dL/derr_hat = 1 − w (1 + 2 delta)``;
+    - separate: ``dL/derr = w`` (DR estimate), ``dL/derr_hat = −2 w delta`` (imputation loss);
+    - both: ``dL/dq = −y (delta + delta²) / q²``.
     """
     n = b.shape[0]
     y = click.astype(b.dtype)
-    e, de_db = cvr_error(b, conversion)                                # (n,), (n,)
-    e_hat = softplus(g)                                                # (n,) imputed error
+    err, derr_db = cvr_error(b, conversion)                            # (n,), (n,)
+    err_hat = softplus(g)                                              # (n,) imputed error
     w = y / q                                                          # (n,)
     if separate:
-        e_fix = e if held_e is None else held_e                        # (n,) held in imputation loss
-        e_hat_fix = e_hat if held_e_hat is None else held_e_hat        # (n,) held in DR estimate
-        d_est, d_imp = e - e_hat_fix, e_fix - e_hat                    # (n,), (n,)
-        loss = float(np.mean(e_hat_fix + w * d_est) + np.mean(w * d_imp * d_imp))
-        de, de_hat = w, -2 * w * d_imp                                 # (n,) n · dL/de, n · dL/dê
-        delta = e - e_hat                                              # (n,) for dq
+        err_fix = err if held_err is None else held_err                # (n,) held in imputation loss
+        hat_fix = err_hat if held_err_hat is None else held_err_hat    # (n,) held in DR estimate
+        d_est, d_imp = err - hat_fix, err_fix - err_hat                # (n,), (n,)
+        loss = float(np.mean(hat_fix + w * d_est) + np.mean(w * d_imp * d_imp))
+        derr, derr_hat = w, -2 * w * d_imp                             # (n,) n · dL/derr, n · dL/derr_hat
+        delta = err - err_hat                                          # (n,) for dq
     else:
-        delta = e - e_hat                                              # (n,)
-        loss = float(np.mean(e_hat + w * delta) + np.mean(w * delta * delta))
-        de = w * (1 + 2 * delta)                                       # (n,) n · dL/de
-        de_hat = 1 - de                                                # (n,) n · dL/dê
-    db = de * de_db / n                                                # (n,)
-    dg = de_hat * L.sigmoid(g) / n                                     # (n,)
+        delta = err - err_hat                                          # (n,)
+        loss = float(np.mean(err_hat + w * delta) + np.mean(w * delta * delta))
+        derr = w * (1 + 2 * delta)                                     # (n,) n · dL/derr
+        derr_hat = 1 - derr                                            # (n,) n · dL/derr_hat
+    db = derr * derr_db / n                                            # (n,)
+    dg = derr_hat * L.sigmoid(g) / n                                   # (n,)
     dq = -w * (delta + delta * delta) / q / n                          # (n,)
     return loss, db, dg, dq
 
@@ -281,15 +283,15 @@ class ESCM2(ESMM):
         return config
 
     def loss(self, X, click, conversion, dense=None, *, train=True, seed=None, masks=None,
-             held=None):
+             bags=None, held=None):
         """Loss and gradient of every parameter (see the module docstring for the loss).
 
         Parameters as :meth:`ESMM.loss`, plus
 
         held : dict, optional
             Values to use in place of the live ones, each ndarray of shape (n,):
-            ``"propensity"`` (the clipped pCTR), and for DR ``"e"`` (the CVR
-            error inside the imputation loss) and ``"e_hat"`` (the imputed
+            ``"propensity"`` (the clipped pCTR), and for DR ``"err"`` (the CVR
+            error inside the imputation loss) and ``"err_hat"`` (the imputed
             error inside the DR estimate). The gradient treats exactly these
             quantities as constants (the default detached propensity, DR's
             separate gradients), so checking it against finite differences
@@ -298,9 +300,9 @@ class ESCM2(ESMM):
         """
         if held is None:
             return super().loss(X, click, conversion, dense=dense, train=train, seed=seed,
-                                masks=masks)
+                                masks=masks, bags=bags)
         n = np.shape(X)[0]
-        unknown = set(held) - {"propensity", "e", "e_hat"}
+        unknown = set(held) - {"propensity", "err", "err_hat"}
         if unknown:
             raise ValueError(f"held has unknown key(s) {sorted(unknown)}")
         held = {k: np.asarray(v, dtype=self.dtype) for k, v in held.items()}
@@ -313,46 +315,49 @@ class ESCM2(ESMM):
         self._held = held
         try:
             return super().loss(X, click, conversion, dense=dense, train=train, seed=seed,
-                                masks=masks)
+                                masks=masks, bags=bags)
         finally:
             self._held = None
 
-    def eval_loss(self, X, *labels, dense=None, batch_size=65536):
+    def eval_loss(self, X, *labels, dense=None, batch_size=65536, bags=None):
         """The validation loss (inference mode, no L2): see ``validation_loss``."""
         self._observed_only = self.validation_loss == "observed"
         try:
-            return super().eval_loss(X, *labels, dense=dense, batch_size=batch_size)
+            return super().eval_loss(X, *labels, dense=dense, batch_size=batch_size, bags=bags)
         finally:
             self._observed_only = False
 
-    def propensity(self, X, dense=None, *, train=False, seed=None):
+    def propensity(self, X, dense=None, *, train=False, seed=None, bags=None):
         """The clipped propensities ``max(pCTR, floor)`` of a batch, shape (n,).
 
         Inference mode by default; ``train=True`` and ``seed`` as in
         :meth:`loss` give the propensity that call uses.
         """
         rows, dense = self._rows(X, dense)
-        logits, _ = self._forward(rows, dense, train, self._rng_for(seed))
+        bags = self._bags(bags, rows.shape[0])
+        logits, _ = self._forward(rows, dense, train, self._rng_for(seed), bags=bags)
         return propensity_forward(logits["ctr"], self.propensity_floor)[0]
 
-    def detached_values(self, X, click, conversion, dense=None, *, train=True, seed=None):
+    def detached_values(self, X, click, conversion, dense=None, *, train=True, seed=None,
+                        bags=None):
         """The quantities this model's gradient holds constant, at their current values.
 
         Returns
         -------
         dict, possibly empty: ``"propensity"`` unless ``propensity_grad``; for
-        DR with ``dr_gradient="separate"`` also ``"e"`` and ``"e_hat"``. Pass it
+        DR with ``dr_gradient="separate"`` also ``"err"`` and ``"err_hat"``. Pass it
         as ``loss(..., held=...)`` with the same ``train`` and ``seed``.
         """
         rows, dense = self._rows(X, dense)
         _, conversion = self._check_labels((click, conversion), rows.shape[0])
-        logits, _ = self._forward(rows, dense, train, self._rng_for(seed))
+        bags = self._bags(bags, rows.shape[0])
+        logits, _ = self._forward(rows, dense, train, self._rng_for(seed), bags=bags)
         out = {}
         if not self.propensity_grad:
             out["propensity"] = propensity_forward(logits["ctr"], self.propensity_floor)[0]
         if self.variant == "dr" and self.dr_gradient == "separate":
-            out["e"] = cvr_error(logits["cvr"], conversion)[0]
-            out["e_hat"] = softplus(logits["imp"])
+            out["err"] = cvr_error(logits["cvr"], conversion)[0]
+            out["err_hat"] = softplus(logits["imp"])
         return out
 
     def _loss_at_logits(self, logits, labels):
@@ -372,7 +377,8 @@ class ESCM2(ESMM):
         else:
             cf, db, dg, dq = dr_cvr_loss(logits["cvr"], logits["imp"], q, click, conversion,
                                          separate=self.dr_gradient == "separate",
-                                         held_e=held.get("e"), held_e_hat=held.get("e_hat"))
+                                         held_err=held.get("err"),
+                                         held_err_hat=held.get("err_hat"))
             dlogit["imp"] = lam * dg
         dlogit["cvr"] = dlogit["cvr"] + lam * db
         if self.propensity_grad and q_cache is not None:
@@ -392,19 +398,19 @@ class _Held:
         self.model, self.held = model, held
         self.params, self.dtype = model.params, model.dtype
 
-    def loss(self, X, *labels, dense=None, seed=None):
-        return self.model.loss(X, *labels, dense=dense, seed=seed, held=self.held)
+    def loss(self, X, *labels, dense=None, seed=None, bags=None):
+        return self.model.loss(X, *labels, dense=dense, seed=seed, bags=bags, held=self.held)
 
 
 def check_gradients(model, X, click, conversion, dense=None, h=1e-5, tol=1e-6, seed=0,
-                    max_entries=None):
+                    max_entries=None, bags=None):
     """Finite-difference check of every parameter of an ESCM2 model.
 
     When nothing is detached (``propensity_grad=True`` and, for DR,
     ``dr_gradient="joint"``) this is :func:`esmm_np.gradcheck.check_model`.
     Otherwise the gradient is, by design, not that of the loss as a function
     of every parameter: some values are held constant (the propensity; DR's
-    ``e`` and ``ê`` in each other's part). So the check freezes them at the
+    ``err`` and ``err_hat`` in each other's part). So the check freezes them at the
     batch's current values (:meth:`ESCM2.detached_values`, same dropout masks,
     same batch statistics) and compares the gradient with finite differences
     of the loss with those values fixed.
@@ -413,10 +419,10 @@ def check_gradients(model, X, click, conversion, dense=None, h=1e-5, tol=1e-6, s
     """
     from .gradcheck import check_model
 
-    held = model.detached_values(X, click, conversion, dense, train=True, seed=seed)
+    held = model.detached_values(X, click, conversion, dense, train=True, seed=seed, bags=bags)
     target = _Held(model, held) if held else model
     return check_model(target, X, click, conversion, dense=dense, h=h, tol=tol, seed=seed,
-                       max_entries=max_entries)
+                       max_entries=max_entries, bags=bags)
 
 
 def everything_on_example(variant, n=16, seed=0, propensity_grad=False, dr_gradient="separate"):
@@ -503,15 +509,15 @@ def ips_mean(values, click, propensity, floor=0.0):
 
 def _train(ctx, name, variant):
     """Train an ESCM2 like the runner's ESMM: same architecture, same effort rule, own validation loss."""
-    from .baselines import ESMMMethod, fit_network   # local: baselines imports this module
+    from .baselines import ESMMMethod, _model_kw, bag_kw, fit_network   # local: no cycle
 
     part, val = ctx.part, ctx.val
     model = ESCM2(part.field_dims, n_dense=part.n_dense, seed=ctx.seed, variant=variant,
-                  **ctx.options.get("escm2", {}), **ctx.arch)
+                  **_model_kw(part), **ctx.options.get("escm2", {}), **ctx.arch)
     v = None if val is None else (val.X, val.click, val.conversion) + (
-        () if val.dense is None else (val.dense,))
+        () if val.dense is None else (val.dense,)) + tuple(bag_kw(val).values())
     record = fit_network(model, part.X, (part.click, part.conversion), part.dense, v,
-                         ctx.train, ctx.seed, ctx.verbose)
+                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part))
     return ESMMMethod(name, model, {f"{name} net": record})
 
 

@@ -78,7 +78,7 @@ def test_dr_loss_gradients_separate_parts(rng):
     e0, e_hat0 = E.cvr_error(b, conversion)[0], E.softplus(g)
 
     def f():
-        return E.dr_cvr_loss(b, g, q, click, conversion, held_e=e0, held_e_hat=e_hat0)[0]
+        return E.dr_cvr_loss(b, g, q, click, conversion, held_err=e0, held_err_hat=e_hat0)[0]
 
     loss, db, dg, dq = E.dr_cvr_loss(b, g, q, click, conversion)
     assert loss == pytest.approx(E.dr_cvr_loss(b, g, q, click, conversion, separate=False)[0])
@@ -276,7 +276,7 @@ def test_bad_options_are_refused(kwargs, match):
 
 @pytest.mark.parametrize("held, match", [
     ({"propensity": "zeros"}, "propensity"),
-    ({"e": "short"}, "shape"),
+    ({"err": "short"}, "shape"),
     ({"weights": "zeros"}, "unknown"),
 ])
 def test_bad_held_values_are_refused(rng, held, match):
@@ -355,3 +355,27 @@ def test_runner_methods_train_under_the_shared_rule():
                          options={"escm2": {"propensity_floor": 0.05, "dr_gradient": "joint"}})
     m = E.train_escm2_dr(ctx).model
     assert (m.propensity_floor, m.dr_gradient) == (0.05, "joint")
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_escm2_with_bags_passes_the_whole_model_check(kind, share):
+    """Multi-valued fields (bags of ids) reach every tower, the imputation tower included."""
+    rng = np.random.default_rng(5)
+    bag_dims = {"210": 6, "109_14": 4}
+    n = 16
+    X, click, conversion, _ = _batch(rng, n=n)
+    bags = {}
+    for f, dim in bag_dims.items():
+        lengths = rng.integers(0, 4, size=n)
+        lengths[0] = 0                                   # an empty bag
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        bags[f] = (offsets, rng.integers(0, dim, size=offsets[-1]),
+                   rng.uniform(0.2, 3.0, size=offsets[-1]))
+    model = E.ESCM2(FIELD_DIMS, embed_dim=3, tower_units=(5,), bag_dims=bag_dims,
+                    bag_pooling="mean", share_embedding=share, seed=0, **KINDS[kind])
+    for w in model.params.values():
+        w += 0.1 * rng.standard_normal(w.shape)
+    rows = E.check_gradients(model, X, click, conversion, bags=bags, tol=MODEL_TOL)
+    assert all(r["ok"] for r in rows), G.format_table(rows)
+    assert set(model.predict(X, bags=bags)) == {"p_ctr", "p_cvr", "p_ctcvr"}
