@@ -10,12 +10,13 @@ from . import aliccp, bags
 from .csv_reader import read_csv
 from .data import CleanReport, Dataset, clean_dataset, describe
 from .model import ESMM, TowerModel
+from .escm2 import ESCM2
 from .optim import SGD, Adam
 from .persist import load_model
 from .simulator import simulate
 from .train import fit
 
-__all__ = ["ESMM", "TowerModel", "SGD", "Adam", "fit", "simulate", "Dataset", "clean_dataset",
+__all__ = ["ESMM", "ESCM2", "TowerModel", "SGD", "Adam", "fit", "simulate", "Dataset", "clean_dataset",
            "CleanReport", "describe", "load_model", "data", "files", "gradcheck", "layers",
            "losses", "metrics", "optim", "simulator", "threads", "validate",
            "aliccp", "bags", "read_csv"]

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .escm2 import train_escm2_dr, train_escm2_ips
 from .metrics import auc
 from .bags import take_bags
 from .model import ESMM, TowerModel
@@ -51,8 +52,9 @@ from .train import fit
 
 #: The paper's Table 2, in its order.
 METHODS = ("BASE", "AMAN", "OVERSAMPLING", "UNBIAS", "DIVISION", "ESMM-NS", "ESMM")
-#: Rows we add beside the paper's: a baseline of ours and the CTR-only reference.
-EXTRA_METHODS = ("UNBIAS-IPS", "CTR-ONLY")
+#: Rows we add beside the paper's: a baseline of ours, the CTR-only reference,
+#: and ESMM's successor ESCM² (Wang et al., SIGIR 2022; esmm_np/escm2.py).
+EXTRA_METHODS = ("UNBIAS-IPS", "CTR-ONLY", "ESCM2-IPS", "ESCM2-DR")
 #: The paper's search ranges, sampled: AMAN's rate of unclicked rows, OVERSAMPLING's k.
 AMAN_RATES = (0.1, 0.3, 1.0)
 OVERSAMPLING_KS = (2, 5, 10)
@@ -190,8 +192,9 @@ def fit_network(model, X, labels, dense, validation, train, seed, verbose=False,
     Returns
     -------
     dict with ``steps``, ``kept`` (the step whose parameters are kept),
-    ``stopped`` (``"patience"`` or ``"cap"``), ``rows`` (training rows) and
-    ``best_val_loss``.
+    ``stopped`` (``"patience"`` or ``"cap"``), ``rows`` (training rows),
+    ``kept_first_validation`` (the best point was the very first one looked
+    at, so the optimum may lie earlier) and ``best_val_loss``.
     """
     h = fit(model, X, *labels, dense=dense, epochs=train.get("epochs", 1),
             batch_size=train["batch_size"],
@@ -201,6 +204,7 @@ def fit_network(model, X, labels, dense, validation, train, seed, verbose=False,
             max_steps=train.get("max_steps"), **({} if bags is None else {"bags": bags}))
     return {"steps": h["steps"], "kept": h["kept"], "stopped": h["stopped"],
             "rows": int(X.shape[0]),
+            "kept_first_validation": bool(h.get("val_steps")) and h["kept"] == h["val_steps"][0],
             "best_val_loss": float(min(h["val_loss"])) if h.get("val_loss") else None}
 
 
@@ -411,6 +415,7 @@ TRAINERS = {
     "BASE": train_base, "AMAN": train_aman, "OVERSAMPLING": train_oversampling,
     "UNBIAS": train_unbias, "UNBIAS-IPS": train_unbias_ips, "DIVISION": train_division,
     "ESMM-NS": train_esmm_ns, "ESMM": train_esmm, "CTR-ONLY": train_ctr_only,
+    "ESCM2-IPS": train_escm2_ips, "ESCM2-DR": train_escm2_dr,
 }
 #: Methods whose trainer reads ``ctx.ctr_net``; the others can start before it exists.
 USES_CTR_NET = {"BASE", "AMAN", "OVERSAMPLING", "UNBIAS", "UNBIAS-IPS", "DIVISION", "CTR-ONLY"}

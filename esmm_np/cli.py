@@ -1,5 +1,5 @@
-"""Command line: ``esmm-np demo``, ``esmm-np experiment``, ``esmm-np gradcheck``,
-``esmm-np aliccp convert``."""
+"""Command line: ``esmm-np demo``, ``experiment``, ``regime-map``, ``gradcheck``,
+``aliccp convert``."""
 
 import argparse
 import math
@@ -13,6 +13,8 @@ DESCRIPTION = ("ESMM in NumPy, for learning: check the gradients, run a one-minu
 def _gradcheck(args):
     from . import gradcheck as G
 
+    if args.model != "esmm":
+        return _gradcheck_escm2(args)
     model, (X, click, conversion, dense) = G.everything_on_example(n=args.n, seed=args.seed)
     print("Gradient check of a float64 ESMM with every option on: PReLU, dropout "
           "(fixed masks), batch norm, L2 on embeddings and towers, 2 dense features, "
@@ -20,6 +22,28 @@ def _gradcheck(args):
     print(f"Centred differences, h = {args.h:g}; ok when relative error <= {args.tol:g}.\n")
     rows = G.check_model(model, X, click, conversion, dense=dense, h=args.h, tol=args.tol,
                          seed=args.seed)
+    print(G.format_table(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _gradcheck_escm2(args):
+    from . import escm2, gradcheck as G
+
+    variant = args.model.split("-")[1]
+    model, (X, click, conversion, dense) = escm2.everything_on_example(
+        variant, n=args.n, seed=args.seed, propensity_grad=args.propensity_grad)
+    print(f"Gradient check of a float64 ESCM2-{variant.upper()} with every option on: as for "
+          "ESMM (PReLU, dropout, batch norm, L2, 2 dense features, towers (6, 4) and (5,), "
+          "loss weights (1, 0.7)), counterfactual weight 0.8"
+          + (", imputation tower (3,)" if variant == "dr" else "")
+          + f", propensity floor {model.propensity_floor:.3f} (the batch's median pCTR).")
+    print("Propensity " + ("live: gradient flows into the CTR tower through 1 / pCTR."
+                           if args.propensity_grad else
+                           "detached (the default): held at its current values while "
+                           "differencing, as the gradient treats it."))
+    print(f"Centred differences, h = {args.h:g}; ok when relative error <= {args.tol:g}.\n")
+    rows = escm2.check_gradients(model, X, click, conversion, dense=dense, h=args.h,
+                                 tol=args.tol, seed=args.seed)
     print(G.format_table(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 
@@ -127,6 +151,34 @@ def _aliccp(args):
     return 0
 
 
+def _regime(args):
+    from . import experiments as E
+
+    cfg = E.regime_config()
+    rhos, cvrs = (0.3, 0.6, 0.9), (0.01, 0.03, 0.1)
+    if args.quick:
+        cfg.n_impressions, cfg.seeds, cfg.n_boot, cfg.label = 150_000, (0,), 50, "quick"
+        rhos, cvrs = (0.3, 0.9), (0.03, 0.1)
+        print("QUICK regime map: small worlds and one seed; its numbers are not the documented "
+              "map's.")
+    cfg.workers = args.workers
+    rmap = E.regime_map(cfg, rhos, cvrs)
+    print()
+    print(E.regime_table(rmap))
+    figure = True
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        figure = False
+    paths = E.save_regime_map(rmap, args.out, figure=figure)
+    print("\nwrote " + ", ".join(paths))
+    if args.docs:
+        E.write_regime_docs(rmap, args.docs, "esmm-np regime-map " + " ".join(args.argv),
+                            figure=args.figure)
+        print(f"updated {args.docs}")
+    return 0
+
+
 def _count(minimum):
     """argparse type: an integer >= ``minimum``."""
     def parse(text):
@@ -165,7 +217,10 @@ def _check_outputs(parser, args):
         if getattr(args, "docs", None):
             check_writable_file(args.docs)
             text = read_text(args.docs)
-            start, end = E.doc_markers(None if args.preset == "default" else args.preset)
+            section = getattr(args, "preset", "default")
+            section = "regime" if args.command == "regime-map" else (
+                None if section == "default" else section)
+            start, end = E.doc_markers(section)
             if start not in text or end not in text:
                 raise ValueError(f"{args.docs} has no {start} ... {end} section to fill")
     except (OSError, ValueError) as err:
@@ -188,6 +243,9 @@ def main(argv=None):
                    help="finite-difference step")
     g.add_argument("--tol", type=_number(positive=False), default=1e-6,
                    help="relative-error threshold")
+    g.add_argument("--model", choices=("esmm", "escm2-ips", "escm2-dr"), default="esmm")
+    g.add_argument("--propensity-grad", action="store_true",
+                   help="ESCM2: let the gradient flow through the propensity into the CTR tower")
     g.set_defaults(run=_gradcheck)
     d = sub.add_parser("demo", help="simulate, train ESMM and the baselines, print and plot",
                        formatter_class=fmt)
@@ -236,6 +294,16 @@ def main(argv=None):
     w.add_argument("--test", type=int, default=5000, help="test impressions (default 5000)")
     w.add_argument("--seed", type=int, default=0)
     w.set_defaults(run=_aliccp)
+    r = sub.add_parser("regime-map", help="ESMM - BASE across worlds (rho x CVR level), "
+                       "with intervals", formatter_class=fmt)
+    r.add_argument("--out", default="results", help="folder for regime.md/.json/.png")
+    r.add_argument("--quick", action="store_true",
+                   help="four small worlds, one seed (a minute); not the documented map")
+    r.add_argument("--workers", type=_count(1), default=2,
+                   help="worker processes, one BLAS thread each")
+    r.add_argument("--docs", help="also fill the regime section of this Markdown file")
+    r.add_argument("--figure", help="with --docs: the figure's path as the doc links it")
+    r.set_defaults(run=_regime)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv[1:]

@@ -58,6 +58,7 @@ COLUMNS = {
     "ctcvr_auc": "CTCVR AUC",
     "pcvr_bias_unclicked": "pCVR bias, unclicked",
     "pcvr_bias_clicked": "pCVR bias, clicked",
+    "pcvr_bias_potential_unclicked": "pCVR bias vs potential outcome, unclicked",
 }
 
 #: Metrics with a paired bootstrap interval of their difference to ESMM:
@@ -168,7 +169,8 @@ def _get_world(key):
         return _GIVEN
     if key not in _WORLDS:
         n, preset, world, world_seed, test_fraction = key
-        _WORLDS.clear()   # one world at a time keeps a worker's memory bounded
+        if len(_WORLDS) >= 3:   # a few worlds at a time keeps a worker's memory bounded
+            _WORLDS.pop(next(iter(_WORLDS)))
         data = simulate(n, seed=world_seed, preset=preset, **dict(world))
         _WORLDS[key] = data.split(test_fraction, seed=world_seed)
     return _WORLDS[key]
@@ -570,6 +572,254 @@ def effort_table(result):
     return "\n".join(lines)
 
 
+def budget_check(cfg, factor=10, seed=0, progress=print):
+    """Retrain every sweep cell with ``factor`` times the effort; how far do the AUCs move?
+
+    The effort rule's patience, minimum and cap are all multiplied by
+    ``factor`` (validation stays every ``eval_every`` steps). If a cell's
+    AUC moves by less than a point, the sweep measures the methods and not
+    the budget.
+
+    Returns
+    -------
+    list of dicts: ``frac``, ``method``, ``auc`` and ``auc_more`` (entire-space
+    CVR AUC, and soft), steps of both runs, and the ``move`` in points.
+    """
+    base = ExperimentConfig(**{**asdict(cfg), "methods": (), "seeds": (seed,), "n_boot": 2})
+    more = ExperimentConfig(**{**asdict(base), "train": {
+        **cfg.train, "patience": factor * cfg.train["patience"],
+        "min_steps": factor * cfg.train["min_steps"], "max_steps": factor * cfg.train["max_steps"]}})
+    a = run_all(base, progress, sweep=True)[1]
+    b = run_all(more, progress, sweep=True)[1]
+    rows = []
+    for frac in a:
+        for m in a[frac]["runs"]:
+            ra, rb = a[frac]["runs"][m][0], b[frac]["runs"][m][0]
+            na, nb = (next(iter(x[frac]["networks"][m][0].values())) for x in (a, b))
+            rows.append({"frac": frac, "method": m,
+                         "auc": ra["cvr_auc_entire"], "auc_more": rb["cvr_auc_entire"],
+                         "soft": ra["cvr_soft_auc_entire"], "soft_more": rb["cvr_soft_auc_entire"],
+                         "steps": na["steps"], "steps_more": nb["steps"],
+                         "stopped_more": nb["stopped"], "factor": factor,
+                         "move": 100 * (rb["cvr_auc_entire"] - ra["cvr_auc_entire"])})
+    return rows
+
+
+def budget_table(rows):
+    """:func:`budget_check` as Markdown."""
+    k = f"{rows[0]['factor']}x" if rows else "more"
+    lines = [f"| share | method | CVR AUC entire | with {k} effort | move (points) | "
+             f"soft AUC entire | with {k} effort | steps | steps with {k} |", "|---" * 9 + "|"]
+    for r in rows:
+        lines.append(f"| {r['frac']:.0%} | {r['method']} | {100 * r['auc']:.2f} | "
+                     f"{100 * r['auc_more']:.2f} | {r['move']:+.2f} | {100 * r['soft']:.2f} | "
+                     f"{100 * r['soft_more']:.2f} | {r['steps']:,} | {r['steps_more']:,} |")
+    return "\n".join(lines)
+
+
+def stopping_curves(cfg, methods=("ESMM", "ESMM-NS"), seed=0, chunk=200, n_chunks=40):
+    """Validation curves of the two halves of ESMM's loss, to see where early stopping lands.
+
+    Each method's network trains ``n_chunks`` times ``chunk`` optimiser steps
+    (no early stopping); after every chunk it is scored on its validation rows:
+    the CTR log loss, the CTCVR log loss, their sum (what the effort rule
+    stops on) and the CTCVR AUC.
+
+    Returns
+    -------
+    dict method -> dict of lists: ``step``, ``ctr_loss``, ``ctcvr_loss``,
+    ``total``, ``ctcvr_auc``; plus ``stop_total`` and ``stop_ctcvr`` (the
+    steps where the total and the CTCVR loss are lowest).
+    """
+    from .metrics import auc, log_loss
+    from .model import ESMM
+    from .optim import Adam
+    from .train import fit
+
+    train, _ = make_world(cfg)
+    ctx = make_context(train, arch=_arch(cfg), train=cfg.train, seed=seed,
+                       validation_fraction=cfg.validation_fraction)
+    part, val = ctx.part, ctx.val
+    z_val = val.click * val.conversion
+    out = {}
+    for name in methods:
+        model = ESMM(part.field_dims, n_dense=part.n_dense, seed=seed,
+                     share_embedding=(name == "ESMM"), **ctx.arch)
+        opt = Adam(lr=cfg.train["lr"])
+        curve = {k: [] for k in ("step", "ctr_loss", "ctcvr_loss", "total", "ctcvr_auc")}
+        for k in range(n_chunks):
+            fit(model, part.X, part.click, part.conversion, batch_size=cfg.train["batch_size"],
+                optimizer=opt, seed=seed * 1000 + k, verbose=False, max_steps=chunk)
+            p = model.predict(val.X, val.dense)
+            curve["step"].append((k + 1) * chunk)
+            curve["ctr_loss"].append(log_loss(val.click, p["p_ctr"]))
+            curve["ctcvr_loss"].append(log_loss(z_val, p["p_ctcvr"]))
+            curve["total"].append(curve["ctr_loss"][-1] + curve["ctcvr_loss"][-1])
+            curve["ctcvr_auc"].append(auc(z_val, p["p_ctcvr"]))
+        curve["stop_total"] = curve["step"][int(np.argmin(curve["total"]))]
+        curve["stop_ctcvr"] = curve["step"][int(np.argmin(curve["ctcvr_loss"]))]
+        out[name] = curve
+    return out
+
+
+# --------------------------------------------------------------- regime map
+
+def regime_config():
+    """The regime map's run: BASE and ESMM in each world, smaller worlds, two seeds."""
+    return ExperimentConfig(n_impressions=400_000, seeds=(0, 1), methods=("BASE", "ESMM"),
+                            sweep_fractions=(), n_boot=100)
+
+
+def regime_map(cfg, rhos=(0.3, 0.6, 0.9), cvrs=(0.01, 0.03, 0.1), progress=print):
+    """ESMM − BASE across worlds: rho (shared structure) x CVR given click (sparsity).
+
+    Each world is ``simulate(cfg.n_impressions, preset=cfg.preset, rho=rho,
+    cvr=cvr, **cfg.world)``; BASE and ESMM train in it under ``cfg``'s effort
+    rule for every seed, and the difference ESMM − BASE is measured on its
+    test set with paired bootstrap intervals, on the soft CVR AUC of the
+    clicked test impressions (the paper's protocol without the label noise)
+    and of the entire space.
+
+    Returns
+    -------
+    dict with ``"cells"``: list of dicts (``rho``, ``cvr``, ``rates``,
+    ``esmm_minus_base``: metric -> {diff, low, high}, ``networks``), and
+    ``"config"``.
+    """
+    say = progress or (lambda s: None)
+    start = time.perf_counter()
+    worlds = {}
+    tasks = {}
+    for rho in rhos:
+        for cvr in cvrs:
+            wcfg = ExperimentConfig(**{**asdict(cfg), "world": {**cfg.world, "rho": rho,
+                                                                "cvr": cvr}})
+            key = _world_key(wcfg)
+            worlds[(rho, cvr)] = key
+            for seed in cfg.seeds:
+                for m in ("ESMM", "BASE"):
+                    tasks[(f"rho {rho}, cvr {cvr}", m, seed, None)] = _task(wcfg, m, seed,
+                                                                           world=key)
+    say(f"regime map: {len(rhos) * len(cvrs)} worlds, {len(tasks)} trainings on "
+        f"{max(cfg.workers, 1)} worker(s)")
+    metrics = ("cvr_soft_auc_clicked", "cvr_soft_auc_entire")
+    with _executor(cfg.workers, None) as pool:
+        done = _run_tasks(tasks, pool, say)
+        jobs = {}
+        for (rho, cvr), key in worlds.items():
+            name = f"rho {rho}, cvr {cvr}"
+            preds = {m: [done[(name, m, s, None)]["pred"] for s in cfg.seeds]
+                     for m in ("BASE", "ESMM")}
+            jobs[(rho, cvr)] = pool.submit(_run_intervals, key, preds, "ESMM", metrics,
+                                           cfg.n_boot)
+        ivs = {k: f.result() for k, f in jobs.items()}
+    cells = []
+    for (rho, cvr), key in worlds.items():
+        name = f"rho {rho}, cvr {cvr}"
+        train, test = _get_world(key)
+        diff = {}
+        for metric in metrics:
+            e = ivs[(rho, cvr)][metric]["BASE"]          # BASE − ESMM: flip the sign
+            diff[metric] = {"diff": -e["diff"], "low": -e["diff_high"], "high": -e["diff_low"]}
+        cells.append({"rho": rho, "cvr": cvr, "rates": _describe(train, test),
+                      "esmm_minus_base": diff,
+                      "networks": {m: [done[(name, m, s, None)]["networks"] for s in cfg.seeds]
+                                   for m in ("BASE", "ESMM")}})
+        _WORLDS.pop(key, None)
+    say(f"regime map done in {time.perf_counter() - start:.0f} s")
+    return {"config": _config_dict(cfg), "rhos": list(rhos), "cvrs": list(cvrs),
+            "cells": cells, "seconds": time.perf_counter() - start}
+
+
+def regime_table(rmap):
+    """The regime map as Markdown: ESMM − BASE (points) with 95% intervals per world."""
+    lines = ["| rho | CVR given click (target) | clicks / conversions in training | "
+             "ESMM − BASE, soft CVR AUC clicked | ESMM − BASE, soft CVR AUC entire |",
+             "|---|---|---|---|---|"]
+    for c in rmap["cells"]:
+        r = c["rates"]
+        n_click = round(r["ctr"] * r["n_train"])
+        cells = []
+        for metric in ("cvr_soft_auc_clicked", "cvr_soft_auc_entire"):
+            e = c["esmm_minus_base"][metric]
+            cells.append(_ci({"diff": e["diff"], "diff_low": e["low"], "diff_high": e["high"]}))
+        lines.append(f"| {c['rho']} | {100 * c['cvr']:g}% | {n_click:,} / "
+                     f"{round(r['cvr'] * n_click):,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_regime_map(rmap, path=None, axes=None):
+    """Two heat maps of ESMM − BASE (soft clicked AUC, soft entire-space AUC), intervals inside."""
+    import matplotlib
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rhos, cvrs = rmap["rhos"], rmap["cvrs"]
+    fig = None
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, title in zip(axes, ("cvr_soft_auc_clicked", "cvr_soft_auc_entire"),
+                                 ("clicked impressions (paper's protocol, soft)",
+                                  "entire space (soft)")):
+        grid = np.full((len(rhos), len(cvrs)), np.nan)
+        text = {}
+        for c in rmap["cells"]:
+            i, j = rhos.index(c["rho"]), cvrs.index(c["cvr"])
+            e = c["esmm_minus_base"][metric]
+            grid[i, j] = 100 * e["diff"]
+            star = "*" if e["low"] > 0 or e["high"] < 0 else ""
+            text[i, j] = f"{100 * e['diff']:+.2f}{star}\n[{100 * e['low']:+.2f}, {100 * e['high']:+.2f}]"
+        lim = max(1.0, np.nanmax(np.abs(grid)))
+        im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
+        for (i, j), t in text.items():
+            ax.text(j, i, t, ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(cvrs)), [f"{100 * c:g}%" for c in cvrs])
+        ax.set_yticks(range(len(rhos)), [str(r) for r in rhos])
+        ax.set_xlabel("CVR given click")
+        ax.set_ylabel("rho (shared structure of CTR and CVR)")
+        ax.set_title(f"ESMM − BASE, {title}", fontsize=9)
+        plt.colorbar(im, ax=ax, label="AUC points (* : interval excludes 0)")
+    if fig is not None:
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=100, format="png")
+            plt.close(fig)
+    return axes
+
+
+def save_regime_map(rmap, out_dir, figure=True):
+    """Write ``regime.md``, ``regime.json`` and (with matplotlib) ``regime.png``; return the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, n) for n in ("regime.md", "regime.json", "regime.png")]
+    write_file(paths[0], "# ESMM − BASE across worlds\n\n" + regime_table(rmap) + "\n")
+    write_file(paths[1], dumps_strict(rmap, indent=1))
+    if not figure:
+        return paths[:2]
+    write_file(paths[2], lambda f: plot_regime_map(rmap, f))
+    return paths
+
+
+def write_regime_docs(rmap, path, command, figure=None):
+    """Fill the ``regime`` section of a Markdown file with the map's table (and figure link)."""
+    start, end = doc_markers("regime")
+    text = read_text(path)
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} section to fill")
+    cfg = rmap["config"]
+    body = [start, f"Generated by `{command}` on {time.strftime('%Y-%m-%d')} in "
+            f"{rmap['seconds'] / 60:.1f} min: preset \"{cfg['preset']}\" with rho and CVR "
+            f"given click set per world, {cfg['n_impressions']:,} impressions per world, "
+            f"{len(cfg['seeds'])} training seeds, {cfg['n_boot']} bootstrap replicates; "
+            "ESMM − BASE in AUC points with 95% paired bootstrap intervals (* : excludes 0).",
+            "", regime_table(rmap)]
+    if figure:
+        body += ["", f"![ESMM minus BASE across worlds]({figure})"]
+    body.append(end)
+    head, rest = text.split(start, 1)
+    write_file(path, head + "\n".join(body) + rest.split(end, 1)[1])
+
+
 # ------------------------------------------------------------------ output
 
 SHORT = {"cvr_auc_clicked": "CVR AUC clicked", "cvr_soft_auc_clicked": "soft CVR AUC clicked",
@@ -641,6 +891,9 @@ def choice_note(result):
         key = next(k for k in per_seed[0] if k not in ("candidates", "val_cvr_auc_clicked"))
         picks = ", ".join(f"{c[key]:g}" for c in per_seed)
         cands = ", ".join(f"{v:g}" for v in per_seed[0]["candidates"])
+        if len(per_seed[0]["candidates"]) == 1:
+            parts.append(f"{name}'s {key} was fixed at {cands} (no search in this run)")
+            continue
         parts.append(f"{name} chose {key} = {picks} (per seed) from {cands} by CVR AUC on the "
                      "clicked validation rows")
     return "; ".join(parts) + "." if parts else ""
@@ -652,11 +905,21 @@ def effort_note(result, sweep=None):
     n = sum(len(nets) for per_seed in result["networks"].values() for nets in per_seed)
     n += sum(len(nets) for cell in (sweep or {}).values()
              for per_seed in cell["networks"].values() for nets in per_seed)
+    first = []
+    sources = [result["networks"]] + [cell["networks"] for cell in (sweep or {}).values()]
+    for networks in sources:
+        for m, per_seed in networks.items():
+            first += [(m, net) for nets in per_seed for net, rec in nets.items()
+                      if rec.get("kept_first_validation")]
+    early = ""
+    if first:
+        early = (f" {len(first)} kept their very first validation point, so their best may lie "
+                 f"earlier: {', '.join(sorted({f'{m} {net}' for m, net in first}))}.")
     if not cap:
-        return f"All {n} networks stopped on patience (none on the step cap)."
+        return f"All {n} networks stopped on patience (none on the step cap).{early}"
     listed = "; ".join(f"{w}: {m} seed #{i} {net}" for w, m, i, net in cap[:8])
     return (f"WARNING: {len(cap)} of {n} networks stopped on the step cap, not on patience "
-            f"({listed}{' ...' if len(cap) > 8 else ''}); their numbers may be undertrained.")
+            f"({listed}{' ...' if len(cap) > 8 else ''}); their numbers may be undertrained.{early}")
 
 
 def division_note(result):

@@ -231,3 +231,119 @@ def everything_on_example(n=16, seed=0):
     conversion[1] = 1
     dense = rng.standard_normal((n, 2))
     return model, (X, click, conversion, dense)
+
+
+# ------------------------------------------------------------- one layer
+
+#: Bar for one layer in float64 (docs/derivation.md, section 8): a correct
+#: smooth layer lands near 1e-10 (truncation ~h^2, rounding ~1e-16 / h), a
+#: wrong term gives 1e-3 or worse.
+LAYER_TOL = 1e-9
+
+
+def _as_dense(g):
+    """A layer gradient as an ndarray (a :class:`~esmm_np.layers.SparseRows` is expanded)."""
+    from .layers import SparseRows, sparse_to_dense  # local: layers is the thing checked
+
+    return sparse_to_dense(g) if isinstance(g, SparseRows) else g
+
+
+def layer_row(name, analytic, numeric, tol=LAYER_TOL, atol=ATOL):
+    """One table row comparing an analytic gradient with a finite-difference one.
+
+    The row of :func:`compare` (every entry checked; a NaN or inf entry
+    fails it), plus ``"problem"``: why the row failed outright, or None.
+    Unlike :func:`compare`, an analytic gradient that is not an array of the
+    input's shape (a broadcastable ``(1, d)`` for ``(d,)``, a scalar, None)
+    is a failed row, not an exception, so a table can show it.
+
+    Returns
+    -------
+    dict with tensor, shape, max_abs_diff, rel_error, zero_gradient, non_finite, ok, problem
+    """
+    a = _as_dense(analytic)
+    numeric = np.asarray(numeric)
+    if not isinstance(a, np.ndarray) or a.shape != numeric.shape:
+        return {"tensor": name, "shape": numeric.shape, "max_abs_diff": float("inf"),
+                "rel_error": float("inf"), "zero_gradient": False, "non_finite": 0,
+                "n_checked": 0, "ok": False,
+                "problem": f"gradient has shape {np.shape(a)}, the input has {numeric.shape}"}
+    row = compare(name, a, numeric, tol, atol)
+    row["problem"] = "gradient has NaN or inf entries" if row["non_finite"] else None
+    return row
+
+
+def check_layer(forward, backward, inputs, names=None, *, h=1e-5, tol=LAYER_TOL, seed=0,
+                dout=None):
+    """Check a layer's backward against finite differences, every input at once.
+
+    The trick: for a fixed random upstream gradient ``dout`` of the output's
+    shape, the scalar ``f = sum(forward(*inputs) * dout)`` has as gradient
+    with respect to each input exactly what ``backward(dout, cache)`` must
+    return. So one centred-difference estimate of ``f`` per input checks the
+    whole backward of an array-valued function.
+
+    Parameters
+    ----------
+    forward : callable(*inputs) -> (out, cache, ...)
+        A layer forward as in :mod:`esmm_np.layers`; extra return values
+        (batch norm's batch statistics) are ignored.
+    backward : callable(dout, cache) -> gradient or tuple of gradients
+        One gradient per differentiable input, in the order of ``inputs``
+        (a :class:`~esmm_np.layers.SparseRows` is expanded to the full table).
+    inputs : sequence of ndarray
+        The layer's inputs, float64 where a gradient is checked. Integer
+        arrays (ids) are passed through and get no gradient.
+    names : sequence of str, optional
+        Names of the differentiable inputs for the table (default x0, x1, ...).
+    h : float
+        Finite-difference step.
+    tol : float
+        Relative-error bar per input (default :data:`LAYER_TOL`).
+    seed : int
+        Seeds ``dout``.
+    dout : ndarray, optional
+        A fixed upstream gradient instead of a random one.
+
+    Returns
+    -------
+    list of dict, one per differentiable input, as :func:`layer_row`
+    (print them with :func:`format_table`). An input is ``ok`` only when its
+    gradient has the input's shape, is finite and is within ``tol``.
+
+    Examples
+    --------
+    >>> rows = check_layer(layers.affine_forward, layers.affine_backward, (x, W, b),
+    ...                    names=("x", "W", "b"))
+    >>> print(format_table(rows))
+    """
+    inputs = list(inputs)
+    diff = [i for i, x in enumerate(inputs)
+            if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
+    if any(inputs[i].dtype != np.float64 for i in diff):
+        raise ValueError("check_layer needs float64 inputs: float32 rounding (~1e-7) "
+                         "swamps a finite difference with h = 1e-5")
+    names = [f"x{i}" for i in diff] if names is None else list(names)
+    if len(names) != len(diff):
+        raise ValueError(f"{len(names)} names for {len(diff)} differentiable inputs")
+    out = forward(*inputs)[0]
+    if dout is None:
+        dout = np.random.default_rng(seed).standard_normal(np.shape(out))
+    analytic = backward(dout, forward(*inputs)[1])
+    from .layers import SparseRows  # one gradient, although a namedtuple
+
+    several = isinstance(analytic, (tuple, list)) and not isinstance(analytic, SparseRows)
+    analytic = list(analytic) if several else [analytic]
+    if len(analytic) != len(diff):
+        problem = (f"backward returned {len(analytic)} gradient(s) for "
+                   f"{len(diff)} differentiable input(s)")
+        return [dict(layer_row(nm, None, inputs[i], tol), problem=problem)
+                for nm, i in zip(names, diff)]
+    analytic = [np.array(_as_dense(a), copy=True) if isinstance(_as_dense(a), np.ndarray)
+                else a for a in analytic]   # copies: the estimates below perturb the inputs
+
+    def f():
+        return float(np.sum(forward(*inputs)[0] * dout))
+
+    return [layer_row(nm, a, numerical_gradient(f, inputs[i], h), tol)
+            for nm, a, i in zip(names, analytic, diff)]

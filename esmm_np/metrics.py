@@ -259,6 +259,11 @@ def evaluate_esmm(pred, dataset):
             needed). A clicked-only model under positive ``rho`` shows a
             positive bias on the unclicked: it learned the CVR of the kind
             of impression that gets clicked.
+        ``pcvr_bias_potential_clicked``, ``pcvr_bias_potential_unclicked`` :
+            mean p_cvr minus the mean of ``conversion_if_clicked``, the
+            potential outcome (:func:`potential_outcome_bias`). Under a hidden
+            confounder this differs from the bias against true_cvr on the
+            unclicked: it sees what no model of the features can.
     """
     if not isinstance(pred, dict):
         raise TypeError(f"pred must be a dict with keys among {_PRED_KEYS}, got "
@@ -280,7 +285,8 @@ def evaluate_esmm(pred, dataset):
     nan = float("nan")
     clicked = dataset.click == 1                                       # (n,)
     out = dict.fromkeys(("ctr_auc", "cvr_auc_clicked", "ctcvr_auc", "cvr_auc_entire",
-                         "pcvr_bias_clicked", "pcvr_bias_unclicked", "pcvr_bias_entire"), nan)
+                         "pcvr_bias_clicked", "pcvr_bias_unclicked", "pcvr_bias_entire",
+                         "pcvr_bias_potential_clicked", "pcvr_bias_potential_unclicked"), nan)
     if "p_ctr" in p:
         out["ctr_auc"] = _auc_or_nan(dataset.click, p["p_ctr"])
     if "p_ctcvr" in p:
@@ -293,7 +299,201 @@ def evaluate_esmm(pred, dataset):
             for group, mask in (("clicked", clicked), ("unclicked", ~clicked),
                                 ("entire", np.ones(n, dtype=bool))):
                 out[f"pcvr_bias_{group}"] = _mean_gap(p["p_cvr"], dataset.true_cvr, mask)
+        if dataset.conversion_if_clicked is not None:
+            for group, mask in (("clicked", clicked), ("unclicked", ~clicked)):
+                out[f"pcvr_bias_potential_{group}"] = potential_outcome_bias(
+                    p["p_cvr"], dataset.conversion_if_clicked, mask)["bias"]
     return out
+
+
+# ------------------------------------------- bias against the potential outcome
+
+def potential_outcome_bias(p_cvr, conversion_if_clicked, mask=None, level=0.95):
+    """Mean pCVR minus mean potential conversion, with a normal-approximation interval.
+
+    The potential outcome ``conversion_if_clicked`` is what each impression
+    would have done if clicked (a simulator knows it for unclicked rows too).
+    On unclicked impressions it is the target of a CVR model used for
+    ranking, and, unlike ``true_cvr``, it carries the effect of a hidden
+    confounder: with one, unclicked impressions convert less often than any
+    function of their features predicts, so a bias against ``true_cvr`` of 0
+    can be a positive bias against the potential outcome.
+
+    Parameters
+    ----------
+    p_cvr : array_like of float in [0, 1], shape (n,)
+    conversion_if_clicked : array_like of 0/1, shape (n,)
+    mask : array_like of bool, shape (n,), optional
+        The group (say ``click == 0``); default all rows.
+    level : float in (0, 1)
+        Coverage of the interval.
+
+    Returns
+    -------
+    dict: see :func:`gap_interval`
+    """
+    y, p = _check_labels_and_scores(conversion_if_clicked, p_cvr, "conversion_if_clicked", "p_cvr")
+    return gap_interval(p, y, mask, level)
+
+
+def gap_interval(p, target, mask=None, level=0.95):
+    """Mean ``p - target`` over a group of rows, with a normal-approximation interval.
+
+    Parameters
+    ----------
+    p, target : array_like of float in [0, 1], shape (n,)
+        Predictions and what they are compared with (0/1 outcomes or true probabilities).
+    mask : array_like of bool, shape (n,), optional
+    level : float in (0, 1)
+
+    Returns
+    -------
+    dict with ``bias``, ``se``, ``low``, ``high`` (float; NaN for an empty
+    group) and ``n`` (rows)
+
+    Notes
+    -----
+    With ``d_j = p_j - target_j`` over the ``m`` rows of the group, the bias is
+    ``mean(d)`` and its standard error ``std(d) / sqrt(m)``; the interval is
+    ``bias -+ z * se`` with ``z`` the normal quantile for ``level`` (1.96 for
+    95%). It covers the test impressions' sampling noise for a fixed model;
+    training noise is seen by repeating over seeds (:func:`seed_interval`).
+    """
+    p = _as_float_vector(p, "p")
+    target = _as_float_vector(target, "target")
+    _check_same_length(p, target, "p", "target")
+    _check_probability(p, "p")
+    _check_probability(target, "target")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if mask is None:
+        mask = np.ones(p.shape[0], dtype=bool)
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != p.shape:
+        raise ValueError(f"mask must be a boolean array of shape {p.shape}, got "
+                         f"{mask.dtype} of shape {mask.shape}")
+    m = int(mask.sum())
+    nan = float("nan")
+    if m == 0:
+        return {"bias": nan, "se": nan, "low": nan, "high": nan, "n": 0}
+    d = p[mask] - target[mask]                                         # (m,)
+    bias = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(m)) if m > 1 else nan
+    z = _normal_quantile(0.5 + level / 2)
+    return {"bias": bias, "se": se, "low": bias - z * se, "high": bias + z * se, "n": m}
+
+
+def _normal_quantile(u):
+    """Standard normal quantile by bisection on the erf-based CDF (NumPy only, 1e-12)."""
+    from math import erf, sqrt
+    lo, hi = -10.0, 10.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * (1 + erf(mid / sqrt(2))) < u:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def seed_interval(values, row_se=None, level=0.95):
+    """Mean over training seeds with an interval that counts seeds and test rows.
+
+    A bias measured on one test set varies for two reasons: the trained
+    network (seed to seed) and the test impressions. With ``S`` seeds'
+    values ``v_s`` and, optionally, each seed's test-row standard error, the
+    half-width is
+
+        sqrt( (t · sd(v) / sqrt(S))² + (z · mean(row_se))² )
+
+    with ``t`` the Student quantile at ``S - 1`` degrees of freedom and ``z``
+    the normal one. The test-row part is not divided by ``sqrt(S)``: every
+    seed is scored on the same test rows, so their noise does not average out.
+    For a difference between two methods on the same rows (paired), pass the
+    per-seed differences and no ``row_se``: a shared target cancels.
+
+    Parameters
+    ----------
+    values : sequence of float, at least 2
+    row_se : sequence of float or None
+    level : float in (0, 1)
+
+    Returns
+    -------
+    dict with ``mean``, ``low``, ``high``, ``n`` (seeds)
+    """
+    v = _as_float_vector(values, "values")
+    if v.shape[0] < 2:
+        raise ValueError(f"an interval over seeds needs at least 2 values, got {v.shape[0]}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    u = 0.5 + level / 2
+    seeds = _t_quantile(u, v.shape[0] - 1) * v.std(ddof=1) / np.sqrt(v.shape[0])
+    rows = 0.0
+    if row_se is not None:
+        se = _as_float_vector(row_se, "row_se")
+        _check_same_length(v, se, "values", "row_se")
+        rows = _normal_quantile(u) * float(se.mean())
+    half = float(np.hypot(seeds, rows))
+    mean = float(v.mean())
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": int(v.shape[0])}
+
+
+def _t_quantile(u, df):
+    """Student-t quantile (u > 1/2) by bisection on the CDF, integrated numerically (NumPy only)."""
+    from math import lgamma, pi
+    log_c = lgamma((df + 1) / 2) - lgamma(df / 2) - 0.5 * np.log(df * pi)
+
+    def cdf(x):
+        # 1/2 + integral_0^x of the density; Simpson's rule on a fine grid (error ~1e-12)
+        t = np.linspace(0.0, x, 20001)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(t * t / df))
+        h = t[1] - t[0]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < u:                       # bracket: heavy tails at df = 1 need room
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if cdf(mid) < u:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def binned_gap(p, target, by, n_bins=10):
+    """Mean ``p - target`` within quantile bins of ``by``: where a bias sits.
+
+    Parameters
+    ----------
+    p, target, by : ndarray of shape (n,)
+        Say pCVR, the potential conversion, and the true CTR of the same rows.
+    n_bins : int
+        Bins hold about ``n / n_bins`` rows each (edges at quantiles of ``by``).
+
+    Returns
+    -------
+    dict with ``edges`` (n_bins + 1,), ``mid`` (median of ``by`` per bin),
+    ``gap`` and ``se`` (mean of ``p - target`` per bin and its standard error), ``count``
+    """
+    p = _as_float_vector(p, "p")
+    target = _as_float_vector(target, "target")
+    by = _as_float_vector(by, "by")
+    _check_same_length(p, target, "p", "target")
+    _check_same_length(p, by, "p", "by")
+    edges = np.quantile(by, np.linspace(0.0, 1.0, int(n_bins) + 1))    # (B + 1,)
+    bin_of = np.clip(np.searchsorted(edges[1:-1], by, side="right"), 0, n_bins - 1)  # (n,)
+    d = p - target                                                     # (n,)
+    gap, se, mid, count = (np.full(n_bins, np.nan) for _ in range(4))
+    for b in range(n_bins):
+        m = bin_of == b
+        count[b] = m.sum()
+        if m.sum() > 1:
+            gap[b], se[b] = d[m].mean(), d[m].std(ddof=1) / np.sqrt(m.sum())
+            mid[b] = np.median(by[m])
+    return {"edges": edges, "mid": mid, "gap": gap, "se": se, "count": count.astype(np.int64)}
 
 
 # ------------------------------------------------- soft AUC and the bootstrap

@@ -22,8 +22,8 @@ import numpy as np
 
 from . import layers as L
 from .bags import check_bags, check_ids_in_blocks, in_blocks, slice_bags
-from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
 from . import validate as V
+from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
 from .validate import (check_binary, check_choice, check_dense, check_field_dims, check_ids,
                        check_labels)
 
@@ -172,7 +172,7 @@ def _as_units(units, n_towers):
         raise TypeError(f"tower_units must be a tuple of ints or {n_towers} such tuples, "
                         f"got {units!r}")
     units = tuple(units)
-    if all(V._is_int(u) for u in units):
+    if all(V.is_int(u) for u in units):
         per = (units,) * n_towers
     elif len(units) == n_towers and all(isinstance(u, (tuple, list)) for u in units):
         per = units

@@ -461,7 +461,7 @@ PRESETS = {
                     latent_dim=8, n_dense=0, signal=1.5, n_attribute_fields=0),
     "paper": dict(ctr=0.04, cvr=0.008, rho=0.9, confounder=0.0, n_users=20000, n_items=20000,
                   n_categories=100, n_segments=20, popularity_skew=1.1, group_share=0.5,
-                  latent_dim=8, n_dense=0, signal=1.5, n_attribute_fields=4),
+                  latent_dim=8, n_dense=0, signal=1.0, n_attribute_fields=4),
 }
 
 
@@ -484,9 +484,10 @@ def simulate(n_impressions, *, seed=0, preset="default", ctr=None, cvr=None, rho
         The world the knobs start from. "default" (CTR 4%, CVR given click
         10%, rho 0.6, 4,000 users, 3,000 items, four fields) is the world of
         earlier versions, bit for bit. "paper": CTR 4%, CVR given click 0.8%,
-        rho 0.9, 20,000 users and 20,000 items with a longer tail
-        (popularity_skew 1.1), 100 categories, 20 segments and four attribute
-        fields, eight fields in all.
+        rho 0.9, signal 1.0 (best possible CVR AUC on clicked impressions
+        about 73, near the paper's 68.6), 20,000 users and 20,000 items with
+        a longer tail (popularity_skew 1.1), 100 categories, 20 segments and
+        four attribute fields, eight fields in all.
     ctr : float in (0, 1)
         Target mean click probability over impressions (calibrated, so the
         realised mean of ``true_ctr`` is close to it).

@@ -32,7 +32,7 @@ def check_field_dims(field_dims):
     if isinstance(field_dims, (str, bytes)) or not hasattr(field_dims, "__iter__"):
         raise TypeError(f"field_dims must be a sequence of integers, got {field_dims!r}")
     field_dims = list(field_dims)
-    bad = [d for d in field_dims if not _is_int(d)]
+    bad = [d for d in field_dims if not is_int(d)]
     if bad:   # 3.7 is refused, not truncated to 3
         raise TypeError(f"field_dims must be a sequence of integers, got {field_dims!r} "
                         f"(not integers: {bad[:_MAX_LISTED]})")
@@ -196,7 +196,8 @@ def check_labels(click, conversion, n):
 # inf never slips through a comparison (``lr=nan`` fails every ``>`` test, so
 # ``if lr <= 0: raise`` alone would accept it).
 
-def _is_int(value):
+def is_int(value):
+    """True for a Python or NumPy integer, False for a bool (which Python counts as one)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
@@ -206,7 +207,7 @@ def check_int(value, name, low=None, high=None):
     Refuses booleans, floats (even 2.0: a float here is usually a computed
     size that was meant to be rounded on purpose) and strings.
     """
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):

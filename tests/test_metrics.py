@@ -237,6 +237,90 @@ def test_evaluate_esmm_sees_the_bias_of_a_clicked_only_estimate():
     assert abs(m["pcvr_bias_clicked"]) < 4 * se
 
 
+# ------------------------------------------- bias against the potential outcome
+
+def test_potential_outcome_bias_hand_computed():
+    from esmm_np.metrics import potential_outcome_bias
+    ds = tiny_dataset()
+    p = np.array([0.6, 0.1, 0.3, 0.5, 0.2, 0.1])
+    # unclicked rows: p 0.5, 0.2, 0.1 against potential 1, 0, 0 -> d = -0.5, 0.2, 0.1
+    r = potential_outcome_bias(p, ds.conversion_if_clicked, ds.click == 0)
+    d = np.array([-0.5, 0.2, 0.1])
+    half = 1.959963984540054 * d.std(ddof=1) / np.sqrt(3)
+    assert r["n"] == 3 and r["bias"] == pytest.approx(d.mean())
+    assert (r["low"], r["high"]) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-9)
+    m = evaluate_esmm({"p_cvr": p}, ds)
+    assert m["pcvr_bias_potential_unclicked"] == pytest.approx(d.mean())
+    assert m["pcvr_bias_potential_clicked"] == pytest.approx((1.0 - 2.0) / 3)
+    assert np.isnan(potential_outcome_bias(p, ds.conversion_if_clicked,
+                                           np.zeros(6, dtype=bool))["bias"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mask=np.ones(6)), "mask must be a boolean"),
+    (dict(level=1.0), "level"),
+])
+def test_potential_outcome_bias_input_errors(kwargs, match):
+    from esmm_np.metrics import potential_outcome_bias
+    with pytest.raises(ValueError, match=match):
+        potential_outcome_bias(np.full(6, 0.2), tiny_dataset().conversion_if_clicked, **kwargs)
+
+
+def test_potential_outcome_bias_sees_the_hidden_confounder():
+    """The true CVR itself: no bias against true_cvr, but against the potential outcome
+    on unclicked impressions only when the confounder is on (interval excludes zero)."""
+    from esmm_np.metrics import potential_outcome_bias
+    for kappa in (0.0, 1.5):
+        ds = simulate(200_000, seed=0, confounder=kappa)
+        unclicked = ds.click == 0
+        r = potential_outcome_bias(ds.true_cvr, ds.conversion_if_clicked, unclicked)
+        if kappa == 0:
+            assert r["low"] < 0 < r["high"], r       # the truth is unbiased
+        else:
+            assert r["low"] > 0, r                   # true_cvr overstates the unclicked
+
+
+def test_t_quantile_matches_the_table():
+    from esmm_np.metrics import _t_quantile
+    # two-sided 95% Student-t critical values (any statistics table)
+    for df, t in ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042)):
+        assert _t_quantile(0.975, df) == pytest.approx(t, abs=1e-3), df
+
+
+def test_seed_interval_hand_computed():
+    from esmm_np.metrics import seed_interval, _t_quantile
+    v = np.array([1.0, 2.0, 4.0])
+    r = seed_interval(v)
+    half = _t_quantile(0.975, 2) * v.std(ddof=1) / np.sqrt(3)
+    assert (r["mean"], r["low"], r["high"], r["n"]) == pytest.approx(
+        (7 / 3, 7 / 3 - half, 7 / 3 + half, 3))
+    r2 = seed_interval(v, row_se=[0.5, 0.5, 0.5])
+    assert r2["high"] - r2["mean"] == pytest.approx(np.hypot(half, 1.959963984540054 * 0.5))
+    with pytest.raises(ValueError, match="at least 2"):
+        seed_interval([1.0])
+
+
+def test_binned_gap_hand_computed():
+    from esmm_np.metrics import binned_gap
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    target = np.array([0.0, 0.0, 1.0, 0.0])
+    by = np.array([0.4, 0.1, 0.3, 0.2])          # bins of 2: {0.1, 0.2} and {0.3, 0.4}
+    r = binned_gap(p, target, by, n_bins=2)
+    assert r["count"].tolist() == [2, 2]
+    assert r["gap"] == pytest.approx([(0.2 + 0.4) / 2, ((0.3 - 1) + 0.1) / 2])
+
+
+def test_gap_interval_against_true_probabilities():
+    from esmm_np.metrics import gap_interval
+    p = np.array([0.2, 0.4, 0.6])
+    t = np.array([0.1, 0.1, 0.4])
+    r = gap_interval(p, t)
+    d = p - t
+    assert r["bias"] == pytest.approx(d.mean()) and r["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    with pytest.raises(ValueError, match="target must be probabilities"):
+        gap_interval(p, np.array([0.1, 2.0, 0.1]))
+
+
 # ----------------------------------------------------------------- soft AUC
 
 def brute_force_soft_auc(p, score):
