@@ -322,13 +322,15 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
     not_one_value = np.zeros(_MAX_FIELDS, dtype=bool)
     for keys, counts, (field, raw, value) in _read_chunks(src / COMMON.format(split), "common",
                                                          fields, skip_malformed, cstats, progress):
-        for k in keys:
+        for i, k in enumerate(keys):
             if k in index:
-                if not skip_malformed:
-                    raise MalformedLine(f"{src / COMMON.format(split)}: common_feature_index "
-                                        f"{k.decode(errors='replace')!r} occurs twice")
+                if not skip_malformed:        # then no line was skipped: c_len.n + i is its line
+                    raise MalformedLine(f"{src / COMMON.format(split)}:{c_len.n + i + 1}: "
+                                        f"common_feature_index {k.decode(errors='replace')!r} "
+                                        "occurs twice")
                 cstats["duplicate_common_index"] = cstats.get("duplicate_common_index", 0) + 1
-            index[k] = len(index)
+            else:                             # the first line with an index is the one used
+                index[k] = c_len.n + i
         c_len.append(counts)
         c_field.append(field)
         c_raw.append(raw)

@@ -181,9 +181,14 @@ def test_malformed_common_features_and_duplicate_index(tmp_path):
     src = _write(tmp_path, LINES_OK, common=COMMON_OK + "u2,1,101\x0212\n")
     with pytest.raises(A.MalformedLine, match="common_features_train.csv:2: "):
         A.convert(src, tmp_path / "out", progress=False)
-    (src / A.COMMON.format("train")).write_text(COMMON_OK + COMMON_OK)
-    with pytest.raises(A.MalformedLine, match="'u1' occurs twice"):
+    (src / A.COMMON.format("train")).write_text(COMMON_OK + "u1,1,101\x0299\x031\n"
+                                                 + "u2,1,101\x0212\x031\n")
+    with pytest.raises(A.MalformedLine, match=":2: common_feature_index 'u1' occurs twice"):
         A.convert(src, tmp_path / "out", progress=False)
+    # Skipped, the duplicate is counted and the first line with the index is used.
+    report = A.convert(src, tmp_path / "out", min_count=1, progress=False, skip_malformed=True)
+    assert report["splits"]["train"]["duplicate_common_index_lines"] == 1
+    assert list(A.vocabulary(tmp_path / "out", "101")) == [11]
 
 
 def test_invalid_rows_and_missing_common_index_are_dropped_and_counted(tmp_path):
