@@ -43,7 +43,24 @@ FORMAT = "esmm_np.aliccp/1"
 _ID_BITS = 40
 _MAX_FIELDS = 1024
 _CHUNK_LINES = 32768      # raw lines parsed at once
-_JOIN_ROWS = 8192         # rows joined and encoded at once (a row can carry hundreds of ids)
+_JOIN_ROWS = 8192         # at most this many rows (or common lines) are joined at once ...
+_JOIN_IDS = 1 << 20       # ... and at most about this many ids (a row can carry hundreds)
+
+
+def _blocks(lengths_of, n):
+    """Consecutive ranges ``(start, stop)`` of ``n`` lines or rows, each of at most
+    ``_JOIN_ROWS`` of them and, past the first, at most ``_JOIN_IDS`` ids in all.
+
+    ``lengths_of(start, stop)`` gives the number of ids of each line in the range.
+    This keeps the memory of a join step constant, however long the lines are.
+    """
+    start = 0
+    while start < n:
+        lens = np.asarray(lengths_of(start, min(start + _JOIN_ROWS, n)), dtype=np.int64)
+        fits = int(np.searchsorted(np.cumsum(lens), _JOIN_IDS, side="right"))
+        stop = start + max(fits, 1)
+        yield start, stop
+        start = stop
 
 
 class MalformedLine(ValueError):
@@ -270,7 +287,7 @@ class _Counter:
         c = np.bincount(inv, weights=weights, minlength=len(u)).astype(np.int64)
         self.pending.append((u, c))
         self.n_pending += len(u)
-        if self.n_pending > max(len(self.keys), 1 << 20):   # merge when the pending part is large
+        if self.n_pending > max(len(self.keys), 1 << 18):   # merge when the pending part is large
             self._merge()
 
     def _merge(self):
@@ -370,9 +387,9 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
     nnz_c = np.zeros(_MAX_FIELDS, dtype=np.int64)
     in_common = np.zeros(_MAX_FIELDS, dtype=bool)
     c_pos = 0
-    for q0 in range(0, n_common, _JOIN_ROWS):
-        lens = np.asarray(cols["c_len"][q0:q0 + _JOIN_ROWS], dtype=np.int64)
-        w = np.repeat(refcount[q0:q0 + _JOIN_ROWS], lens)                # (features,)
+    for q0, q1 in _blocks(lambda a, b: cols["c_len"][a:b], n_common):
+        lens = np.asarray(cols["c_len"][q0:q1], dtype=np.int64)
+        w = np.repeat(refcount[q0:q1], lens)                              # (features,)
         f = np.asarray(cols["c_field"][c_pos:c_pos + len(w)])
         nnz_c += np.bincount(f, weights=w, minlength=_MAX_FIELDS).astype(np.int64)
         in_common |= np.bincount(f, minlength=_MAX_FIELDS) > 0
@@ -419,8 +436,8 @@ def _sort_common(cols, schema, tmp, split):
     values = _Column(tmp / f"{split}.cs_val", np.float32)
     starts = _Column(tmp / f"{split}.cs_start", np.int32)
     pos = 0
-    for q0 in range(0, len(c_lens), _JOIN_ROWS):
-        lens = c_lens[q0:q0 + _JOIN_ROWS]
+    for q0, q1 in _blocks(lambda a, b: c_lens[a:b], len(c_lens)):
+        lens = c_lens[q0:q1]
         total = int(lens.sum())
         line = np.repeat(np.arange(len(lens)), lens)                  # (features,)
         field = cols["c_field"][pos:pos + total].astype(np.int64)
@@ -466,8 +483,10 @@ def _encode_split(cols, out, schema, stats, tmp):
     pos = {f: 0 for f in bag}
     b = 0                                          # skeleton features read so far
     single_missing = single_extra = unknown = 0
-    for r0 in range(0, n, _JOIN_ROWS):
-        r1 = min(r0 + _JOIN_ROWS, n)
+    def joined_lengths(a, b):
+        return cols["s_len"][a:b].astype(np.int64) + c_lens[cols["common"][a:b]]
+
+    for r0, r1 in _blocks(joined_lengths, n):
         m = r1 - r0
         click.append(cols["click"][r0:r1])
         conversion.append(cols["buy"][r0:r1])

@@ -192,8 +192,9 @@ def fit_network(model, X, labels, dense, validation, train, seed, verbose=False,
     Returns
     -------
     dict with ``steps``, ``kept`` (the step whose parameters are kept),
-    ``stopped`` (``"patience"`` or ``"cap"``), ``rows`` (training rows) and
-    ``best_val_loss``.
+    ``stopped`` (``"patience"`` or ``"cap"``), ``rows`` (training rows),
+    ``kept_first_validation`` (the best point was the very first one looked
+    at, so the optimum may lie earlier) and ``best_val_loss``.
     """
     h = fit(model, X, *labels, dense=dense, epochs=train.get("epochs", 1),
             batch_size=train["batch_size"],
@@ -203,6 +204,7 @@ def fit_network(model, X, labels, dense, validation, train, seed, verbose=False,
             max_steps=train.get("max_steps"), **({} if bags is None else {"bags": bags}))
     return {"steps": h["steps"], "kept": h["kept"], "stopped": h["stopped"],
             "rows": int(X.shape[0]),
+            "kept_first_validation": bool(h.get("val_steps")) and h["kept"] == h["val_steps"][0],
             "best_val_loss": float(min(h["val_loss"])) if h.get("val_loss") else None}
 
 

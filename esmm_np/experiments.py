@@ -600,15 +600,16 @@ def budget_check(cfg, factor=10, seed=0, progress=print):
                          "auc": ra["cvr_auc_entire"], "auc_more": rb["cvr_auc_entire"],
                          "soft": ra["cvr_soft_auc_entire"], "soft_more": rb["cvr_soft_auc_entire"],
                          "steps": na["steps"], "steps_more": nb["steps"],
-                         "stopped_more": nb["stopped"],
+                         "stopped_more": nb["stopped"], "factor": factor,
                          "move": 100 * (rb["cvr_auc_entire"] - ra["cvr_auc_entire"])})
     return rows
 
 
 def budget_table(rows):
     """:func:`budget_check` as Markdown."""
-    lines = ["| share | method | CVR AUC entire | with 10x effort | move (points) | "
-             "soft AUC entire | with 10x effort | steps | steps with 10x |", "|---" * 9 + "|"]
+    k = f"{rows[0]['factor']}x" if rows else "more"
+    lines = [f"| share | method | CVR AUC entire | with {k} effort | move (points) | "
+             f"soft AUC entire | with {k} effort | steps | steps with {k} |", "|---" * 9 + "|"]
     for r in rows:
         lines.append(f"| {r['frac']:.0%} | {r['method']} | {100 * r['auc']:.2f} | "
                      f"{100 * r['auc_more']:.2f} | {r['move']:+.2f} | {100 * r['soft']:.2f} | "
@@ -616,11 +617,56 @@ def budget_table(rows):
     return "\n".join(lines)
 
 
+def stopping_curves(cfg, methods=("ESMM", "ESMM-NS"), seed=0, chunk=200, n_chunks=40):
+    """Validation curves of the two halves of ESMM's loss, to see where early stopping lands.
+
+    Each method's network trains ``n_chunks`` times ``chunk`` optimiser steps
+    (no early stopping); after every chunk it is scored on its validation rows:
+    the CTR log loss, the CTCVR log loss, their sum (what the effort rule
+    stops on) and the CTCVR AUC.
+
+    Returns
+    -------
+    dict method -> dict of lists: ``step``, ``ctr_loss``, ``ctcvr_loss``,
+    ``total``, ``ctcvr_auc``; plus ``stop_total`` and ``stop_ctcvr`` (the
+    steps where the total and the CTCVR loss are lowest).
+    """
+    from .metrics import auc, log_loss
+    from .model import ESMM
+    from .optim import Adam
+    from .train import fit
+
+    train, _ = make_world(cfg)
+    ctx = make_context(train, arch=_arch(cfg), train=cfg.train, seed=seed,
+                       validation_fraction=cfg.validation_fraction)
+    part, val = ctx.part, ctx.val
+    z_val = val.click * val.conversion
+    out = {}
+    for name in methods:
+        model = ESMM(part.field_dims, n_dense=part.n_dense, seed=seed,
+                     share_embedding=(name == "ESMM"), **ctx.arch)
+        opt = Adam(lr=cfg.train["lr"])
+        curve = {k: [] for k in ("step", "ctr_loss", "ctcvr_loss", "total", "ctcvr_auc")}
+        for k in range(n_chunks):
+            fit(model, part.X, part.click, part.conversion, batch_size=cfg.train["batch_size"],
+                optimizer=opt, seed=seed * 1000 + k, verbose=False, max_steps=chunk)
+            p = model.predict(val.X, val.dense)
+            curve["step"].append((k + 1) * chunk)
+            curve["ctr_loss"].append(log_loss(val.click, p["p_ctr"]))
+            curve["ctcvr_loss"].append(log_loss(z_val, p["p_ctcvr"]))
+            curve["total"].append(curve["ctr_loss"][-1] + curve["ctcvr_loss"][-1])
+            curve["ctcvr_auc"].append(auc(z_val, p["p_ctcvr"]))
+        curve["stop_total"] = curve["step"][int(np.argmin(curve["total"]))]
+        curve["stop_ctcvr"] = curve["step"][int(np.argmin(curve["ctcvr_loss"]))]
+        out[name] = curve
+    return out
+
+
 # --------------------------------------------------------------- regime map
 
 def regime_config():
     """The regime map's run: BASE and ESMM in each world, smaller worlds, two seeds."""
-    return ExperimentConfig(n_impressions=500_000, seeds=(0, 1), methods=("BASE", "ESMM"),
+    return ExperimentConfig(n_impressions=400_000, seeds=(0, 1), methods=("BASE", "ESMM"),
                             sweep_fractions=(), n_boot=100)
 
 
@@ -845,6 +891,9 @@ def choice_note(result):
         key = next(k for k in per_seed[0] if k not in ("candidates", "val_cvr_auc_clicked"))
         picks = ", ".join(f"{c[key]:g}" for c in per_seed)
         cands = ", ".join(f"{v:g}" for v in per_seed[0]["candidates"])
+        if len(per_seed[0]["candidates"]) == 1:
+            parts.append(f"{name}'s {key} was fixed at {cands} (no search in this run)")
+            continue
         parts.append(f"{name} chose {key} = {picks} (per seed) from {cands} by CVR AUC on the "
                      "clicked validation rows")
     return "; ".join(parts) + "." if parts else ""
@@ -856,11 +905,21 @@ def effort_note(result, sweep=None):
     n = sum(len(nets) for per_seed in result["networks"].values() for nets in per_seed)
     n += sum(len(nets) for cell in (sweep or {}).values()
              for per_seed in cell["networks"].values() for nets in per_seed)
+    first = []
+    sources = [result["networks"]] + [cell["networks"] for cell in (sweep or {}).values()]
+    for networks in sources:
+        for m, per_seed in networks.items():
+            first += [(m, net) for nets in per_seed for net, rec in nets.items()
+                      if rec.get("kept_first_validation")]
+    early = ""
+    if first:
+        early = (f" {len(first)} kept their very first validation point, so their best may lie "
+                 f"earlier: {', '.join(sorted({f'{m} {net}' for m, net in first}))}.")
     if not cap:
-        return f"All {n} networks stopped on patience (none on the step cap)."
+        return f"All {n} networks stopped on patience (none on the step cap).{early}"
     listed = "; ".join(f"{w}: {m} seed #{i} {net}" for w, m, i, net in cap[:8])
     return (f"WARNING: {len(cap)} of {n} networks stopped on the step cap, not on patience "
-            f"({listed}{' ...' if len(cap) > 8 else ''}); their numbers may be undertrained.")
+            f"({listed}{' ...' if len(cap) > 8 else ''}); their numbers may be undertrained.{early}")
 
 
 def division_note(result):

@@ -281,8 +281,8 @@ class _EmbeddingMLP:
             return h0, (emb_cache, cat_cache)
         pooled, bag_caches = [e], []
         for f, (offsets, ids, weights) in bags.items():
-            p, c = L.bag_forward(table, offsets, ids + self.bag_offsets[f], weights,
-                                 self.bag_pooling)                          # (n, k)
+            rows_f = ids.astype(np.int64) + self.bag_offsets[f]             # (nnz,) table rows
+            p, c = L.bag_forward(table, offsets, rows_f, weights, self.bag_pooling)  # (n, k)
             pooled.append(p)
             bag_caches.append(c)
         h0, cat_cache = L.concat_forward(np.concatenate(pooled, axis=1), dense)  # (n, d_in)

@@ -59,8 +59,10 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         done). Default: run the whole budget.
     eval_every : int, optional
         Validate every ``min(eval_every, steps per epoch)`` optimiser steps
-        instead of once per epoch, so that neither a long epoch nor a short
-        one makes a coarse stopping point. Default: once per epoch.
+        instead of once per epoch, and before that at steps 25, 50, 100, ...
+        (doubling while below the interval), so that neither a long epoch,
+        nor a short one, nor an optimum within the first few hundred steps
+        makes a coarse stopping point. Default: once per epoch.
     min_steps : int
         At least this many optimiser steps, however small the data: the
         budget is raised to it and patience cannot stop before it.
@@ -164,6 +166,10 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     cap = max(cap, min_steps)
     # Validation points: every `interval` steps, or (None) at the end of every epoch.
     interval = None if eval_every is None else min(eval_every, steps_per_epoch)
+    # ... and, with eval_every, early ones at 25, 50, 100, ... below the interval: embedding
+    # models on rare labels can overfit within a few hundred steps.
+    early = set() if interval is None else {25 * 2 ** k for k in range(20)
+                                            if 25 * 2 ** k < interval}
     history = {"loss": [], "batch_loss": [], "seconds": []}
     if report is not None:
         history["clean_report"] = report
@@ -211,7 +217,7 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
             total += loss * rows.shape[0]
             seen += rows.shape[0]
             if validation is not None and interval is not None and (
-                    step % interval == 0 or step == cap):
+                    step % interval == 0 or step == cap or step in early):
                 stop = validate(step, epoch)
             if stop or step >= cap:
                 break

@@ -238,3 +238,17 @@ def test_experiment_runs_on_a_converted_fixture(converted, tmp_path, capsys):
             assert scores[needs_truth] is None, (method, needs_truth)
         assert scores["ctcvr_auc"] is not None and 0 < scores["ctcvr_auc"] < 1
     assert 0 < result["runs"]["ESMM"][0]["cvr_auc_clicked"] < 1
+
+
+def test_small_join_blocks_give_the_same_cache(converted, tmp_path, monkeypatch):
+    """Blocks of a few rows, or of fewer ids than one long row holds, change nothing."""
+    root, _, _ = converted
+    monkeypatch.setattr(A, "_JOIN_ROWS", 7)
+    monkeypatch.setattr(A, "_JOIN_IDS", 20)
+    A.convert(root / "raw", tmp_path / "small", min_count=1, progress=False)
+    for split in ("train", "test"):
+        a, b = A.load(root / "cache", split), A.load(tmp_path / "small", split)
+        np.testing.assert_array_equal(a.X, b.X)
+        for f in a.bags:
+            for x, y in zip(a.bags[f], b.bags[f]):
+                np.testing.assert_array_equal(x, y)

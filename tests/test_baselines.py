@@ -182,3 +182,17 @@ def test_workers_give_the_same_results_as_one_process():
             # One BLAS thread in the workers, maybe more here: float32 sums may round
             # differently, so equal to 1e-5, far below any difference the table shows.
             assert parallel["runs"][m][0][k] == pytest.approx(v, abs=1e-5, nan_ok=True), (m, k)
+
+
+def test_budget_check_and_stopping_curves_run_small():
+    cfg = E.quick_config()
+    cfg.n_impressions, cfg.sweep_fractions, cfg.workers = 30_000, (0.5,), 1
+    rows = E.budget_check(cfg, factor=2, progress=None)
+    assert [(r["frac"], r["method"]) for r in rows] == [(0.5, "BASE"), (0.5, "ESMM")]
+    for r in rows:
+        assert r["steps_more"] >= r["steps"] and abs(r["move"]) < 100
+    assert E.budget_table(rows).count("\n") == 3
+    curves = E.stopping_curves(cfg, chunk=50, n_chunks=3)
+    for c in curves.values():
+        assert c["step"] == [50, 100, 150] and c["stop_total"] in c["step"]
+        np.testing.assert_allclose(c["total"], np.add(c["ctr_loss"], c["ctcvr_loss"]))

@@ -268,3 +268,13 @@ def test_bad_step_settings_raise(kw):
     model = esmm_np.ESMM([6, 4], embed_dim=4, tower_units=(8,), seed=0)
     with pytest.raises((ValueError, TypeError), match=next(iter(kw))):
         esmm_np.fit(model, X, click, conversion, verbose=False, **kw)
+
+
+def test_eval_every_also_validates_early_at_doubling_steps():
+    """Below the interval, validation also happens at steps 25, 50, 100, ..."""
+    X, click, conversion = _toy_data(n=3200, seed=1)
+    Xv, cv, vv = _toy_data(n=300, seed=2)
+    model = esmm_np.ESMM([6, 4], embed_dim=4, tower_units=(8,), seed=0)
+    h = esmm_np.fit(model, X, click, conversion, batch_size=16, verbose=False,
+                    validation=(Xv, cv, vv), eval_every=150, max_steps=450)
+    assert h["val_steps"] == [25, 50, 100, 150, 300, 450]
