@@ -83,6 +83,11 @@ def _demo(args):
     return 0
 
 
+def _method_names():
+    from .baselines import TRAINERS
+    return tuple(TRAINERS)
+
+
 def _experiment(args):
     from . import experiments as E
 
@@ -97,6 +102,12 @@ def _experiment(args):
         cfg.n_impressions = args.n
     if args.workers is not None:
         cfg.workers = args.workers
+    if args.methods is not None:
+        cfg.methods = tuple(args.methods)
+    if args.confounder is not None:
+        cfg.world = dict(cfg.world, confounder=args.confounder)
+        if cfg.label == "full":
+            cfg.label = f"confounder {args.confounder:g}"
     data = None
     if args.data is not None:
         data = _converted(args.data)
@@ -271,6 +282,10 @@ def main(argv=None):
     e.add_argument("--seeds", type=_count(0), nargs="+", help="training seeds (default 0 1 2)")
     e.add_argument("--n", type=_count(100), help="number of simulated impressions")
     e.add_argument("--no-sweep", action="store_true", help="skip the sparsity sweep")
+    e.add_argument("--methods", nargs="+", metavar="NAME", choices=_method_names(),
+                   help="train only these methods (default: all)")
+    e.add_argument("--confounder", type=_number(positive=False),
+                   help="weight of the simulator's hidden confounder (default 0)")
     e.add_argument("--docs", help="also fill the generated section of this Markdown file "
                                   "(docs/experiments.md; one section per preset)")
     e.set_defaults(run=_experiment)

@@ -123,8 +123,8 @@ def quick_config():
 
 
 def paper_config():
-    """The "paper" preset's run: an Ali-CCP-like world (CVR given click 0.8%), larger."""
-    return ExperimentConfig(n_impressions=2_000_000, preset="paper")
+    """The "paper" preset's run: an Ali-CCP-like world (CVR given click 0.8%), 1M impressions."""
+    return ExperimentConfig(n_impressions=1_000_000, preset="paper")
 
 
 def demo_config():

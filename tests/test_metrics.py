@@ -271,7 +271,7 @@ def test_potential_outcome_bias_sees_the_hidden_confounder():
     on unclicked impressions only when the confounder is on (interval excludes zero)."""
     from esmm_np.metrics import potential_outcome_bias
     for kappa in (0.0, 1.5):
-        ds = simulate(200_000, seed=0, confounder=kappa)
+        ds = simulate(100_000, seed=0, confounder=kappa)
         unclicked = ds.click == 0
         r = potential_outcome_bias(ds.true_cvr, ds.conversion_if_clicked, unclicked)
         if kappa == 0:
