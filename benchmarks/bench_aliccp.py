@@ -63,6 +63,8 @@ def _anon():
 _CONVERT = _ANON + """
 import json, time, tracemalloc
 from esmm_np import aliccp
+if {join_ids}:
+    aliccp._JOIN_IDS = {join_ids}
 if {traced}:
     tracemalloc.start()
 start, cpu = time.perf_counter(), time.process_time()
@@ -120,6 +122,9 @@ def main():
     ap.add_argument("--traced", action="store_true",
                     help="also run conversion and epoch once more under tracemalloc and print "
                          "the peak of the memory Python and NumPy allocate (slow; memory only)")
+    ap.add_argument("--join-ids", type=int, default=0,
+                    help="cap on the ids of one join step of the conversion (default: "
+                         "aliccp._JOIN_IDS); smaller caps show what the blocks cost")
     args = ap.parse_args()
     sys.path.insert(0, REPO)
     from esmm_np import aliccp
@@ -129,13 +134,13 @@ def main():
         _, base = run_measured(_BASELINE)
         print(f"an interpreter with NumPy and esmm_np: peak memory {base:.0f} MiB")
         for n in args.lines:
-            _one(aliccp, os.path.join(work, str(n)), n, args.batch, args.traced)
+            _one(aliccp, os.path.join(work, str(n)), n, args.batch, args.traced, args.join_ids)
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _one(aliccp, work, n_lines, batch, traced):
+def _one(aliccp, work, n_lines, batch, traced, join_ids):
     src, out = os.path.join(work, "raw"), os.path.join(work, "cache")
     print(f"\n=== {n_lines:,} skeleton lines (load average {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} cores)")
@@ -147,7 +152,8 @@ def _one(aliccp, work, n_lines, batch, traced):
           f"per impression with its share of the common features) in "
           f"{time.perf_counter() - start:.0f} s")
     shutil.rmtree(out, ignore_errors=True)
-    lines, peak = run_measured(_CONVERT.format(src=src, out=out, traced=False))
+    lines, peak = run_measured(_CONVERT.format(src=src, out=out, traced=False,
+                                               join_ids=join_ids))
     conv = json.loads(lines[-1])
     rep = conv["report"]
     cache_bytes = _size(out)
@@ -170,7 +176,8 @@ def _one(aliccp, work, n_lines, batch, traced):
     print(f"  load average now: {os.getloadavg()[0]:.2f}")
     if traced:
         shutil.rmtree(out, ignore_errors=True)
-        conv = json.loads(run_measured(_CONVERT.format(src=src, out=out, traced=True))[0][-1])
+        code = _CONVERT.format(src=src, out=out, traced=True, join_ids=join_ids)
+        conv = json.loads(run_measured(code)[0][-1])
         ep = json.loads(run_measured(_EPOCH.format(out=out, batch=batch, traced=True))[0][-1])
         print(f"tracemalloc peak (memory Python and NumPy allocate): conversion "
               f"{conv['traced']:.0f} MiB, epoch {ep['traced']:.0f} MiB")

@@ -117,7 +117,9 @@ def _parse_features(lists, counts, fields):
     total = int(counts.sum())
     if flat.count(b"\x02") != total or flat.count(b"\x03") != total:
         raise _Bad("a feature is not field\\x02id\\x03value")
-    tokens = flat.replace(b"\x02", b"\x01").replace(b"\x03", b"\x01").split(b"\x01") if total else []
+    tokens = []
+    if total:
+        tokens = flat.replace(b"\x02", b"\x01").replace(b"\x03", b"\x01").split(b"\x01")
     if len(tokens) != 3 * total:
         raise _Bad("a feature is not field\\x02id\\x03value")
     field = fields.codes(tokens[0::3])
@@ -192,7 +194,8 @@ def _read_chunks(path, kind, fields, skip_malformed, stats, progress):
             if progress and now - last > 1.0:
                 last = now
                 print(f"\r  {path.name}: {line_no:,} lines, {100 * fh.tell() / size:.0f}%, "
-                      f"{line_no / (now - start):,.0f} lines/s", end="", file=sys.stderr, flush=True)
+                      f"{line_no / (now - start):,.0f} lines/s", end="", file=sys.stderr,
+                      flush=True)
     if progress:
         elapsed = time.perf_counter() - start
         print(f"\r  {path.name}: {line_no:,} lines in {elapsed:.1f} s "
@@ -315,8 +318,11 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
     cols = {}
     # Common features: one entry per request, looked up by its index string.
     index = {}
-    c_len, c_field = _Column(tmp / f"{split}.c_len", np.int32), _Column(tmp / f"{split}.c_field", np.int16)
-    c_raw, c_val = _Column(tmp / f"{split}.c_raw", np.int64), _Column(tmp / f"{split}.c_val", np.float32)
+    def column(name, dtype):
+        return _Column(tmp / f"{split}.{name}", dtype)
+
+    c_len, c_field = column("c_len", np.int32), column("c_field", np.int16)
+    c_raw, c_val = column("c_raw", np.int64), column("c_val", np.float32)
     cstats = {"lines_read": 0, "malformed_lines": 0}
     ones_c = np.zeros(_MAX_FIELDS, dtype=np.int64)   # common lines with exactly one id of a field
     not_one_value = np.zeros(_MAX_FIELDS, dtype=bool)
@@ -342,10 +348,10 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
         not_one_value[np.unique(field[value != 1])] = True
     n_common = c_len.n
 
-    s_click, s_buy = _Column(tmp / f"{split}.click", np.int8), _Column(tmp / f"{split}.buy", np.int8)
-    s_common, s_len = _Column(tmp / f"{split}.common", np.int64), _Column(tmp / f"{split}.s_len", np.int32)
-    s_field, s_raw = _Column(tmp / f"{split}.s_field", np.int16), _Column(tmp / f"{split}.s_raw", np.int64)
-    s_val = _Column(tmp / f"{split}.s_val", np.float32)
+    s_click, s_buy = column("click", np.int8), column("buy", np.int8)
+    s_common, s_len = column("common", np.int64), column("s_len", np.int32)
+    s_field, s_raw = column("s_field", np.int16), column("s_raw", np.int64)
+    s_val = column("s_val", np.float32)
     sstats = {"lines_read": 0, "malformed_lines": 0}
     refcount = np.zeros(n_common, dtype=np.int64)
     ones_s = np.zeros(_MAX_FIELDS, dtype=np.int64)   # kept rows with exactly one id of a field
@@ -474,9 +480,10 @@ def _encode_split(cols, out, schema, stats, tmp):
     bag_out = {}
     for f in bag:
         name = schema["names"][f]
+        parts = (("offsets", np.int64, n + 1), ("ids", np.int32, nnz[f]),
+                 ("weights", np.float32, nnz[f]))
         bag_out[f] = [_NpyWriter(out / f"bag_{name}_{part}.npy", dt, (shape,))
-                      for part, dt, shape in (("offsets", np.int64, n + 1), ("ids", np.int32, nnz[f]),
-                                              ("weights", np.float32, nnz[f]))]
+                      for part, dt, shape in parts]
         bag_out[f][0].append(np.zeros(1))
     known = np.zeros(nf, dtype=bool)
     known[single + bag] = True
@@ -546,7 +553,8 @@ def _encode_split(cols, out, schema, stats, tmp):
     stats.update(single_field_missing=single_missing, single_field_extra_ids=single_extra,
                  unknown_field_ids=unknown)
     files = {"X": {"shape": [n, len(single)], "dtype": "int32"},
-             "click": {"shape": [n], "dtype": "int8"}, "conversion": {"shape": [n], "dtype": "int8"}}
+             "click": {"shape": [n], "dtype": "int8"},
+             "conversion": {"shape": [n], "dtype": "int8"}}
     for f in bag:
         name = schema["names"][f]
         files[f"bag_{name}_offsets"] = {"shape": [n + 1], "dtype": "int64"}
@@ -598,7 +606,8 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
     splits = [s for s in SPLITS if (src / SKELETON.format(s)).exists()]
     for s in splits:
         if not (src / COMMON.format(s)).exists():
-            raise FileNotFoundError(f"{src / SKELETON.format(s)} has no {COMMON.format(s)} beside it")
+            raise FileNotFoundError(f"{src / SKELETON.format(s)} has no {COMMON.format(s)} "
+                                    "beside it")
     if "train" not in splits:
         raise FileNotFoundError(f"no {SKELETON.format('train')} in {src} (the vocabularies "
                                 "are built on the training split)")
