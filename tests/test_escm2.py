@@ -119,10 +119,11 @@ def test_ips_and_dr_losses_are_unbiased_with_the_true_propensity():
     for _ in range(draws):
         click = (rng.random(n) < p).astype(int)
         ips.append(E.ips_cvr_loss(b, p, click, click * potential)[0])
-        # the DR loss without its imputation-loss part: the estimate of the CVR loss
+        # the code's DR loss minus its imputation-loss part: the estimate of the CVR loss
         e_hat = E.softplus(g)
         e = E.cvr_error(b, potential)[0]
-        dr.append(np.mean(e_hat + click * (e - e_hat) / p))
+        imputation_loss = np.mean(click / p * (e - e_hat) ** 2)
+        dr.append(E.dr_cvr_loss(b, g, p, click, click * potential)[0] - imputation_loss)
     for name, est in (("ips", np.array(ips)), ("dr", np.array(dr))):
         se = est.std(ddof=1) / np.sqrt(draws)
         assert abs(est.mean() - target) < 4 * se, (name, est.mean(), target, se)
