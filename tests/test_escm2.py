@@ -72,7 +72,7 @@ def test_dr_loss_gradients_summed_objective(rng):
 
 
 def test_dr_loss_gradients_separate_parts(rng):
-    """Separate: the gradient of the loss with e held in the imputation loss and ê in the DR estimate."""
+    """Separate: the gradient of the loss with r held in the imputation loss and r̂ in the DR estimate."""
     _, b, g, click, conversion = _rows(rng)
     q = rng.uniform(0.05, 0.9, b.shape[0])
     e0, e_hat0 = E.cvr_error(b, conversion)[0], E.softplus(g)
@@ -94,7 +94,7 @@ def test_a_wrong_piece_is_caught(rng):
     q = rng.uniform(0.05, 0.9, b.shape[0])
     _, db, _, _ = E.dr_cvr_loss(b, g, q, click, conversion, separate=False)
     e, de_db = E.cvr_error(b, conversion)
-    wrong_db = (click / q) * de_db / b.shape[0]                # forgets the 2 δ term
+    wrong_db = (click / q) * de_db / b.shape[0]                # forgets the 2Δ term (derivation section 10)
     num = G.numerical_gradient(
         lambda: E.dr_cvr_loss(b, g, q, click, conversion, separate=False)[0], b, h=1e-6)
     assert _rel(db, num) <= PIECE_TOL
