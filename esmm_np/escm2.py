@@ -96,7 +96,7 @@ def cvr_error(b, conversion):
 
 
 def ips_cvr_loss(b, q, click, conversion):
-    """IPS counterfactual CVR loss ``mean_j y_j e_j / q_j`` and its gradients.
+    """IPS counterfactual CVR loss ``mean_j y_j err_j / q_j`` (err = r, q = π) and its gradients.
 
     Parameters
     ----------

@@ -13,8 +13,10 @@ and on a failure a hint that names the likely mistake::
 
 A case passes only when the function returns outputs of exactly the
 expected kind, shape and dtype, every entry finite, no floating-point
-warning was raised, and the relative errors are within the bars below. A
-NaN, a broadcast shape or a silently changed dtype never passes.
+warning was raised, no input the caller still needs was written into (a
+backward may reuse its upstream gradient's memory), and the relative errors
+are within the bars below. A NaN, a broadcast shape, a silently changed
+dtype or an overwritten cache never passes.
 
 Bars. Against finite differences (float64, h = 1e-5): 1e-9 for one layer or
 loss (gradcheck.LAYER_TOL), 1e-7 for the whole model (gradcheck.py). Against
@@ -224,13 +226,16 @@ def _cases_batchnorm_backward(rng):
 def _cases_embedding_backward(rng):
     k = 3
     unique = np.array([[0, 5], [1, 6], [2, 7]])                           # no id twice
-    repeated = np.array([[0, 5], [0, 6], [2, 5], [0, 5], [3, 9]])         # rows 0 and 5 repeat
+    # rows 0 and 5 repeat across impressions, row 4 within one (a per-impression
+    # `table[ids[i]] += de[i]` is buffered too, so it must fail here)
+    repeated = np.array([[0, 5], [0, 6], [2, 5], [0, 5], [3, 9], [4, 4]])
     hint_rep = ("an id that occurs several times in the batch must receive the sum of all "
                 "its gradients")
     return [_backward_case("distinct ids", "ids (3, 2), no id repeated, table (10, 3)",
                            L.embedding_forward, [rng.standard_normal((10, k)), unique], [0],
                            ("dtable",), rng),
-            _backward_case("repeated ids", "ids (5, 2) with row 0 three times and row 5 three times",
+            _backward_case("repeated ids",
+                           "ids (6, 2): rows 0, 5 three times; row 4 twice in one impression",
                            L.embedding_forward, [rng.standard_normal((10, k)), repeated], [0],
                            ("dtable",), rng, hint_rep),
             _backward_case("one row", "ids (1, 2)", L.embedding_forward,
@@ -600,17 +605,48 @@ def _copy_args(args):
     return copy.deepcopy(args)
 
 
-def _call(fn, args):
-    """Run ``fn(*args)``; return (output, floating-point warnings, exception or None)."""
+def _arrays(obj, name):
+    """The arrays an argument holds, as (name, ndarray): nested tuples, lists, model.params."""
+    if isinstance(obj, np.ndarray):
+        return [(name, obj)]
+    if isinstance(obj, (tuple, list)):
+        return [a for i, o in enumerate(obj) for a in _arrays(o, f"{name}[{i}]")]
+    params = getattr(obj, "params", None)
+    if isinstance(params, dict):
+        return [(f"{name}.params[{k!r}]", w) for k, w in params.items()]
+    return []
+
+
+def _call(fn, args, consumed=0):
+    """Run ``fn(*args)``; return (output, floating-point warnings, exception or None, written).
+
+    ``written`` names the first input the function wrote into (None if none),
+    ignoring the first ``consumed`` arguments. The caller still needs the
+    others (a forward's or a loss's input, e.g. the CTR logit both losses
+    read; the cache a backward reads, which holds arrays the forward also
+    returned; the model), so a function that overwrites them is wrong even
+    when what it returns is right. A backward's upstream gradient is consumed:
+    computing into it in place is fine.
+    """
+    given = _copy_args(args)
     with warnings.catch_warnings(record=True) as caught, \
             np.errstate(over="warn", invalid="warn", divide="warn", under="ignore"):
         warnings.simplefilter("always")
         try:
-            out = fn(*_copy_args(args))
+            out = fn(*given)
         except Exception as exc:  # a learner's bug is a result to report, not a crash
-            return None, [], exc
+            return None, [], exc, None
     fp = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    return out, fp, None
+    written = None
+    for i, (a, b) in enumerate(zip(args[consumed:], given[consumed:]), start=consumed):
+        for (nm, before), (_, after) in zip(_arrays(a, f"argument {i + 1}"),
+                                            _arrays(b, f"argument {i + 1}")):
+            if not np.array_equal(before, after, equal_nan=before.dtype.kind == "f"):
+                written = nm
+                break
+        if written:
+            break
+    return out, fp, None, written
 
 
 def _flatten(out, names, expected_dtype, like):
@@ -713,12 +749,16 @@ def run_case(name, fn, case):
     dtype = case.args[0].dtype           # of the first array, or of the model
     result = {"label": case.label, "tried": case.tried, "rel_ours": np.nan, "rel_fd": np.nan,
               "ok": False, "hint": ""}
-    out, fp, exc = _call(fn, case.args)
+    out, fp, exc, written = _call(fn, case.args, consumed=int(name.endswith("_backward")))
     if exc is not None:
         msg = str(exc).splitlines()[0] if str(exc) else ""
         result["hint"] = f"raised {type(exc).__name__}: {msg}"[:160]
         if isinstance(exc, NotImplementedError):
             result["hint"] = "not written yet (raises NotImplementedError)"
+        return result
+    if written is not None:
+        result["hint"] = (f"wrote into its input ({written}): the caller still needs it; "
+                          "compute into new arrays (y = x * s, not x *= s)")
         return result
     try:
         flat = _flatten(out, case.outputs, dtype, expected)

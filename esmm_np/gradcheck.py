@@ -329,7 +329,11 @@ def check_layer(forward, backward, inputs, names=None, *, h=1e-5, tol=LAYER_TOL,
     out = forward(*inputs)[0]
     if dout is None:
         dout = np.random.default_rng(seed).standard_normal(np.shape(out))
-    analytic = backward(dout, forward(*inputs)[1])
+    # The backward gets copies: it may reuse dout's memory or (wrongly) write
+    # into the cache, which holds the inputs themselves; the finite
+    # differences below must still see the original dout and inputs.
+    given = [np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in inputs]
+    analytic = backward(np.array(dout, copy=True), forward(*given)[1])
     from .layers import SparseRows  # one gradient, although a namedtuple
 
     several = isinstance(analytic, (tuple, list)) and not isinstance(analytic, SparseRows)

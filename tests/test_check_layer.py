@@ -63,3 +63,27 @@ def test_needs_float64(rng):
     x, W, b = (a.astype(np.float32) for a in _affine_inputs(rng))
     with pytest.raises(ValueError, match="float64"):
         G.check_layer(L.affine_forward, L.affine_backward, (x, W, b))
+
+
+def test_a_backward_that_overwrites_the_cache_cannot_change_what_is_checked(rng):
+    # The affine cache holds the very arrays passed in. This backward zeroes
+    # them and returns the gradients of a layer at x = 0, W = 0: if the finite
+    # differences then ran on the zeroed inputs, it would pass.
+    def wrong(dout, cache):
+        x, W = cache
+        x[...] = 0.0
+        W[...] = 0.0
+        return np.zeros_like(x), np.zeros_like(W), dout.sum(axis=0)
+    rows = G.check_layer(L.affine_forward, wrong, _affine_inputs(rng), names=("x", "W", "b"))
+    assert [r["ok"] for r in rows] == [False, False, True]
+
+
+def test_a_right_backward_computed_in_place_in_dout_passes(rng):
+    # Reusing the upstream gradient's memory is fine; the check must not then
+    # difference a different objective (sum(out * the overwritten dout)).
+    def in_place(dout, cache):
+        dout *= cache * (1 - cache)          # the sigmoid's cache is s
+        return dout
+    x = rng.normal(0, 2, size=(4, 3))
+    rows = G.check_layer(L.sigmoid_forward, in_place, (x,))
+    assert rows[0]["ok"], rows

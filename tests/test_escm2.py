@@ -72,7 +72,7 @@ def test_dr_loss_gradients_summed_objective(rng):
 
 
 def test_dr_loss_gradients_separate_parts(rng):
-    """Separate: the gradient of the loss with e held in the imputation loss and ê in the DR estimate."""
+    """Separate: the gradient of the loss with r held in the imputation loss and r̂ in the DR estimate."""
     _, b, g, click, conversion = _rows(rng)
     q = rng.uniform(0.05, 0.9, b.shape[0])
     e0, e_hat0 = E.cvr_error(b, conversion)[0], E.softplus(g)
@@ -94,7 +94,7 @@ def test_a_wrong_piece_is_caught(rng):
     q = rng.uniform(0.05, 0.9, b.shape[0])
     _, db, _, _ = E.dr_cvr_loss(b, g, q, click, conversion, separate=False)
     e, de_db = E.cvr_error(b, conversion)
-    wrong_db = (click / q) * de_db / b.shape[0]                # forgets the 2 δ term
+    wrong_db = (click / q) * de_db / b.shape[0]                # forgets the 2Δ term (derivation section 10)
     num = G.numerical_gradient(
         lambda: E.dr_cvr_loss(b, g, q, click, conversion, separate=False)[0], b, h=1e-6)
     assert _rel(db, num) <= PIECE_TOL
@@ -119,10 +119,11 @@ def test_ips_and_dr_losses_are_unbiased_with_the_true_propensity():
     for _ in range(draws):
         click = (rng.random(n) < p).astype(int)
         ips.append(E.ips_cvr_loss(b, p, click, click * potential)[0])
-        # the DR loss without its imputation-loss part: the estimate of the CVR loss
+        # the code's DR loss minus its imputation-loss part: the estimate of the CVR loss
         e_hat = E.softplus(g)
         e = E.cvr_error(b, potential)[0]
-        dr.append(np.mean(e_hat + click * (e - e_hat) / p))
+        imputation_loss = np.mean(click / p * (e - e_hat) ** 2)
+        dr.append(E.dr_cvr_loss(b, g, p, click, click * potential)[0] - imputation_loss)
     for name, est in (("ips", np.array(ips)), ("dr", np.array(dr))):
         se = est.std(ddof=1) / np.sqrt(draws)
         assert abs(est.mean() - target) < 4 * se, (name, est.mean(), target, se)

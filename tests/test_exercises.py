@@ -234,3 +234,49 @@ def test_a_function_that_writes_into_its_input_cannot_change_the_case(capsys):
         dout *= cache      # in place, into the checker's array if it were not copied
         return dout
     assert ex.check("relu_backward", sneaky)   # right answer, computed in place: fine
+
+
+# ------------------------------------------- right values, wrong behaviour
+
+def test_scatter_buffered_within_one_impression(capsys):
+    # Sums over impressions correctly, but `+=` with one impression's ids is
+    # buffered too: wrong when an id occurs twice in the same row of ids.
+    def wrong(de, cache):
+        ids, V = cache
+        n, F = ids.shape
+        table = np.zeros((V, de.shape[1] // F), dtype=de.dtype)
+        for i in range(n):
+            table[ids[i]] += de[i].reshape(F, -1)
+        return table
+    out = _fails_with("embedding_backward", wrong, capsys, "several times")
+    assert out.count(" NO") == 2                   # the repeated-ids cases, float64 and float32
+
+
+def _relu_backward_clearing_the_mask(dout, mask):
+    dx = dout * mask
+    mask[...] = True          # the cache: the forward's caller may hold the same array
+    return dx
+
+
+def _bce_overwriting_the_logit(logit, y):
+    loss, dlogit = losses.bce_with_logits(logit, y)
+    logit[...] = 0            # ESMM's CTR logit is read by both losses
+    return loss, dlogit
+
+
+def _esmm_loss_zeroing_a_table(model, X, click, conversion):
+    loss, grads = model.loss(X, click, conversion)
+    model.params["embedding"][...] = 0.0
+    return loss, grads
+
+
+@pytest.mark.parametrize("name, wrong, where", [
+    ("sigmoid", lambda x: np.divide(1.0, 1.0 + np.exp(-x, out=x), out=x), "argument 1"),
+    ("relu_backward", _relu_backward_clearing_the_mask, "argument 2"),
+    ("bce_with_logits", _bce_overwriting_the_logit, "argument 1"),
+    ("esmm_loss", _esmm_loss_zeroing_a_table, "params['embedding']"),
+])
+def test_writing_into_an_input_fails(name, wrong, where, capsys):
+    # Each returns the right values but overwrites an array its caller still
+    # needs; the right values alone would pass (the checker gives each call copies).
+    _fails_with(name, wrong, capsys, "wrote into its input", where)
