@@ -1112,7 +1112,8 @@ def plot(result, sweep, path):
     ax.set_xticks(x, names, rotation=35, ha="right")
     ax.set_ylabel(f"method − {ref} (AUC points)")
     ax.set_title("Difference to ESMM, 95% bootstrap interval")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax = axes[2]
     bias = [100 * summary[n]["pcvr_bias_unclicked"][0] for n in names]
     bars = ax.bar(x, bias, color=["tab:red" if b > 0 else "tab:blue" for b in bias])
