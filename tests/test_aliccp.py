@@ -162,6 +162,10 @@ BAD_LINES = {
     "value NaN": ("3,1,0,u1,1,205\x0277\x03nan", "NaN or infinite"),
     "negative id": ("3,1,0,u1,1,205\x02-4\x031", "negative"),
     "bad field name": ("3,1,0,u1,1,ab\x0277\x031", "not a field id"),
+    # One feature lacks its \x03, the next has two: the totals still match.
+    "separators misplaced": ("3,1,0,u1,2,205\x0277\x01206\x0278\x031\x031",
+                             "not field\\\\x02id\\\\x03value"),
+    "separators swapped": ("3,1,0,u1,1,205\x031\x0277", "not field\\\\x02id\\\\x03value"),
 }
 
 
