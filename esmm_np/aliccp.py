@@ -89,7 +89,7 @@ class _Fields:
         if -1 in out:
             for t in dict.fromkeys(tokens):        # first appearance order
                 if t not in self.code:
-                    if not t or not t.replace(b"_", b"").isdigit():
+                    if not all(part.isdigit() for part in t.split(b"_")):
                         raise _Bad(f"field {t[:20]!r} is not a field id like 210 or 109_14")
                     if len(self.names) >= _MAX_FIELDS:
                         raise _Bad(f"more than {_MAX_FIELDS} distinct fields")
@@ -137,6 +137,8 @@ def _parse_features(lists, counts, fields):
         value[other] = text[other].astype(np.float64)
     except ValueError as e:
         raise _Bad(f"a feature id or value is not a number ({e})") from None
+    except OverflowError:
+        raise _Bad(f"a feature id is negative or not below 2**{_ID_BITS}") from None
     if total and (raw.min() < 0 or raw.max() >= 1 << _ID_BITS):
         raise _Bad(f"a feature id is negative or not below 2**{_ID_BITS}")
     if not np.isfinite(value).all():

@@ -165,6 +165,8 @@ BAD_LINES = {
     # One feature lacks its \x03, the next has two: the totals still match.
     "separators misplaced": ("3,1,0,u1,2,205\x0277\x01206\x0278\x031\x031",
                              "not field\\\\x02id\\\\x03value"),
+    "field with an empty part": ("3,1,0,u1,1,_205\x0277\x031", "not a field id"),
+    "id beyond int64": ("3,1,0,u1,1,205\x0299999999999999999999\x031", "not below 2\\*\\*40"),
     "separators swapped": ("3,1,0,u1,1,205\x031\x0277", "not field\\\\x02id\\\\x03value"),
 }
 
