@@ -33,6 +33,7 @@ import numpy as np
 
 from .bags import take_bags
 from .data import Dataset
+from .validate import check_int
 
 SPLITS = ("train", "test")
 SKELETON = "sample_skeleton_{}.csv"
@@ -609,8 +610,7 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
     """
     start = time.perf_counter()
     src, out = Path(src_dir), Path(out_dir)
-    if int(min_count) < 1:
-        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    min_count = check_int(min_count, "min_count", low=1)
     splits = [s for s in SPLITS if (src / SKELETON.format(s)).exists()]
     for s in splits:
         if not (src / COMMON.format(s)).exists():

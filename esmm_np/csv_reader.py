@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset
+from .validate import check_int
 
 _CHUNK = 65536
 
@@ -55,8 +56,7 @@ def read_csv(path, click="click", conversion="conversion", sparse=None, dense=()
         ``info["vocabularies"]``: per column, the value of each id from 1 on.
     """
     path = Path(path)
-    if int(min_count) < 1:
-        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    min_count = check_int(min_count, "min_count", low=1)
     with open(path, newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         try:

@@ -263,3 +263,11 @@ def test_small_join_blocks_give_the_same_cache(converted, tmp_path, monkeypatch)
         for f in a.bags:
             for x, y in zip(a.bags[f], b.bags[f]):
                 np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("min_count", [1.5, True, "3", float("nan")])
+def test_min_count_must_be_an_integer(min_count, tmp_path):
+    src = _write(tmp_path, LINES_OK)
+    with pytest.raises(TypeError, match="min_count must be an integer"):
+        A.convert(src, tmp_path / "out", min_count=min_count, progress=False)
+    assert not (tmp_path / "out.partial").exists()

@@ -67,3 +67,10 @@ def test_column_problems_are_named(tmp_path):
         esmm_np.read_csv(tmp_path / "c.csv")
     with pytest.raises(ValueError, match="two roles"):
         esmm_np.read_csv(tmp_path / "c.csv", conversion="buy", sparse=["c"], dense=["c"])
+
+
+@pytest.mark.parametrize("min_count", [1.5, True, "3", float("nan")])
+def test_min_count_must_be_an_integer(min_count, tmp_path):
+    (tmp_path / "a.csv").write_text("click,conversion,user\n1,0,a\n")
+    with pytest.raises(TypeError, match="min_count must be an integer"):
+        esmm_np.read_csv(tmp_path / "a.csv", min_count=min_count)
