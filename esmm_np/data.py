@@ -25,7 +25,7 @@ _MAX_LISTED = 10  # how many dropped rows a strict-mode error lists
 
 #: Dataset fields that __post_init__ validates (and then protects).
 _CHECKED = ("X", "click", "conversion", "field_dims", "field_names", "dense", "true_ctr",
-            "true_cvr", "conversion_if_clicked")
+            "true_cvr", "conversion_if_clicked", "bags", "bag_dims")
 
 
 def _check_probability(p, n, name):
@@ -161,12 +161,16 @@ class Dataset:
         # Checked once, so kept as checked: the arrays are read-only views (the
         # caller's own arrays are not touched) and the checked fields cannot be
         # reassigned. dataclasses.replace(ds, click=...) builds a new, checked Dataset.
-        for name in _CHECKED:
-            a = getattr(self, name)
+        def read_only(a):
             if isinstance(a, np.ndarray):
                 a = a.view()
                 a.flags.writeable = False
-                object.__setattr__(self, name, a)
+            return a
+        for name in _CHECKED:
+            object.__setattr__(self, name, read_only(getattr(self, name)))
+        if self.bags is not None:
+            object.__setattr__(self, "bags", {f: tuple(read_only(a) for a in t)
+                                              for f, t in self.bags.items()})
         object.__setattr__(self, "_sealed", True)
 
     def __setattr__(self, name, value):
