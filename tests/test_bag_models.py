@@ -237,3 +237,10 @@ def test_a_datasets_bags_cannot_be_edited_in_place():
         ds.bags = None
     assert _valid()["210"][1].flags.writeable            # the caller's arrays are untouched
 
+
+@pytest.mark.parametrize("dim", [6.7, True, "6"])
+def test_a_datasets_bag_dims_must_be_integers(dim):
+    with pytest.raises(TypeError, match="bag_dims"):
+        esmm_np.Dataset(np.zeros((3, 1), dtype=int), np.array([1, 0, 1]), np.array([0, 0, 1]),
+                        (3,), bags=_valid(), bag_dims={"210": dim})
+
