@@ -253,7 +253,7 @@ class _EmbeddingMLP:
         Weights keep their dtype (nothing is copied); ``bag_forward`` casts
         each batch's to the model's dtype.
         """
-        return check_bags(bags, self.bag_dims, n)
+        return check_bags(bags, self.bag_dims, n, finite_in=self.dtype)
 
     def _embed(self, table, rows, dense, bags=None):
         """The input path shared by every model: rows of the table -> tower input ``h0``.

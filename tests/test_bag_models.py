@@ -244,3 +244,12 @@ def test_a_datasets_bag_dims_must_be_integers(dim):
         esmm_np.Dataset(np.zeros((3, 1), dtype=int), np.array([1, 0, 1]), np.array([0, 0, 1]),
                         (3,), bags=_valid(), bag_dims={"210": dim})
 
+
+def test_bag_weights_that_overflow_the_models_float32_are_refused():
+    model = esmm_np.TowerModel([3], embed_dim=2, tower_units=(3,), bag_dims={"210": 6},
+                               dtype="float32")
+    X, y = np.zeros((3, 1), dtype=int), np.array([0, 1, 0])
+    bags = _valid()
+    bags["210"][2][1] = 1e39                             # finite in float64, inf in float32
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.loss(X, y, bags=bags)
