@@ -34,7 +34,7 @@ def in_blocks(check, arrays, block=BLOCK):
     check is run once more on the whole arrays, so the error names rows
     counted from the start (the error path may use the memory).
     """
-    n = len(arrays[0])
+    n = len(arrays[0]) if np.ndim(arrays[0]) else 0     # a 0-d array: the check names it
     if n <= block:
         return check(*arrays)
     try:
