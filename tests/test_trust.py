@@ -334,3 +334,8 @@ def test_a_rejected_fit_does_not_claim_the_optimizer():
     assert opt.shapes is None and opt.t == 0
     other = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(4,), seed=0)
     esmm_np.fit(other, X, c, v, optimizer=opt, verbose=False)   # still free for a model
+
+
+def test_compare_refuses_complex_gradients_instead_of_dropping_the_imaginary_part():
+    with pytest.raises(TypeError, match="real"):
+        G.compare("w", np.zeros(3) + 1j, np.zeros(3), 1e-6)
