@@ -63,6 +63,8 @@ def read_csv(path, click="click", conversion="conversion", sparse=None, dense=()
             header = next(reader)
         except StopIteration:
             raise ValueError(f"{path} is empty (a header line is needed)") from None
+        if click == conversion:     # else the default sparse columns would include the label
+            raise ValueError(f"{path}: column(s) {[click]} are given two roles")
         columns = {name: i for i, name in enumerate(header)}
         if len(columns) != len(header):
             raise ValueError(f"{path}: the header repeats a column name: {header}")

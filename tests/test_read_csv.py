@@ -74,3 +74,9 @@ def test_min_count_must_be_an_integer(min_count, tmp_path):
     (tmp_path / "a.csv").write_text("click,conversion,user\n1,0,a\n")
     with pytest.raises(TypeError, match="min_count must be an integer"):
         esmm_np.read_csv(tmp_path / "a.csv", min_count=min_count)
+
+
+def test_the_same_column_cannot_be_both_labels(tmp_path):
+    (tmp_path / "a.csv").write_text("click,conversion,u\n1,0,a\n")
+    with pytest.raises(ValueError, match="two roles"):
+        esmm_np.read_csv(tmp_path / "a.csv", click="conversion", conversion="conversion")
