@@ -28,7 +28,7 @@ def read_csv(path, click="click", conversion="conversion", sparse=None, dense=()
 
     Parameters
     ----------
-    path : path of a CSV file with a header line
+    path : path of a UTF-8 CSV file with a header line (a byte-order mark is skipped)
     click, conversion : str
         Names of the 0/1 label columns (flattened Ali-CCP calls the second
         ``purchase``).
@@ -57,7 +57,7 @@ def read_csv(path, click="click", conversion="conversion", sparse=None, dense=()
     """
     path = Path(path)
     min_count = check_int(min_count, "min_count", low=1)
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:      # UTF-8 whatever the locale
         reader = csv.reader(fh, delimiter=delimiter)
         try:
             header = next(reader)

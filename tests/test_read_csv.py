@@ -80,3 +80,10 @@ def test_the_same_column_cannot_be_both_labels(tmp_path):
     (tmp_path / "a.csv").write_text("click,conversion,u\n1,0,a\n")
     with pytest.raises(ValueError, match="two roles"):
         esmm_np.read_csv(tmp_path / "a.csv", click="conversion", conversion="conversion")
+
+
+def test_a_utf8_file_with_a_byte_order_mark_is_read_under_any_locale(tmp_path):
+    # Spreadsheet exports start with a BOM; the header's first name must still be "click".
+    (tmp_path / "a.csv").write_bytes("\ufeffclick,conversion,u\n1,0,é\n".encode("utf-8"))
+    ds = esmm_np.read_csv(tmp_path / "a.csv")
+    assert ds.field_names == ("u",) and ds.info["vocabularies"]["u"] == ["é"]
