@@ -57,6 +57,10 @@ def read_csv(path, click="click", conversion="conversion", sparse=None, dense=()
     """
     path = Path(path)
     min_count = check_int(min_count, "min_count", low=1)
+    for option, names in (("sparse", sparse), ("dense", dense)):
+        # A string would be read letter by letter as column names.
+        if isinstance(names, (str, bytes)) or (names is None and option == "dense"):
+            raise TypeError(f"{option} must be a list of column names, got {names!r}")
     with open(path, newline="", encoding="utf-8-sig") as fh:      # UTF-8 whatever the locale
         reader = csv.reader(fh, delimiter=delimiter)
         try:

@@ -87,3 +87,10 @@ def test_a_utf8_file_with_a_byte_order_mark_is_read_under_any_locale(tmp_path):
     (tmp_path / "a.csv").write_bytes("\ufeffclick,conversion,u\n1,0,é\n".encode("utf-8"))
     ds = esmm_np.read_csv(tmp_path / "a.csv")
     assert ds.field_names == ("u",) and ds.info["vocabularies"]["u"] == ["é"]
+
+
+@pytest.mark.parametrize("option", ["sparse", "dense"])
+def test_column_lists_given_as_one_string_are_refused(option, tmp_path):
+    (tmp_path / "a.csv").write_text("click,conversion,user,price\n1,0,a,1.5\n")
+    with pytest.raises(TypeError, match=f"{option} must be a list of column names"):
+        esmm_np.read_csv(tmp_path / "a.csv", **{option: "price" if option == "dense" else "user"})
