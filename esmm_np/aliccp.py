@@ -598,7 +598,9 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
     progress : bool
         Print lines read and lines per second to stderr while reading.
     overwrite : bool
-        Replace an existing ``out_dir``.
+        Replace an existing ``out_dir`` that is an earlier cache (or an
+        empty folder); any other folder, a file, or a folder holding
+        ``src_dir`` is refused before any work.
 
     Returns
     -------
@@ -621,6 +623,13 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
                                 "are built on the training split)")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
+        raise ValueError(f"{out} holds the source files {src}; the cache needs a folder of its own")
+    if out.exists() and not (out.is_dir() and ((out / "manifest.json").exists()
+                                               or not any(out.iterdir()))):
+        # overwrite deletes the folder: only an earlier cache (or an empty folder) goes
+        raise ValueError(f"{out} is not an esmm_np Ali-CCP cache (no manifest.json); "
+                         "overwrite replaces only a cache or an empty folder")
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)                   # debris of an interrupted run

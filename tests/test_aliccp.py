@@ -271,3 +271,24 @@ def test_min_count_must_be_an_integer(min_count, tmp_path):
     with pytest.raises(TypeError, match="min_count must be an integer"):
         A.convert(src, tmp_path / "out", min_count=min_count, progress=False)
     assert not (tmp_path / "out.partial").exists()
+
+
+def test_overwrite_replaces_only_a_cache(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    src = _write(data, LINES_OK)                          # data/raw holds the raw files
+    with pytest.raises(ValueError, match="holds the source files"):
+        A.convert(src, data, min_count=1, progress=False, overwrite=True)
+    with pytest.raises(ValueError, match="holds the source files"):
+        A.convert(src, src, min_count=1, progress=False, overwrite=True)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    (tmp_path / "afile").write_text("keep me")
+    for target in ("notes", "afile"):
+        with pytest.raises(ValueError, match="not an esmm_np Ali-CCP cache"):
+            A.convert(src, tmp_path / target, min_count=1, progress=False, overwrite=True)
+    assert (src / A.SKELETON.format("train")).exists()
+    assert (tmp_path / "notes" / "mine.txt").read_text() == (tmp_path / "afile").read_text()
+    assert not (tmp_path / "notes.partial").exists() and not (data.with_name("data.partial")).exists()
+    A.convert(src, tmp_path / "cache", min_count=1, progress=False)
+    A.convert(src, tmp_path / "cache", min_count=1, progress=False, overwrite=True)   # a cache: fine
