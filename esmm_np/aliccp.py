@@ -708,7 +708,12 @@ def load(out_dir, split="train"):
         raise FileNotFoundError(f"{out} is not a finished esmm_np Ali-CCP cache (no manifest.json)"
                                 + ("; a conversion was interrupted there"
                                    if out.with_name(out.name + ".partial").exists() else ""))
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{manifest_path} is not valid JSON ({err}); convert again") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{manifest_path} is not an esmm_np Ali-CCP manifest")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     if split not in manifest["splits"]:

@@ -130,6 +130,10 @@ def test_a_damaged_cache_is_refused(converted, tmp_path):
     np.save(tmp_path / "c" / "train" / "click.npy", np.zeros(3, dtype=np.int8))
     with pytest.raises(ValueError, match="click.npy has shape"):
         A.load(tmp_path / "c")
+    text = (tmp_path / "c" / "manifest.json").read_text()
+    (tmp_path / "c" / "manifest.json").write_text(text[:len(text) // 2])     # cut short
+    with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
+        A.load(tmp_path / "c")
     (tmp_path / "c" / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         A.load(tmp_path / "c")
