@@ -389,7 +389,8 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
         rows = np.cumsum(keep) - 1                 # kept-row number of each line
         nf = len(fields.names)
         per = np.bincount(rows[line] * nf + field, minlength=int(keep.sum()) * nf)
-        ones_s[:nf] += (per.reshape(-1, nf) == 1).sum(axis=0)
+        if nf:                                     # no field seen yet: nothing to count
+            ones_s[:nf] += (per.reshape(-1, nf) == 1).sum(axis=0)
         nnz_s += np.bincount(field, minlength=_MAX_FIELDS)
         not_one_value[np.unique(field[value != 1])] = True
         if split == "train":
@@ -648,6 +649,11 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
                   key=lambda f: tuple(int(p) for p in names[f].split("_")))
     single = [int(f) for f in seen if train["single"][f]]
     bag = [int(f) for f in seen if not train["single"][f]]
+    problem = ("no rows kept" if stats["train"]["rows_kept"] == 0 else
+               "no single-valued field (esmm_np's models need one)" if not single else None)
+    if problem:                  # the cache could not be loaded: stop, leaving nothing
+        shutil.rmtree(partial)
+        raise ValueError(f"{src / SKELETON.format('train')}: {problem}; report {stats['train']}")
     # Vocabularies: per field, the kept raw ids in ascending order get codes 1, 2, ...
     keys, counts = train["counter"].result()
     kept = keys[counts >= int(min_count)]

@@ -296,3 +296,24 @@ def test_overwrite_replaces_only_a_cache(tmp_path):
     assert not (tmp_path / "notes.partial").exists() and not (data.with_name("data.partial")).exists()
     A.convert(src, tmp_path / "cache", min_count=1, progress=False)
     A.convert(src, tmp_path / "cache", min_count=1, progress=False, overwrite=True)   # a cache: fine
+
+
+@pytest.mark.parametrize("lines, message", [
+    (["3,0,1,u1,1,205\x0277\x031"], "no rows kept"),                   # only an invalid row
+    (["3,1,0,zz,1,205\x0277\x031"], "no rows kept"),                   # common index missing
+    (["3,1,0,u1,2,205\x0277\x031\x01205\x0278\x031"], "no single-valued field"),
+])
+def test_a_conversion_that_would_give_an_unloadable_cache_stops(lines, message, tmp_path):
+    common = "u1,2,109_14\x0211\x031.0\x01109_14\x02500\x032.5\n"   # a bag field only
+    src = _write(tmp_path, lines, common)
+    with pytest.raises(ValueError, match=message):
+        A.convert(src, tmp_path / "out", min_count=1, progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+
+def test_lines_without_any_feature_are_not_a_crash(tmp_path):
+    # No field seen in the first chunk (counting per-field ids reshaped by 0 fields).
+    src = _write(tmp_path, ["1,1,0,u2,0,", "2,0,0,u2,0,"], common="u2,0,\n")
+    with pytest.raises(ValueError, match="no single-valued field"):
+        A.convert(src, tmp_path / "out", min_count=1, progress=False)
