@@ -356,3 +356,12 @@ def test_batch_statistics_that_overflow_stop_training_and_keep_the_running_ones(
         esmm_np.fit(model, X, *y, dense=dense, batch_size=8, verbose=False)
     assert all(np.array_equal(state[k], model.state[k]) for k in state)
     assert all(np.array_equal(params[k], model.params[k]) for k in params)
+
+
+@pytest.mark.parametrize("validation", ["dataset", "array", ()])
+def test_a_validation_that_is_not_a_tuple_is_named(validation):
+    X, c, v = _data()
+    model = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(3,), seed=0)
+    validation = {"dataset": esmm_np.Dataset(X, c, v, (5, 4)), "array": X}.get(validation, validation)
+    with pytest.raises(TypeError, match="validation must be a tuple"):
+        esmm_np.fit(model, X, c, v, validation=validation, verbose=False)
