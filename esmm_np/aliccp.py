@@ -589,8 +589,10 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
         finished (everything is written to ``out_dir.partial`` and renamed),
         so an interrupted run leaves nothing :func:`load` accepts.
     min_count : int >= 1
-        Ids of a field seen in fewer than ``min_count`` kept training rows
-        share the field's out-of-vocabulary id 0 (so does a single-valued
+        Ids of a field seen fewer than ``min_count`` times in the kept
+        training rows (counted occurrence by occurrence, as docs/data.md
+        says: an id twice in one bag counts twice) share the field's
+        out-of-vocabulary id 0 (so does a single-valued
         field missing from a row). The vocabularies come from the training
         split only.
     skip_malformed : bool

@@ -317,3 +317,12 @@ def test_lines_without_any_feature_are_not_a_crash(tmp_path):
     src = _write(tmp_path, ["1,1,0,u2,0,", "2,0,0,u2,0,"], common="u2,0,\n")
     with pytest.raises(ValueError, match="no single-valued field"):
         A.convert(src, tmp_path / "out", min_count=1, progress=False)
+
+
+def test_min_count_counts_occurrences_not_rows(tmp_path):
+    # Field 301's id 7 is in one row only, twice in its bag: with min_count=2 it is kept.
+    src = _write(tmp_path, ["1,1,0,u1,3,205\x0277\x031\x01301\x027\x031\x01301\x027\x031",
+                            "2,0,0,u1,2,205\x0277\x031\x01301\x028\x031"])
+    A.convert(src, tmp_path / "out", min_count=2, progress=False)
+    assert A.vocabulary(tmp_path / "out", "301").tolist() == [7]
+    assert A.load(tmp_path / "out").bags["301"][1].tolist() == [1, 1, 0]
