@@ -33,6 +33,7 @@ import numpy as np
 
 from .bags import take_bags
 from .data import Dataset
+from .validate import check_int
 
 SPLITS = ("train", "test")
 SKELETON = "sample_skeleton_{}.csv"
@@ -63,6 +64,10 @@ def _blocks(lengths_of, n):
         start = stop
 
 
+#: Every byte but the three separators, deleted to see the separators' order.
+_NOT_SEPARATOR = bytes(b for b in range(256) if b not in (1, 2, 3))
+
+
 class MalformedLine(ValueError):
     """A raw line that does not follow the format; the message names the file and line."""
 
@@ -85,7 +90,7 @@ class _Fields:
         if -1 in out:
             for t in dict.fromkeys(tokens):        # first appearance order
                 if t not in self.code:
-                    if not t or not t.replace(b"_", b"").isdigit():
+                    if not all(part.isdigit() for part in t.split(b"_")):
                         raise _Bad(f"field {t[:20]!r} is not a field id like 210 or 109_14")
                     if len(self.names) >= _MAX_FIELDS:
                         raise _Bad(f"more than {_MAX_FIELDS} distinct fields")
@@ -115,7 +120,9 @@ def _parse_features(lists, counts, fields):
             raise _Bad("feature_num does not match the number of features")
     flat = b"\x01".join(lst for lst in lists if lst)
     total = int(counts.sum())
-    if flat.count(b"\x02") != total or flat.count(b"\x03") != total:
+    # The separators alone, in order, must read \x02 \x03 \x01 per feature: equal
+    # totals are not enough (one feature's missing \x03 and another's extra one).
+    if flat.translate(None, _NOT_SEPARATOR) != (b"\x02\x03\x01" * total)[:-1]:
         raise _Bad("a feature is not field\\x02id\\x03value")
     tokens = []
     if total:
@@ -131,6 +138,8 @@ def _parse_features(lists, counts, fields):
         value[other] = text[other].astype(np.float64)
     except ValueError as e:
         raise _Bad(f"a feature id or value is not a number ({e})") from None
+    except OverflowError:
+        raise _Bad(f"a feature id is negative or not below 2**{_ID_BITS}") from None
     if total and (raw.min() < 0 or raw.max() >= 1 << _ID_BITS):
         raise _Bad(f"a feature id is negative or not below 2**{_ID_BITS}")
     if not np.isfinite(value).all():
@@ -380,7 +389,8 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
         rows = np.cumsum(keep) - 1                 # kept-row number of each line
         nf = len(fields.names)
         per = np.bincount(rows[line] * nf + field, minlength=int(keep.sum()) * nf)
-        ones_s[:nf] += (per.reshape(-1, nf) == 1).sum(axis=0)
+        if nf:                                     # no field seen yet: nothing to count
+            ones_s[:nf] += (per.reshape(-1, nf) == 1).sum(axis=0)
         nnz_s += np.bincount(field, minlength=_MAX_FIELDS)
         not_one_value[np.unique(field[value != 1])] = True
         if split == "train":
@@ -579,8 +589,10 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
         finished (everything is written to ``out_dir.partial`` and renamed),
         so an interrupted run leaves nothing :func:`load` accepts.
     min_count : int >= 1
-        Ids of a field seen in fewer than ``min_count`` kept training rows
-        share the field's out-of-vocabulary id 0 (so does a single-valued
+        Ids of a field seen fewer than ``min_count`` times in the kept
+        training rows (counted occurrence by occurrence, as docs/data.md
+        says: an id twice in one bag counts twice) share the field's
+        out-of-vocabulary id 0 (so does a single-valued
         field missing from a row). The vocabularies come from the training
         split only.
     skip_malformed : bool
@@ -589,7 +601,9 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
     progress : bool
         Print lines read and lines per second to stderr while reading.
     overwrite : bool
-        Replace an existing ``out_dir``.
+        Replace an existing ``out_dir`` that is an earlier cache (or an
+        empty folder); any other folder, a file, or a folder holding
+        ``src_dir`` is refused before any work.
 
     Returns
     -------
@@ -601,8 +615,7 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
     """
     start = time.perf_counter()
     src, out = Path(src_dir), Path(out_dir)
-    if int(min_count) < 1:
-        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    min_count = check_int(min_count, "min_count", low=1)
     splits = [s for s in SPLITS if (src / SKELETON.format(s)).exists()]
     for s in splits:
         if not (src / COMMON.format(s)).exists():
@@ -613,6 +626,13 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
                                 "are built on the training split)")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
+        raise ValueError(f"{out} holds the source files {src}; the cache needs a folder of its own")
+    if out.exists() and not (out.is_dir() and ((out / "manifest.json").exists()
+                                               or not any(out.iterdir()))):
+        # overwrite deletes the folder: only an earlier cache (or an empty folder) goes
+        raise ValueError(f"{out} is not an esmm_np Ali-CCP cache (no manifest.json); "
+                         "overwrite replaces only a cache or an empty folder")
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)                   # debris of an interrupted run
@@ -631,6 +651,11 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
                   key=lambda f: tuple(int(p) for p in names[f].split("_")))
     single = [int(f) for f in seen if train["single"][f]]
     bag = [int(f) for f in seen if not train["single"][f]]
+    problem = ("no rows kept" if stats["train"]["rows_kept"] == 0 else
+               "no single-valued field (esmm_np's models need one)" if not single else None)
+    if problem:                  # the cache could not be loaded: stop, leaving nothing
+        shutil.rmtree(partial)
+        raise ValueError(f"{src / SKELETON.format('train')}: {problem}; report {stats['train']}")
     # Vocabularies: per field, the kept raw ids in ascending order get codes 1, 2, ...
     keys, counts = train["counter"].result()
     kept = keys[counts >= int(min_count)]
@@ -691,7 +716,12 @@ def load(out_dir, split="train"):
         raise FileNotFoundError(f"{out} is not a finished esmm_np Ali-CCP cache (no manifest.json)"
                                 + ("; a conversion was interrupted there"
                                    if out.with_name(out.name + ".partial").exists() else ""))
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{manifest_path} is not valid JSON ({err}); convert again") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{manifest_path} is not an esmm_np Ali-CCP manifest")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     if split not in manifest["splits"]:

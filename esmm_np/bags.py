@@ -34,7 +34,7 @@ def in_blocks(check, arrays, block=BLOCK):
     check is run once more on the whole arrays, so the error names rows
     counted from the start (the error path may use the memory).
     """
-    n = len(arrays[0])
+    n = len(arrays[0]) if np.ndim(arrays[0]) else 0     # a 0-d array: the check names it
     if n <= block:
         return check(*arrays)
     try:
@@ -57,7 +57,7 @@ def check_ids_in_blocks(X, field_dims, name="X"):
     return X.astype(np.int64) if X.dtype == np.uint64 else X
 
 
-def check_bags(bags, bag_dims, n, dtype=None, name="bags"):
+def check_bags(bags, bag_dims, n, dtype=None, name="bags", finite_in=None):
     """Check the bags of every multi-valued field.
 
     Parameters
@@ -71,6 +71,9 @@ def check_bags(bags, bag_dims, n, dtype=None, name="bags"):
         The dtype weights are returned in; None (default) keeps floating
         weights as they are (a memory-mapped float32 array stays on disk;
         the layer casts each batch) and turns integer ones into float64.
+    finite_in : numpy float dtype or None
+        The dtype the weights will be cast to later (the model's): they must
+        be finite there too (1e39 is finite in float64, inf in float32).
 
     Returns
     -------
@@ -96,10 +99,11 @@ def check_bags(bags, bag_dims, n, dtype=None, name="bags"):
     if missing or unknown:
         raise ValueError(f"{name} fields do not match: missing {missing}, unknown {unknown} "
                          f"(expected {list(bag_dims)})")
-    return {f: check_bag(bags[f], bag_dims[f], n, dtype, f"{name}[{f!r}]") for f in bag_dims}
+    return {f: check_bag(bags[f], bag_dims[f], n, dtype, f"{name}[{f!r}]", finite_in)
+            for f in bag_dims}
 
 
-def check_bag(triple, dim, n, dtype=None, name="bag"):
+def check_bag(triple, dim, n, dtype=None, name="bag", finite_in=None):
     """Check one field's ``(offsets, ids, weights)``; see :func:`check_bags`."""
     if not isinstance(triple, (tuple, list)) or len(triple) != 3:
         raise TypeError(f"{name} must be a triple (offsets, ids, weights), got {type(triple).__name__}"
@@ -147,8 +151,12 @@ def check_bag(triple, dim, n, dtype=None, name="bag"):
         if weights.shape != ids.shape:
             raise ValueError(f"{name} weights must have the shape of ids {ids.shape}, "
                              f"got {weights.shape}")
+        cast = dtype if dtype is not None else finite_in
         for s in range(0, weights.shape[0], BLOCK):
             part = weights[s:s + BLOCK]
+            if cast is not None:
+                with np.errstate(over="ignore"):
+                    part = part.astype(cast)
             if not np.isfinite(part).all():
                 bad = s + np.flatnonzero(~np.isfinite(part))
                 raise ValueError(f"{name} weights have NaN or inf at position(s) "

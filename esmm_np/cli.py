@@ -296,7 +296,7 @@ def main(argv=None):
     c.add_argument("src", help="folder with the raw files")
     c.add_argument("out", help="folder to create for the cache")
     c.add_argument("--min-count", type=int, default=10,
-                   help="ids seen in fewer training rows share one out-of-vocabulary id (default 10)")
+                   help="ids seen fewer times in training share one out-of-vocabulary id (default 10)")
     c.add_argument("--skip-malformed", action="store_true",
                    help="count and skip malformed lines instead of stopping at the first")
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset
+from .validate import check_int
 
 _CHUNK = 65536
 
@@ -27,7 +28,7 @@ def read_csv(path, click="click", conversion="conversion", sparse=None, dense=()
 
     Parameters
     ----------
-    path : path of a CSV file with a header line
+    path : path of a UTF-8 CSV file with a header line (a byte-order mark is skipped)
     click, conversion : str
         Names of the 0/1 label columns (flattened Ali-CCP calls the second
         ``purchase``).
@@ -55,14 +56,19 @@ def read_csv(path, click="click", conversion="conversion", sparse=None, dense=()
         ``info["vocabularies"]``: per column, the value of each id from 1 on.
     """
     path = Path(path)
-    if int(min_count) < 1:
-        raise ValueError(f"min_count must be >= 1, got {min_count}")
-    with open(path, newline="") as fh:
+    min_count = check_int(min_count, "min_count", low=1)
+    for option, names in (("sparse", sparse), ("dense", dense)):
+        # A string would be read letter by letter as column names.
+        if isinstance(names, (str, bytes)) or (names is None and option == "dense"):
+            raise TypeError(f"{option} must be a list of column names, got {names!r}")
+    with open(path, newline="", encoding="utf-8-sig") as fh:      # UTF-8 whatever the locale
         reader = csv.reader(fh, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
             raise ValueError(f"{path} is empty (a header line is needed)") from None
+        if click == conversion:     # else the default sparse columns would include the label
+            raise ValueError(f"{path}: column(s) {[click]} are given two roles")
         columns = {name: i for i, name in enumerate(header)}
         if len(columns) != len(header):
             raise ValueError(f"{path}: the header repeats a column name: {header}")

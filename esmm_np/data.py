@@ -19,13 +19,13 @@ import numpy as np
 
 from .bags import check_bags, check_ids_in_blocks, in_blocks, take_bags
 from .validate import (check_binary, check_click_conversion, check_dense, check_field_dims,
-                       check_ids, check_labels)
+                       check_ids, check_int, check_labels)
 
 _MAX_LISTED = 10  # how many dropped rows a strict-mode error lists
 
 #: Dataset fields that __post_init__ validates (and then protects).
 _CHECKED = ("X", "click", "conversion", "field_dims", "field_names", "dense", "true_ctr",
-            "true_cvr", "conversion_if_clicked")
+            "true_cvr", "conversion_if_clicked", "bags", "bag_dims")
 
 
 def _check_probability(p, n, name):
@@ -152,21 +152,27 @@ class Dataset:
         if not self.bags and not self.bag_dims:
             self.bags = self.bag_dims = None                              # no multi-valued fields
         if self.bags is not None and self.bag_dims is None:
-            self.bag_dims = {f: int(np.max(t[1], initial=-1)) + 1 for f, t in self.bags.items()}
+            self.bag_dims = {f: max(int(np.max(t[1], initial=-1)) + 1, 1)      # 1 when all empty
+                             for f, t in self.bags.items()}
         if self.bag_dims is not None:
-            self.bag_dims = {str(f): int(d) for f, d in self.bag_dims.items()}
+            self.bag_dims = {str(f): check_int(d, f"bag_dims[{f!r}]", low=1)
+                             for f, d in self.bag_dims.items()}
             if self.bags is None:
                 raise ValueError("bag_dims was given without bags")
             self.bags = check_bags({str(f): t for f, t in self.bags.items()}, self.bag_dims, n)
         # Checked once, so kept as checked: the arrays are read-only views (the
         # caller's own arrays are not touched) and the checked fields cannot be
         # reassigned. dataclasses.replace(ds, click=...) builds a new, checked Dataset.
-        for name in _CHECKED:
-            a = getattr(self, name)
+        def read_only(a):
             if isinstance(a, np.ndarray):
                 a = a.view()
                 a.flags.writeable = False
-                object.__setattr__(self, name, a)
+            return a
+        for name in _CHECKED:
+            object.__setattr__(self, name, read_only(getattr(self, name)))
+        if self.bags is not None:
+            object.__setattr__(self, "bags", {f: tuple(read_only(a) for a in t)
+                                              for f, t in self.bags.items()})
         object.__setattr__(self, "_sealed", True)
 
     def __setattr__(self, name, value):

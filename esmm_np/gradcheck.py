@@ -107,6 +107,9 @@ def compare(name, analytic, numeric, tol, atol=ATOL, checked=None):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
                 or not np.isfinite(value) or value < 0:
             raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    for what, g in (("analytic", analytic), ("numeric", numeric)):
+        if np.iscomplexobj(g):            # float64 would silently drop the imaginary part
+            raise TypeError(f"{name}: the {what} gradient must be real, got {np.asarray(g).dtype}")
     analytic, numeric = np.asarray(analytic, dtype=np.float64), np.asarray(numeric, dtype=np.float64)
     if analytic.shape != numeric.shape:
         raise ValueError(f"{name}: analytic shape {analytic.shape} != numeric shape {numeric.shape}")

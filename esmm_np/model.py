@@ -134,6 +134,18 @@ def tower_backward(dlogit, steps, prefix, cfg, grads):
     return dh
 
 
+def _check_batch_stats(prefix, steps):
+    """Raise ``FloatingPointError`` if a batch's BN mean or variance is NaN or inf.
+
+    A finite input can still have an inf variance (its square overflows)
+    while the normalised output and the loss stay finite.
+    """
+    for kind, i, c in steps:
+        if kind == "bn" and not (np.isfinite(c[1][0]).all() and np.isfinite(c[1][1]).all()):
+            raise FloatingPointError(f"the batch statistics of {prefix}.bn_mean{i} / "
+                                     f"{prefix}.bn_var{i} are NaN or inf")
+
+
 def _fold_running_stats(state, prefix, steps, momentum):
     """Move the running BN statistics toward this batch's (training loop only)."""
     for kind, i, c in steps:
@@ -253,7 +265,7 @@ class _EmbeddingMLP:
         Weights keep their dtype (nothing is copied); ``bag_forward`` casts
         each batch's to the model's dtype.
         """
-        return check_bags(bags, self.bag_dims, n)
+        return check_bags(bags, self.bag_dims, n, finite_in=self.dtype)
 
     def _embed(self, table, rows, dense, bags=None):
         """The input path shared by every model: rows of the table -> tower input ``h0``.
@@ -627,6 +639,8 @@ class ESMM(_EmbeddingMLP):
         return w_ctr * loss_ctr + w_ctcvr * loss_ctcvr, dlogit
 
     def _fold_bn(self, caches):
+        for t in self.towers:           # every tower checked before any moves
+            _check_batch_stats(t, caches[t][0])
         for t in self.towers:
             _fold_running_stats(self.state, t, caches[t][0], self.bn_momentum)
 
@@ -705,4 +719,5 @@ class TowerModel(_EmbeddingMLP):
         return bce_with_logits(logit, labels[0])
 
     def _fold_bn(self, cache):
+        _check_batch_stats("net", cache)
         _fold_running_stats(self.state, "net", cache, self.bn_momentum)

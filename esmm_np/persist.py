@@ -28,6 +28,7 @@ import numpy as np
 from .files import write_file
 from .model import ESMM, TowerModel
 from .optim import SGD, Adam
+from .validate import is_int
 
 #: Version of the file layout; a file with a higher number is refused.
 FORMAT_VERSION = 1
@@ -103,7 +104,7 @@ def load_model(path, with_optimizer=False):
         raise ValueError(f"{path}: the model configuration is missing")
     try:
         model = cls(**config)
-    except TypeError as err:        # an option this version does not know
+    except (TypeError, ValueError) as err:  # an option this version does not know, or a bad value
         raise ValueError(f"{path}: the configuration does not fit {cls.__name__}: {err}") from None
     expected = {f"param/{k}": w for k, w in model.params.items()}
     expected.update({f"state/{k}": a for k, a in model.state.items()})
@@ -113,7 +114,10 @@ def load_model(path, with_optimizer=False):
     for k, a in found.items():      # in place: the arrays the optimizer will see
         expected[k][...] = a
     if "rng_state" in meta:
-        model.rng.bit_generator.state = meta["rng_state"]
+        try:
+            model.rng.bit_generator.state = meta["rng_state"]
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"{path}: the random generator state is damaged ({err!r})") from None
     if not with_optimizer:
         return model
     return model, _load_optimizer(path, meta.get("optimizer"), optim, model)
@@ -145,7 +149,7 @@ def _read_meta(path, meta):
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: its 'meta' is not valid JSON ({err})") from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
-    if not isinstance(version, int) or version < 1:
+    if not is_int(version) or version < 1:
         raise ValueError(f"{path} is not an esmm_np model file (no format version)")
     if version > FORMAT_VERSION:
         raise ValueError(f"{path} was written in format version {version} by a newer esmm_np; "
@@ -182,10 +186,10 @@ def _load_optimizer(path, config, arrays, model):
     t = config.pop("t", None)
     try:
         opt = cls(**config)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: the optimizer settings do not fit {cls.__name__}: {err}") from None
     if t is not None:
-        if not isinstance(t, int) or t < 0:
+        if not is_int(t) or t < 0:
             raise ValueError(f"{path}: the optimizer's step count must be an integer >= 0, got {t!r}")
         opt.t = t
     opt.bind(model.params)

@@ -175,6 +175,9 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         history["clean_report"] = report
     if validation is not None:
         n_labels = len(labels)
+        if not isinstance(validation, (tuple, list)) or len(validation) < 1 + n_labels:
+            raise TypeError(f"validation must be a tuple (X_val, {n_labels} label array(s)[, "
+                            f"dense_val][, bags_val]), got {type(validation).__name__}")
         validation = list(validation)
         val_kw = {"bags": validation.pop()} if isinstance(validation[-1], dict) else {}
         X_val, labels_val = validation[0], tuple(validation[1:1 + n_labels])

@@ -130,6 +130,10 @@ def test_a_damaged_cache_is_refused(converted, tmp_path):
     np.save(tmp_path / "c" / "train" / "click.npy", np.zeros(3, dtype=np.int8))
     with pytest.raises(ValueError, match="click.npy has shape"):
         A.load(tmp_path / "c")
+    text = (tmp_path / "c" / "manifest.json").read_text()
+    (tmp_path / "c" / "manifest.json").write_text(text[:len(text) // 2])     # cut short
+    with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
+        A.load(tmp_path / "c")
     (tmp_path / "c" / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         A.load(tmp_path / "c")
@@ -162,6 +166,12 @@ BAD_LINES = {
     "value NaN": ("3,1,0,u1,1,205\x0277\x03nan", "NaN or infinite"),
     "negative id": ("3,1,0,u1,1,205\x02-4\x031", "negative"),
     "bad field name": ("3,1,0,u1,1,ab\x0277\x031", "not a field id"),
+    # One feature lacks its \x03, the next has two: the totals still match.
+    "separators misplaced": ("3,1,0,u1,2,205\x0277\x01206\x0278\x031\x031",
+                             "not field\\\\x02id\\\\x03value"),
+    "field with an empty part": ("3,1,0,u1,1,_205\x0277\x031", "not a field id"),
+    "id beyond int64": ("3,1,0,u1,1,205\x0299999999999999999999\x031", "not below 2\\*\\*40"),
+    "separators swapped": ("3,1,0,u1,1,205\x031\x0277", "not field\\\\x02id\\\\x03value"),
 }
 
 
@@ -257,3 +267,62 @@ def test_small_join_blocks_give_the_same_cache(converted, tmp_path, monkeypatch)
         for f in a.bags:
             for x, y in zip(a.bags[f], b.bags[f]):
                 np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("min_count", [1.5, True, "3", float("nan")])
+def test_min_count_must_be_an_integer(min_count, tmp_path):
+    src = _write(tmp_path, LINES_OK)
+    with pytest.raises(TypeError, match="min_count must be an integer"):
+        A.convert(src, tmp_path / "out", min_count=min_count, progress=False)
+    assert not (tmp_path / "out.partial").exists()
+
+
+def test_overwrite_replaces_only_a_cache(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    src = _write(data, LINES_OK)                          # data/raw holds the raw files
+    with pytest.raises(ValueError, match="holds the source files"):
+        A.convert(src, data, min_count=1, progress=False, overwrite=True)
+    with pytest.raises(ValueError, match="holds the source files"):
+        A.convert(src, src, min_count=1, progress=False, overwrite=True)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    (tmp_path / "afile").write_text("keep me")
+    for target in ("notes", "afile"):
+        with pytest.raises(ValueError, match="not an esmm_np Ali-CCP cache"):
+            A.convert(src, tmp_path / target, min_count=1, progress=False, overwrite=True)
+    assert (src / A.SKELETON.format("train")).exists()
+    assert (tmp_path / "notes" / "mine.txt").read_text() == (tmp_path / "afile").read_text()
+    assert not (tmp_path / "notes.partial").exists() and not (data.with_name("data.partial")).exists()
+    A.convert(src, tmp_path / "cache", min_count=1, progress=False)
+    A.convert(src, tmp_path / "cache", min_count=1, progress=False, overwrite=True)   # a cache: fine
+
+
+@pytest.mark.parametrize("lines, message", [
+    (["3,0,1,u1,1,205\x0277\x031"], "no rows kept"),                   # only an invalid row
+    (["3,1,0,zz,1,205\x0277\x031"], "no rows kept"),                   # common index missing
+    (["3,1,0,u1,2,205\x0277\x031\x01205\x0278\x031"], "no single-valued field"),
+])
+def test_a_conversion_that_would_give_an_unloadable_cache_stops(lines, message, tmp_path):
+    common = "u1,2,109_14\x0211\x031.0\x01109_14\x02500\x032.5\n"   # a bag field only
+    src = _write(tmp_path, lines, common)
+    with pytest.raises(ValueError, match=message):
+        A.convert(src, tmp_path / "out", min_count=1, progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+
+def test_lines_without_any_feature_are_not_a_crash(tmp_path):
+    # No field seen in the first chunk (counting per-field ids reshaped by 0 fields).
+    src = _write(tmp_path, ["1,1,0,u2,0,", "2,0,0,u2,0,"], common="u2,0,\n")
+    with pytest.raises(ValueError, match="no single-valued field"):
+        A.convert(src, tmp_path / "out", min_count=1, progress=False)
+
+
+def test_min_count_counts_occurrences_not_rows(tmp_path):
+    # Field 301's id 7 is in one row only, twice in its bag: with min_count=2 it is kept.
+    src = _write(tmp_path, ["1,1,0,u1,3,205\x0277\x031\x01301\x027\x031\x01301\x027\x031",
+                            "2,0,0,u1,2,205\x0277\x031\x01301\x028\x031"])
+    A.convert(src, tmp_path / "out", min_count=2, progress=False)
+    assert A.vocabulary(tmp_path / "out", "301").tolist() == [7]
+    assert A.load(tmp_path / "out").bags["301"][1].tolist() == [1, 1, 0]

@@ -225,3 +225,31 @@ def test_a_model_with_bags_saves_and_loads(tmp_path):
     assert again.bag_dims == BAG_DIMS and again.bag_pooling == "mean"
     a, b = model.predict(X, bags=bags), again.predict(X, bags=bags)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_datasets_bags_cannot_be_edited_in_place():
+    ds = esmm_np.Dataset(np.zeros((3, 1), dtype=int), np.array([1, 0, 1]), np.array([0, 0, 1]),
+                         (3,), bags=_valid(), bag_dims={"210": 6})
+    for a in ds.bags["210"]:
+        with pytest.raises(ValueError, match="read-only"):
+            a[0] = 10**6                                 # an id (or offset) out of range
+    with pytest.raises(AttributeError, match="cannot be reassigned"):
+        ds.bags = None
+    assert _valid()["210"][1].flags.writeable            # the caller's arrays are untouched
+
+
+@pytest.mark.parametrize("dim", [6.7, True, "6"])
+def test_a_datasets_bag_dims_must_be_integers(dim):
+    with pytest.raises(TypeError, match="bag_dims"):
+        esmm_np.Dataset(np.zeros((3, 1), dtype=int), np.array([1, 0, 1]), np.array([0, 0, 1]),
+                        (3,), bags=_valid(), bag_dims={"210": dim})
+
+
+def test_bag_weights_that_overflow_the_models_float32_are_refused():
+    model = esmm_np.TowerModel([3], embed_dim=2, tower_units=(3,), bag_dims={"210": 6},
+                               dtype="float32")
+    X, y = np.zeros((3, 1), dtype=int), np.array([0, 1, 0])
+    bags = _valid()
+    bags["210"][2][1] = 1e39                             # finite in float64, inf in float32
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.loss(X, y, bags=bags)

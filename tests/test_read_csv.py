@@ -67,3 +67,30 @@ def test_column_problems_are_named(tmp_path):
         esmm_np.read_csv(tmp_path / "c.csv")
     with pytest.raises(ValueError, match="two roles"):
         esmm_np.read_csv(tmp_path / "c.csv", conversion="buy", sparse=["c"], dense=["c"])
+
+
+@pytest.mark.parametrize("min_count", [1.5, True, "3", float("nan")])
+def test_min_count_must_be_an_integer(min_count, tmp_path):
+    (tmp_path / "a.csv").write_text("click,conversion,user\n1,0,a\n")
+    with pytest.raises(TypeError, match="min_count must be an integer"):
+        esmm_np.read_csv(tmp_path / "a.csv", min_count=min_count)
+
+
+def test_the_same_column_cannot_be_both_labels(tmp_path):
+    (tmp_path / "a.csv").write_text("click,conversion,u\n1,0,a\n")
+    with pytest.raises(ValueError, match="two roles"):
+        esmm_np.read_csv(tmp_path / "a.csv", click="conversion", conversion="conversion")
+
+
+def test_a_utf8_file_with_a_byte_order_mark_is_read_under_any_locale(tmp_path):
+    # Spreadsheet exports start with a BOM; the header's first name must still be "click".
+    (tmp_path / "a.csv").write_bytes("\ufeffclick,conversion,u\n1,0,é\n".encode("utf-8"))
+    ds = esmm_np.read_csv(tmp_path / "a.csv")
+    assert ds.field_names == ("u",) and ds.info["vocabularies"]["u"] == ["é"]
+
+
+@pytest.mark.parametrize("option", ["sparse", "dense"])
+def test_column_lists_given_as_one_string_are_refused(option, tmp_path):
+    (tmp_path / "a.csv").write_text("click,conversion,user,price\n1,0,a,1.5\n")
+    with pytest.raises(TypeError, match=f"{option} must be a list of column names"):
+        esmm_np.read_csv(tmp_path / "a.csv", **{option: "price" if option == "dense" else "user"})

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -180,3 +181,19 @@ def test_refuses_files_that_are_not_models(tmp_path):
     np.savez(tmp_path / "z.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match="no 'meta' text"):
         esmm_np.load_model(tmp_path / "z.npz")
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: m.__setitem__("format_version", True), "no format version"),
+    (lambda m: m["config"].__setitem__("field_dims", [-7, 5, 3]), "does not fit ESMM.*positive"),
+    (lambda m: m.__setitem__("rng_state", 5), "random generator state"),
+    (lambda m: m["rng_state"].__setitem__("state", "x"), "random generator state"),
+    (lambda m: m.__setitem__("optimizer", {"class": "Adam", "t": True}), "step count"),
+    (lambda m: m.__setitem__("optimizer", {"class": "Adam", "lr": -1.0}), "do not fit Adam"),
+])
+def test_a_damaged_meta_is_refused_with_the_files_name(tmp_path, change, match):
+    path, arrays, meta = _saved(tmp_path)
+    change(meta)
+    _rewrite(path, arrays, meta)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + f":? .*{match}"):
+        esmm_np.load_model(path, with_optimizer=True)

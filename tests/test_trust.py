@@ -334,3 +334,34 @@ def test_a_rejected_fit_does_not_claim_the_optimizer():
     assert opt.shapes is None and opt.t == 0
     other = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(4,), seed=0)
     esmm_np.fit(other, X, c, v, optimizer=opt, verbose=False)   # still free for a model
+
+
+def test_compare_refuses_complex_gradients_instead_of_dropping_the_imaginary_part():
+    with pytest.raises(TypeError, match="real"):
+        G.compare("w", np.zeros(3) + 1j, np.zeros(3), 1e-6)
+
+
+@pytest.mark.parametrize("cls", ["TowerModel", "ESMM"])
+def test_batch_statistics_that_overflow_stop_training_and_keep_the_running_ones(cls):
+    # 1e200 is a finite dense value, but its square (the batch variance) is inf:
+    # the normalised output and the loss stay finite, the running variance would not.
+    model = getattr(esmm_np, cls)([4], embed_dim=2, tower_units=(3,), batch_norm=True, n_dense=1)
+    X = np.zeros((8, 1), dtype=int)
+    y = (np.array([0, 1] * 4),) * (2 if cls == "ESMM" else 1)
+    dense = np.ones((8, 1))
+    dense[3] = 1e200
+    state = {k: a.copy() for k, a in model.state.items()}
+    params = {k: a.copy() for k, a in model.params.items()}
+    with pytest.raises(FloatingPointError, match="bn_var"):
+        esmm_np.fit(model, X, *y, dense=dense, batch_size=8, verbose=False)
+    assert all(np.array_equal(state[k], model.state[k]) for k in state)
+    assert all(np.array_equal(params[k], model.params[k]) for k in params)
+
+
+@pytest.mark.parametrize("validation", ["dataset", "array", ()])
+def test_a_validation_that_is_not_a_tuple_is_named(validation):
+    X, c, v = _data()
+    model = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(3,), seed=0)
+    validation = {"dataset": esmm_np.Dataset(X, c, v, (5, 4)), "array": X}.get(validation, validation)
+    with pytest.raises(TypeError, match="validation must be a tuple"):
+        esmm_np.fit(model, X, c, v, validation=validation, verbose=False)

@@ -33,6 +33,7 @@ def _entries(model):
 CASES = [
     # (what is wrong, change to the good input, error type, message pattern, entries)
     ("X not 2-d", lambda X, c, v, d: (X[:, 0], c, v, d), ValueError, r"shape \(n, n_fields\)", "all"),
+    ("X 0-d", lambda X, c, v, d: (X[0, 0], c, v, d), ValueError, r"shape \(n, n_fields\)", "all"),
     ("X wrong columns", lambda X, c, v, d: (np.hstack([X, X]), c, v, d), ValueError,
      "4 columns but the model has 2 fields", "all"),
     ("X float", lambda X, c, v, d: (X.astype(float), c, v, d), TypeError, "integer ids", "all"),
