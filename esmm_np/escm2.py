@@ -38,6 +38,7 @@ imputation tower's ``imp.W{i}``, ``imp.b{i}``, ... ``imp.W_out``, ``imp.b_out``
 import numpy as np
 
 from . import layers as L
+from . import validate as V
 from .losses import softplus
 from .model import ESMM, _as_units, init_tower
 from .persist import MODEL_CLASSES
@@ -236,23 +237,20 @@ class ESCM2(ESMM):
                  counterfactual_weight=1.0, propensity_floor=0.01, propensity_grad=False,
                  imputation_units=None, dr_gradient="separate", validation_loss="observed",
                  **options):
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if not counterfactual_weight >= 0:
-            raise ValueError(f"counterfactual_weight must be >= 0, got {counterfactual_weight}")
-        if not 0 <= propensity_floor < 1:
-            raise ValueError(f"propensity_floor must be in [0, 1), got {propensity_floor}")
+        variant = V.check_choice(variant, "variant", VARIANTS)
+        counterfactual_weight = V.check_float(counterfactual_weight, "counterfactual_weight", low=0)
+        propensity_floor = V.check_float(propensity_floor, "propensity_floor", low=0, high=1,
+                                         high_open=True)
+        propensity_grad = V.check_bool(propensity_grad, "propensity_grad")
         if variant == "ips" and imputation_units is not None:
             raise ValueError("imputation_units is for variant='dr' only")
-        if validation_loss not in ("observed", "full"):
-            raise ValueError(f"validation_loss must be 'observed' or 'full', got {validation_loss!r}")
-        if dr_gradient not in ("separate", "joint"):
-            raise ValueError(f"dr_gradient must be 'separate' or 'joint', got {dr_gradient!r}")
+        validation_loss = V.check_choice(validation_loss, "validation_loss", ("observed", "full"))
+        dr_gradient = V.check_choice(dr_gradient, "dr_gradient", ("separate", "joint"))
         super().__init__(field_dims, embed_dim, tower_units, **options)
         self.variant = variant
-        self.counterfactual_weight = float(counterfactual_weight)
-        self.propensity_floor = float(propensity_floor)
-        self.propensity_grad = bool(propensity_grad)
+        self.counterfactual_weight = counterfactual_weight
+        self.propensity_floor = propensity_floor
+        self.propensity_grad = propensity_grad
         self.dr_gradient = dr_gradient
         self.validation_loss = validation_loss
         self._held = None

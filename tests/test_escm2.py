@@ -275,6 +275,19 @@ def test_bad_options_are_refused(kwargs, match):
         E.ESCM2(FIELD_DIMS, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(propensity_grad="no"), TypeError, "propensity_grad"),      # a truthy string is not True
+    (dict(propensity_grad=1), TypeError, "propensity_grad"),
+    (dict(propensity_floor=float("nan")), ValueError, "propensity_floor"),   # NaN fails no `<`
+    (dict(counterfactual_weight=float("inf")), ValueError, "counterfactual_weight"),
+    (dict(counterfactual_weight="1"), TypeError, "counterfactual_weight"),
+    (dict(validation_loss=None), ValueError, "validation_loss"),
+])
+def test_options_are_checked_by_type_and_finiteness(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        E.ESCM2(FIELD_DIMS, **kwargs)
+
+
 @pytest.mark.parametrize("held, match", [
     ({"propensity": "zeros"}, "propensity"),
     ({"err": "short"}, "shape"),
