@@ -386,15 +386,16 @@ def train_division(ctx):
     return Division(ctx.ctr_net, model, {"CTCVR net": record})
 
 
-def _esmm(ctx, name, share):
+def _esmm(ctx, name, share=True, model_class=ESMM, net="ESMM net", **options):
+    """Train one two-tower model (ESMM, ESMM-NS, or a subclass such as ESCM2) on all rows."""
     part, val = ctx.part, ctx.val
-    model = ESMM(part.field_dims, n_dense=part.n_dense, seed=ctx.seed, share_embedding=share,
-                 **_model_kw(part), **ctx.arch)
+    model = model_class(part.field_dims, n_dense=part.n_dense, seed=ctx.seed,
+                        share_embedding=share, **options, **_model_kw(part), **ctx.arch)
     v = None if val is None else (val.X, val.click, val.conversion) + (
         () if val.dense is None else (val.dense,)) + tuple(bag_kw(val).values())
     record = fit_network(model, part.X, (part.click, part.conversion), part.dense, v,
                          ctx.train, ctx.seed, ctx.verbose, **bag_kw(part))
-    return ESMMMethod(name, model, {"ESMM net": record})
+    return ESMMMethod(name, model, {net: record})
 
 
 def train_esmm(ctx):

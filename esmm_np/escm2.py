@@ -436,21 +436,12 @@ def everything_on_example(variant, n=16, seed=0, propensity_grad=False, dr_gradi
     -------
     model, (X, click, conversion, dense)
     """
-    rng = np.random.default_rng(seed)
-    field_dims = [7, 5, 3]
+    from .gradcheck import EXAMPLE_FIELD_DIMS, EXAMPLE_OPTIONS, perturb_and_draw
+
     extra = dict(imputation_units=(3,), dr_gradient=dr_gradient) if variant == "dr" else {}
-    model = ESCM2(field_dims, embed_dim=3, tower_units=((6, 4), (5,)), variant=variant,
-                  counterfactual_weight=0.8, propensity_grad=propensity_grad,
-                  activation="prelu", dropout=0.2, batch_norm=True, l2_reg_embedding=1e-2,
-                  l2_reg_dnn=1e-2, n_dense=2, loss_weights=(1.0, 0.7), seed=seed, **extra)
-    for w in model.params.values():
-        w += 0.1 * rng.standard_normal(w.shape)
-    X = np.stack([rng.integers(0, d, size=n) for d in field_dims], axis=1)
-    click = rng.integers(0, 2, size=n)
-    click[:2] = (0, 1)                                   # both classes present
-    conversion = click * rng.integers(0, 2, size=n)
-    conversion[1] = 1
-    dense = rng.standard_normal((n, 2))
+    model = ESCM2(EXAMPLE_FIELD_DIMS, **EXAMPLE_OPTIONS, variant=variant,
+                  counterfactual_weight=0.8, propensity_grad=propensity_grad, seed=seed, **extra)
+    X, click, conversion, dense = perturb_and_draw(model, n, seed)
     model.propensity_floor = 0.0
     model.propensity_floor = float(np.median(model.propensity(X, dense, train=True, seed=seed)))
     return model, (X, click, conversion, dense)
@@ -507,16 +498,10 @@ def ips_mean(values, click, propensity, floor=0.0):
 
 def _train(ctx, name, variant):
     """Train an ESCM2 like the runner's ESMM: same architecture, same effort rule, own validation loss."""
-    from .baselines import ESMMMethod, _model_kw, bag_kw, fit_network   # local: no cycle
+    from .baselines import _esmm   # local: baselines imports this module
 
-    part, val = ctx.part, ctx.val
-    model = ESCM2(part.field_dims, n_dense=part.n_dense, seed=ctx.seed, variant=variant,
-                  **_model_kw(part), **ctx.options.get("escm2", {}), **ctx.arch)
-    v = None if val is None else (val.X, val.click, val.conversion) + (
-        () if val.dense is None else (val.dense,)) + tuple(bag_kw(val).values())
-    record = fit_network(model, part.X, (part.click, part.conversion), part.dense, v,
-                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part))
-    return ESMMMethod(name, model, {f"{name} net": record})
+    return _esmm(ctx, name, model_class=ESCM2, net=f"{name} net", variant=variant,
+                 **ctx.options.get("escm2", {}))
 
 
 def train_escm2_ips(ctx):

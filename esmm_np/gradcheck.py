@@ -220,20 +220,34 @@ def everything_on_example(n=16, seed=0):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"the example needs n >= 2 rows (batch norm and both click "
                          f"classes), got {n!r}")
+    model = ESMM(EXAMPLE_FIELD_DIMS, **EXAMPLE_OPTIONS, seed=seed)
+    return model, perturb_and_draw(model, n, seed)
+
+
+# The every-option configuration, shared with esmm_np.escm2's example.
+EXAMPLE_FIELD_DIMS = (7, 5, 3)
+EXAMPLE_OPTIONS = dict(embed_dim=3, tower_units=((6, 4), (5,)), activation="prelu", dropout=0.2,
+                       batch_norm=True, l2_reg_embedding=1e-2, l2_reg_dnn=1e-2, n_dense=2,
+                       loss_weights=(1.0, 0.7))
+
+
+def perturb_and_draw(model, n, seed):
+    """Move ``model``'s parameters off their initial values and draw a batch for it.
+
+    Zero biases and unit BN scales could hide a wrong backward pass, hence the
+    perturbation. Returns ``(X, click, conversion, dense)`` with both click
+    classes and at least one conversion present.
+    """
     rng = np.random.default_rng(seed)
-    field_dims = [7, 5, 3]
-    model = ESMM(field_dims, embed_dim=3, tower_units=((6, 4), (5,)), activation="prelu",
-                 dropout=0.2, batch_norm=True, l2_reg_embedding=1e-2, l2_reg_dnn=1e-2,
-                 n_dense=2, loss_weights=(1.0, 0.7), seed=seed)
     for w in model.params.values():
         w += 0.1 * rng.standard_normal(w.shape)
-    X = np.stack([rng.integers(0, d, size=n) for d in field_dims], axis=1)
+    X = np.stack([rng.integers(0, d, size=n) for d in model.field_dims], axis=1)
     click = rng.integers(0, 2, size=n)
     click[:2] = (0, 1)                                   # both classes present
     conversion = click * rng.integers(0, 2, size=n)
     conversion[1] = 1
-    dense = rng.standard_normal((n, 2))
-    return model, (X, click, conversion, dense)
+    dense = rng.standard_normal((n, model.n_dense))
+    return X, click, conversion, dense
 
 
 # ------------------------------------------------------------- one layer
