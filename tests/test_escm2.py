@@ -13,6 +13,7 @@ import pytest
 import esmm_np
 from esmm_np import escm2 as E
 from esmm_np import gradcheck as G
+from batches import draw_batch
 
 PIECE_TOL = 1e-9
 MODEL_TOL = 1e-6
@@ -132,13 +133,7 @@ def test_ips_and_dr_losses_are_unbiased_with_the_true_propensity():
 # ------------------------------------------------------------- whole model
 
 def _batch(rng, n=20, n_dense=0):
-    X = np.stack([rng.integers(0, d, size=n) for d in FIELD_DIMS], axis=1)
-    click = rng.integers(0, 2, size=n)
-    click[:2] = (0, 1)
-    conversion = click * rng.integers(0, 2, size=n)
-    conversion[1] = 1
-    dense = rng.standard_normal((n, n_dense)) if n_dense else None
-    return X, click, conversion, dense
+    return draw_batch(rng, FIELD_DIMS, n, n_dense)
 
 
 CONFIGS = {

@@ -14,19 +14,14 @@ from hypothesis import given, settings, strategies as st
 
 import esmm_np
 from esmm_np import gradcheck as G
+from batches import draw_batch
 
 MODEL_TOL = 1e-6
 FIELD_DIMS = [7, 5, 3]
 
 
 def _batch(rng, n=20, n_dense=0):
-    X = np.stack([rng.integers(0, d, size=n) for d in FIELD_DIMS], axis=1)
-    click = rng.integers(0, 2, size=n)
-    click[:2] = (0, 1)
-    conversion = click * rng.integers(0, 2, size=n)
-    conversion[1] = 1
-    dense = rng.standard_normal((n, n_dense)) if n_dense else None
-    return X, click, conversion, dense
+    return draw_batch(rng, FIELD_DIMS, n, n_dense)
 
 
 def _perturb(model, rng, scale=0.1):

@@ -12,6 +12,7 @@ are rounding noise, and the row must instead be below
 import numpy as np
 import pytest
 
+from batches import draw_batch
 from esmm_np import ESMM, gradcheck
 
 torch = pytest.importorskip("torch")
@@ -21,14 +22,7 @@ TOL = 1e-10
 
 
 def _batch(field_dims, n, n_dense, seed):
-    rng = np.random.default_rng(seed)
-    X = np.stack([rng.integers(0, d, size=n) for d in field_dims], axis=1)
-    click = rng.integers(0, 2, size=n)
-    click[:2] = (0, 1)
-    conversion = click * rng.integers(0, 2, size=n)
-    conversion[1] = 1
-    dense = rng.standard_normal((n, n_dense)) if n_dense else None
-    return X, click, conversion, dense
+    return draw_batch(np.random.default_rng(seed), field_dims, n, n_dense)
 
 
 def _assert_matches(model, X, click, conversion, dense):
