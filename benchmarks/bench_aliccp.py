@@ -62,7 +62,7 @@ def _anon():
 
 _CONVERT = _ANON + """
 import json, time, tracemalloc
-from esmm_np import aliccp
+from esmm_np.data import aliccp   # the module itself: _JOIN_IDS is patched below
 if {join_ids}:
     aliccp._JOIN_IDS = {join_ids}
 if {traced}:
@@ -78,7 +78,7 @@ _EPOCH = _ANON + """
 import json, time
 import numpy as np
 import esmm_np
-from esmm_np import aliccp
+from esmm_np.data import aliccp   # the module itself: _JOIN_IDS is patched below
 ds = aliccp.load({out!r})
 model = esmm_np.ESMM(ds.field_dims, embed_dim=8, tower_units=(64, 32), bag_dims=ds.bag_dims,
                      bag_pooling="mean", dtype=np.float32, seed=0)

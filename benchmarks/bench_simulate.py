@@ -30,11 +30,11 @@ print(out, end="")
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
-_BASELINE = "import numpy, esmm_np.simulator"
+_BASELINE = "import numpy, esmm_np.data.simulator"
 
 _SIMULATE = """
 import time
-from esmm_np.simulator import simulate
+from esmm_np.data.simulator import simulate
 start = time.perf_counter()
 ds = simulate({n}, seed=0, n_dense={n_dense}, confounder={confounder})
 seconds = time.perf_counter() - start

@@ -329,13 +329,13 @@ def worker_simulate(args):
     sys.path.insert(0, ROOT)
     t = time.perf_counter()
     try:
-        from esmm_np.simulator import simulate
+        from esmm_np.data.simulator import simulate
     except ImportError:
         simulate = None
     n = args["n"]
     if simulate is not None:
         ds = simulate(n, seed=0)
-        X, click, conversion, source = ds.X, ds.click, ds.conversion, "esmm_np.simulator.simulate"
+        X, click, conversion, source = ds.X, ds.click, ds.conversion, "esmm_np.data.simulator.simulate"
         assert tuple(ds.field_dims) == CONFIGS["notebook"][0]
     else:   # stand-in until the simulator exists: uniform ids, 4% CTR, 10% CVR
         rng = np.random.default_rng(0)
@@ -590,7 +590,7 @@ def main():
     print(f"busiest of its processes). Parts over {NOISY:.0%} were rerun, up to {TRIES[0]} "
           f"tries, keeping the quietest. Load average after: {load_after[0]:.2f}.")
     if opts.json:
-        from esmm_np.files import write_json   # atomic, strict JSON (no NaN tokens)
+        from esmm_np.data.files import write_json   # atomic, strict JSON (no NaN tokens)
         write_json(opts.json, results)
 
 

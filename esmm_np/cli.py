@@ -49,7 +49,7 @@ def _gradcheck_escm2(args):
 
 
 def _report(result, sweep, out):
-    from . import experiments as E
+    from .experiments import runner as E
 
     print()
     print(E.report_text(result, sweep))
@@ -64,7 +64,7 @@ def _report(result, sweep, out):
 
 
 def _demo(args):
-    from . import experiments as E
+    from .experiments import runner as E
 
     cfg = E.demo_config()
     cfg.seeds = (args.seed,)
@@ -84,12 +84,12 @@ def _demo(args):
 
 
 def _method_names():
-    from .baselines import TRAINERS
+    from .experiments.baselines import TRAINERS
     return tuple(TRAINERS)
 
 
 def _experiment(args):
-    from . import experiments as E
+    from .experiments import runner as E
 
     cfg = E.CONFIGS["quick" if args.quick else args.preset]()
     if args.quick:
@@ -163,7 +163,7 @@ def _aliccp(args):
 
 
 def _regime(args):
-    from . import experiments as E
+    from .experiments import runner as E
 
     cfg = E.regime_config()
     rhos, cvrs = (0.3, 0.6, 0.9), (0.01, 0.03, 0.1)
@@ -219,8 +219,8 @@ def _number(positive):
 
 def _check_outputs(parser, args):
     """Everything a command will write is checked before any training starts."""
-    from . import experiments as E
-    from .files import check_output_dir, check_writable_file, read_text
+    from .experiments import runner as E
+    from .data.files import check_output_dir, check_writable_file, read_text
 
     try:
         if getattr(args, "out", None) is not None:

@@ -498,7 +498,7 @@ def ips_mean(values, click, propensity, floor=0.0):
 
 def _train(ctx, name, variant):
     """Train an ESCM2 like the runner's ESMM: same architecture, same effort rule, own validation loss."""
-    from .baselines import _esmm   # local: baselines imports this module
+    from .experiments.baselines import _esmm   # local: baselines imports this module
 
     return _esmm(ctx, name, model_class=ESCM2, net=f"{name} net", variant=variant,
                  **ctx.options.get("escm2", {}))

@@ -21,7 +21,7 @@ Batch-norm running statistics are not trained by gradient; they live in
 import numpy as np
 
 from . import layers as L
-from .bags import check_bags, check_ids_in_blocks, in_blocks, slice_bags
+from .data.bags import check_bags, check_ids_in_blocks, in_blocks, slice_bags
 from . import validate as V
 from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
 from .validate import (check_binary, check_choice, check_dense, check_field_dims, check_ids,
@@ -360,7 +360,7 @@ class _EmbeddingMLP:
             the model's generator.
         masks : fixed dropout masks per tower, overriding ``seed``
         bags : dict field -> (offsets, ids, weights), or None
-            The multi-valued fields' bags (see :mod:`esmm_np.bags`); required
+            The multi-valued fields' bags (see :mod:`esmm_np.data.bags`); required
             exactly when the model was built with ``bag_dims``.
 
         Returns

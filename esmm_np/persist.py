@@ -25,7 +25,7 @@ import zipfile
 
 import numpy as np
 
-from .files import write_file
+from .data.files import write_file
 from .model import ESMM, TowerModel
 from .optim import SGD, Adam
 from .validate import is_int

@@ -5,8 +5,8 @@ import time
 import numpy as np
 
 from . import validate as V
-from .bags import check_ids_in_blocks, in_blocks, slice_bags, take_bags
-from .data import clean_dataset
+from .data.bags import check_ids_in_blocks, in_blocks, slice_bags, take_bags
+from .data.dataset import clean_dataset
 from .optim import Adam, _Optimizer
 from .threads import blas_limited
 from .validate import check_dense, check_ids
@@ -69,7 +69,7 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     max_steps : int, optional
         The budget (the cap) in optimiser steps, replacing ``epochs``.
     bags : dict field -> (offsets, ids, weights), optional
-        The multi-valued fields' bags (:mod:`esmm_np.bags`), required when the
+        The multi-valued fields' bags (:mod:`esmm_np.data.bags`), required when the
         model was built with ``bag_dims``. May be memory-mapped.
     shuffle : {"auto", "full", "blocks"}
         "full": a new permutation of all rows every epoch. "blocks": the rows

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import esmm_np
-from esmm_np import bags as B
+from esmm_np.data import bags as B
 from esmm_np import gradcheck as G
 
 MODEL_TOL = 1e-6

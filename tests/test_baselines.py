@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from esmm_np import baselines as B
-from esmm_np import experiments as E
-from esmm_np.simulator import simulate
+from esmm_np.experiments import baselines as B
+from esmm_np.experiments import runner as E   # the module: tests patch its functions
+from esmm_np.data.simulator import simulate
 
 
 @pytest.fixture(scope="module")

@@ -348,7 +348,7 @@ def test_validation_loss_observed_is_esmms(rng):
 
 
 def test_runner_methods_train_under_the_shared_rule():
-    from esmm_np import baselines as B, experiments as X
+    from esmm_np.experiments import baselines as B, runner as X
     data = esmm_np.simulate(20_000, seed=3, n_users=300, n_items=200)
     arch = dict(embed_dim=4, tower_units=(8,), dtype=np.float32)
     train = X.fair_effort(eval_every=20, patience=2, min_steps=40, max_steps=400,

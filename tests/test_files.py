@@ -11,8 +11,8 @@ import pytest
 
 import esmm_np
 from esmm_np import cli
-from esmm_np import experiments as E
-from esmm_np.files import check_output_dir, dumps_strict, write_file, write_json
+from esmm_np.experiments import runner as E   # the module: tests patch its functions
+from esmm_np.data.files import check_output_dir, dumps_strict, write_file, write_json
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -73,7 +73,7 @@ def test_text_is_utf8_under_a_c_locale(tmp_path):
     doc = tmp_path / "doc.md"
     doc.write_text(f"prose ±\n{E.DOC_START}\nold\n{E.DOC_END}\nmore ±\n", encoding="utf-8")
     # The tables themselves are stubbed: this test is about reading and writing the file.
-    code = ("import sys; from esmm_np import experiments as E; "
+    code = ("import sys; from esmm_np.experiments import runner as E; "
             "E.format_table = lambda *a, **k: 'table \\u00b1'; E.division_note = lambda *a: ''; "
             "r = {'world': dict(n_train=1, n_test=1, ctr=.1, cvr=.1, true_cvr_clicked=.1, "
             "true_cvr_unclicked=.1), 'config': {'seeds': [0]}, 'runs': {}, 'summary': {}}; "

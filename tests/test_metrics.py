@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from esmm_np.data import Dataset
 from esmm_np.metrics import (auc, average_ranks, calibration, evaluate_esmm,
                              expected_calibration_error, log_loss, paired_bootstrap, soft_auc)
-from esmm_np.simulator import simulate
+from esmm_np.data.simulator import simulate
 
 
 def brute_force_auc(y, score):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from esmm_np.data import Dataset
-from esmm_np.simulator import _N_CALIBRATION, FIELD_NAMES, simulate
+from esmm_np.data.simulator import _N_CALIBRATION, FIELD_NAMES, simulate
 
 N = 300_000
 SEED = 11
@@ -360,7 +360,7 @@ def test_unreachable_rates_raise():
 # ----------------------------------------------------------------- presets
 
 def test_default_preset_is_the_default_world_bit_for_bit():
-    from esmm_np.simulator import PRESETS
+    from esmm_np.data.simulator import PRESETS
     a = simulate(70_000, seed=5)
     b = simulate(70_000, seed=5, preset="default", **PRESETS["default"])
     for name in ("X", "click", "conversion", "conversion_if_clicked", "true_ctr", "true_cvr"):

@@ -43,12 +43,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .escm2 import train_escm2_dr, train_escm2_ips
-from .metrics import auc
-from .bags import take_bags
-from .model import ESMM, TowerModel
-from .optim import Adam
-from .train import fit
+from ..escm2 import train_escm2_dr, train_escm2_ips
+from ..metrics import auc
+from ..data.bags import take_bags
+from ..model import ESMM, TowerModel
+from ..optim import Adam
+from ..train import fit
 
 #: The paper's Table 2, in its order.
 METHODS = ("BASE", "AMAN", "OVERSAMPLING", "UNBIAS", "DIVISION", "ESMM-NS", "ESMM")

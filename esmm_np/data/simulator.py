@@ -38,7 +38,7 @@ of the other parts of the world unchanged.
 import numpy as np
 from numpy.polynomial.hermite import hermgauss
 
-from .data import Dataset
+from .dataset import Dataset
 
 #: Field order of ``X``. The user-side group (segment) comes last so that
 #: the first three columns are the familiar user / item / category triple.
@@ -647,7 +647,7 @@ def simulate(n_impressions, *, seed=0, preset="default", ctr=None, cvr=None, rho
         if n_dense:
             dense_all[start:stop] = dense
 
-    info = dict(generator="esmm_np.simulator.simulate", n_impressions=n, seed=seed, ctr=ctr,
+    info = dict(generator="esmm_np.data.simulator.simulate", n_impressions=n, seed=seed, ctr=ctr,
                 cvr=cvr, rho=rho, confounder=confounder, n_users=n_users, n_items=n_items,
                 n_categories=n_categories, n_segments=n_segments,
                 popularity_skew=popularity_skew, group_share=group_share,

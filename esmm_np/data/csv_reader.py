@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset
-from .validate import check_int
+from .dataset import Dataset
+from ..validate import check_int
 
 _CHUNK = 65536
 

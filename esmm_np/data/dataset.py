@@ -2,7 +2,7 @@
 
 A :class:`Dataset` is one table of impressions: categorical ids ``X``, the
 two funnel labels ``click`` and ``conversion``, optional numeric features
-``dense``, and, when the data came from :func:`esmm_np.simulator.simulate`,
+``dense``, and, when the data came from :func:`esmm_np.data.simulator.simulate`,
 the ground truth that a real log never has (``true_ctr``, ``true_cvr``,
 ``conversion_if_clicked``).
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .bags import check_bags, check_ids_in_blocks, in_blocks, take_bags
-from .validate import (check_binary, check_click_conversion, check_dense, check_field_dims,
+from ..validate import (check_binary, check_click_conversion, check_dense, check_field_dims,
                        check_ids, check_int, check_labels)
 
 _MAX_LISTED = 10  # how many dropped rows a strict-mode error lists
@@ -86,7 +86,7 @@ class Dataset:
     info : dict
         Free-form provenance, e.g. the simulator knobs.
     bags : dict str -> (offsets, ids, weights), or None
-        Multi-valued fields, one CSR triple each (see :mod:`esmm_np.bags`),
+        Multi-valued fields, one CSR triple each (see :mod:`esmm_np.data.bags`),
         e.g. Ali-CCP's ``"210"`` (a user's recent categories).
     bag_dims : dict str -> int, or None
         Number of possible ids of each multi-valued field; inferred as the

@@ -20,7 +20,7 @@ never needs memory for the whole split.
 
 import numpy as np
 
-from .validate import check_ids
+from ..validate import check_ids
 
 #: Rows (or ids) per block when a check or a copy walks a large array.
 BLOCK = 1 << 18

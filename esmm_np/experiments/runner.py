@@ -24,7 +24,7 @@ Each worker simulates the world itself from the configuration (the same
 seed gives the same world bit for bit), so no data is shipped between
 processes. A method's result does not depend on the number of workers.
 
-Adding a method: see :mod:`esmm_np.baselines` (``TRAINERS``); then list its
+Adding a method: see :mod:`esmm_np.experiments.baselines` (``TRAINERS``); then list its
 name in ``ExperimentConfig.methods``.
 """
 
@@ -36,11 +36,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .files import dumps_strict, read_text, write_file
+from ..data.files import dumps_strict, read_text, write_file
 from .baselines import (AMAN_RATES, EXTRA_METHODS, METHODS, OVERSAMPLING_KS, TRAINERS,
                         USES_CTR_NET, bag_kw, make_context, train_ctr_net)
-from .metrics import evaluate_esmm, paired_bootstrap, soft_auc
-from .simulator import simulate
+from ..metrics import evaluate_esmm, paired_bootstrap, soft_auc
+from ..data.simulator import simulate
 
 #: The ESMM paper's Table 2 (public dataset), AUC in percent: (CVR AUC, CTCVR AUC).
 PAPER_TABLE2 = {
@@ -631,10 +631,10 @@ def stopping_curves(cfg, methods=("ESMM", "ESMM-NS"), seed=0, chunk=200, n_chunk
     ``total``, ``ctcvr_auc``; plus ``stop_total`` and ``stop_ctcvr`` (the
     steps where the total and the CTCVR loss are lowest).
     """
-    from .metrics import auc, log_loss
-    from .model import ESMM
-    from .optim import Adam
-    from .train import fit
+    from ..metrics import auc, log_loss
+    from ..model import ESMM
+    from ..optim import Adam
+    from ..train import fit
 
     train, _ = make_world(cfg)
     ctx = make_context(train, arch=_arch(cfg), train=cfg.train, seed=seed,
