@@ -8,8 +8,8 @@ that only one task's gate may use. Both need two new layers, written here in
 the style of :mod:`esmm_np.layers` (forward returns ``(out, cache)``,
 backward takes the upstream gradient and the cache):
 
-    gate logits a --softmax--> gate weights g --+
-    expert outputs x_1 .. x_K --stack--> x -----+--mixture--> m = sum_k g_k x_k
+    gate logits --softmax--> gate weights psi -----+
+    expert outputs o_1 .. o_K --stack--> o --------+--mixture--> m = sum_k psi_k o_k
 
 The symbols follow docs/derivation.md, section "Experts and gates".
 """
@@ -17,101 +17,101 @@ The symbols follow docs/derivation.md, section "Experts and gates".
 import numpy as np
 
 
-def softmax_forward(a):
+def softmax_forward(gate_logit):
     """Softmax over the last axis, one distribution per row.
 
     Parameters
     ----------
-    a : ndarray of shape (n, K)
-        Gate logits, one per expert.
+    gate_logit : ndarray of shape (n, K)
+        A gate's logits, one per expert.
 
     Returns
     -------
-    g : ndarray of shape (n, K)
-        Gate weights: positive, each row sums to one.
-    cache : ndarray, g itself (the backward needs only the output)
+    psi : ndarray of shape (n, K)
+        The gate's weights: positive, each row sums to one.
+    cache : ndarray, psi itself (the backward needs only the output)
     """
-    shifted = a - a.max(axis=1, keepdims=True)     # (n, K); exp cannot overflow, g is unchanged
-    w = np.exp(shifted)                            # (n, K)
-    g = w / w.sum(axis=1, keepdims=True)           # (n, K)
-    return g, g
+    shifted = gate_logit - gate_logit.max(axis=1, keepdims=True)  # (n, K); exp cannot overflow
+    expd = np.exp(shifted)                         # (n, K)
+    psi = expd / expd.sum(axis=1, keepdims=True)   # (n, K)
+    return psi, psi
 
 
-def softmax_backward(dg, cache):
-    """Gradient of the softmax: da_k = g_k (dg_k - sum_j g_j dg_j).
+def softmax_backward(dpsi, cache):
+    """Gradient of the softmax: dgate_logit_k = psi_k (dpsi_k - sum_i psi_i dpsi_i).
 
-    The Jacobian dg_j / da_k = g_j (delta_jk - g_k) is never built: its
-    product with dg collapses to one weighted mean per row.
+    The Jacobian d psi_i / d gate_logit_k = psi_i (delta_ik - psi_k) is never
+    built: its product with dpsi collapses to one weighted mean per row.
 
     Parameters
     ----------
-    dg : ndarray of shape (n, K)
-    cache : the g returned by :func:`softmax_forward`
+    dpsi : ndarray of shape (n, K)
+    cache : the psi returned by :func:`softmax_forward`
 
     Returns
     -------
-    da : ndarray of shape (n, K)
+    dgate_logit : ndarray of shape (n, K)
     """
-    g = cache                                      # (n, K)
-    mean_dg = np.sum(g * dg, axis=1, keepdims=True)  # (n, 1): sum_j g_j dg_j
-    da = g * (dg - mean_dg)                        # (n, K)
-    return da
+    psi = cache                                    # (n, K)
+    mean_dpsi = np.sum(psi * dpsi, axis=1, keepdims=True)  # (n, 1): sum_i psi_i dpsi_i
+    dgate_logit = psi * (dpsi - mean_dpsi)         # (n, K)
+    return dgate_logit
 
 
-def mixture_forward(x, g):
+def mixture_forward(o, psi):
     """Mix the experts' outputs with one gate's weights, row by row.
 
     Parameters
     ----------
-    x : ndarray of shape (n, K, d)
+    o : ndarray of shape (n, K, d)
         The K experts' outputs for each row, stacked on axis 1.
-    g : ndarray of shape (n, K)
+    psi : ndarray of shape (n, K)
         The gate's weights (rows sum to one when they come from a softmax;
         the layer itself does not need that).
 
     Returns
     -------
     m : ndarray of shape (n, d)
-        m = sum_k g_k x_k.
-    cache : tuple (x, g)
+        m = sum_k psi_k o_k.
+    cache : tuple (o, psi)
     """
-    m = np.sum(g[:, :, None] * x, axis=1)          # (n, K, 1) * (n, K, d) -> (n, d)
-    return m, (x, g)
+    m = np.sum(psi[:, :, None] * o, axis=1)        # (n, K, 1) * (n, K, d) -> (n, d)
+    return m, (o, psi)
 
 
 def mixture_backward(dm, cache):
     """Gradients of the mixture with respect to the experts and to the gate.
 
-    dx_k = g_k dm (each expert receives the upstream gradient scaled by its
-    weight) and dg_k = <x_k, dm> (a weight moves the output along its expert).
+    do_k = psi_k dm (each expert receives the upstream gradient scaled by its
+    weight) and dpsi_k = <o_k, dm> (a weight moves the output along its expert).
 
     Parameters
     ----------
     dm : ndarray of shape (n, d)
-    cache : tuple (x, g) from :func:`mixture_forward`
+    cache : tuple (o, psi) from :func:`mixture_forward`
 
     Returns
     -------
-    dx : ndarray of shape (n, K, d)
-    dg : ndarray of shape (n, K)
+    do : ndarray of shape (n, K, d)
+    dpsi : ndarray of shape (n, K)
     """
-    x, g = cache
-    dx = g[:, :, None] * dm[:, None, :]            # (n, K, 1) * (n, 1, d) -> (n, K, d)
-    dg = np.sum(x * dm[:, None, :], axis=2)        # (n, K, d) -> (n, K)
-    return dx, dg
+    o, psi = cache
+    do = psi[:, :, None] * dm[:, None, :]          # (n, K, 1) * (n, 1, d) -> (n, K, d)
+    dpsi = np.sum(o * dm[:, None, :], axis=2)      # (n, K, d) -> (n, K)
+    return do, dpsi
 
 
-def gate_entropy(g):
+def gate_entropy(psi):
     """Entropy of each row's gate weights, in nats (0: one expert; log K: uniform).
 
     Parameters
     ----------
-    g : ndarray of shape (n, K)
+    psi : ndarray of shape (n, K)
 
     Returns
     -------
     ndarray of shape (n,)
     """
     # 0 log 0 = 0: a weight that underflowed to zero adds nothing.
-    safe = np.where(g > 0, g, 1.0)                 # (n, K)
-    return -np.sum(np.where(g > 0, g * np.log(safe), 0.0), axis=1)
+    safe = np.where(psi > 0, psi, 1.0)             # (n, K)
+    return -np.sum(np.where(psi > 0, psi * np.log(safe), 0.0), axis=1)

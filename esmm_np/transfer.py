@@ -3,13 +3,14 @@ into the next, and the calibrator that keeps the funnel's order.
 
 AITM (Xi et al., KDD 2021) models the funnel impression -> click -> conversion
 task by task. Its *adaptive information transfer* module lets the CTCVR tower
-see the CTR tower: for each row it holds two candidate vectors, ``u_1`` (the
-CTR tower's representation, passed through an information layer) and ``u_2``
-(the CTCVR tower's own), and mixes them with weights from a softmax over one
-self-attention score per candidate:
+see the CTR tower: for each row it holds two candidate vectors, ``cand_1``
+(the CTR tower's representation, passed through an information layer) and
+``cand_2`` (the CTCVR tower's own), and mixes them with weights from a softmax
+over one self-attention score per candidate:
 
-    value v_j = u_j W_v,  key k_j = u_j W_k,  query q_j = u_j W_q
-    score s_j = <k_j, q_j> / sqrt(a),   w = softmax(s),   z = sum_j w_j v_j
+    val_j = cand_j W_v,   key_j = cand_j W_k,   qry_j = cand_j W_q
+    score_j = <key_j, qry_j> / sqrt(d_att),   att = softmax(score)
+    tau = sum_j att_j val_j
 
 Its *behavioural expectation calibrator* adds a penalty wherever the model
 says a conversion is likelier than the click it needs, averaged over rows:
@@ -25,58 +26,60 @@ import numpy as np
 from .experts import mixture_backward, mixture_forward, softmax_backward, softmax_forward
 
 
-def attention_forward(u, W_v, W_k, W_q):
+def attention_forward(cand, W_v, W_k, W_q):
     """Self-attention over a few candidate vectors per row, as AITM's transfer.
 
     Parameters
     ----------
-    u : ndarray of shape (n, J, d)
+    cand : ndarray of shape (n, J, d)
         The J candidates of each row (J = 2 in AITM), stacked on axis 1.
-    W_v, W_k, W_q : ndarray of shape (d, a)
+    W_v, W_k, W_q : ndarray of shape (d, d_att)
         Value, key and query projections, shared by the candidates.
 
     Returns
     -------
-    z : ndarray of shape (n, a)
+    tau : ndarray of shape (n, d_att)
         The attention-weighted sum of the candidates' values.
     cache : tuple
     """
-    a = W_v.shape[1]
-    v = u @ W_v                                    # (n, J, d) @ (d, a) -> (n, J, a)
-    k = u @ W_k                                    # (n, J, a)
-    q = u @ W_q                                    # (n, J, a)
-    s = np.sum(k * q, axis=2) / np.sqrt(a)         # (n, J): one score per candidate
-    w, softmax_cache = softmax_forward(s)          # (n, J)
-    z, mixture_cache = mixture_forward(v, w)       # (n, a)
-    return z, (u, W_v, W_k, W_q, k, q, softmax_cache, mixture_cache)
+    d_att = W_v.shape[1]
+    val = cand @ W_v                               # (n, J, d) @ (d, d_att) -> (n, J, d_att)
+    key = cand @ W_k                               # (n, J, d_att)
+    qry = cand @ W_q                               # (n, J, d_att)
+    score = np.sum(key * qry, axis=2) / np.sqrt(d_att)  # (n, J): one score per candidate
+    att, softmax_cache = softmax_forward(score)    # (n, J)
+    tau, mixture_cache = mixture_forward(val, att)  # (n, d_att)
+    return tau, (cand, W_v, W_k, W_q, key, qry, softmax_cache, mixture_cache)
 
 
-def attention_backward(dz, cache):
+def attention_backward(dtau, cache):
     """Gradients of :func:`attention_forward`, each line beside its forward partner.
 
     Parameters
     ----------
-    dz : ndarray of shape (n, a)
+    dtau : ndarray of shape (n, d_att)
     cache : from :func:`attention_forward`
 
     Returns
     -------
-    du : ndarray of shape (n, J, d)
-    dW_v, dW_k, dW_q : ndarray of shape (d, a)
+    dcand : ndarray of shape (n, J, d)
+    dW_v, dW_k, dW_q : ndarray of shape (d, d_att)
     """
-    u, W_v, W_k, W_q, k, q, softmax_cache, mixture_cache = cache
-    a = W_v.shape[1]
-    dv, dw = mixture_backward(dz, mixture_cache)   # z = sum_j w_j v_j: (n, J, a), (n, J)
-    ds = softmax_backward(dw, softmax_cache)       # w = softmax(s): (n, J)
-    dk = ds[:, :, None] * q / np.sqrt(a)           # s = <k, q> / sqrt(a): (n, J, a)
-    dq = ds[:, :, None] * k / np.sqrt(a)           # (n, J, a)
-    # v = u W_v etc.: sum over rows and candidates for the weights, and each
-    # candidate gets back all three projections' gradients.
-    dW_v = np.einsum("njd,nja->da", u, dv)         # (d, a)
-    dW_k = np.einsum("njd,nja->da", u, dk)         # (d, a)
-    dW_q = np.einsum("njd,nja->da", u, dq)         # (d, a)
-    du = dv @ W_v.T + dk @ W_k.T + dq @ W_q.T      # (n, J, a) @ (a, d) -> (n, J, d)
-    return du, dW_v, dW_k, dW_q
+    cand, W_v, W_k, W_q, key, qry, softmax_cache, mixture_cache = cache
+    d_att = W_v.shape[1]
+    # tau = sum_j att_j val_j
+    dval, datt = mixture_backward(dtau, mixture_cache)  # (n, J, d_att), (n, J)
+    dscore = softmax_backward(datt, softmax_cache)  # att = softmax(score): (n, J)
+    # score = <key, qry> / sqrt(d_att)
+    dkey = dscore[:, :, None] * qry / np.sqrt(d_att)  # (n, J, d_att)
+    dqry = dscore[:, :, None] * key / np.sqrt(d_att)  # (n, J, d_att)
+    # val = cand W_v, and the same for key and qry: each weight's gradient sums
+    # over rows and candidates; each candidate gets back all three paths.
+    dW_v = np.einsum("njd,nja->da", cand, dval)    # (d, d_att)
+    dW_k = np.einsum("njd,nja->da", cand, dkey)    # (d, d_att)
+    dW_q = np.einsum("njd,nja->da", cand, dqry)    # (d, d_att)
+    dcand = dval @ W_v.T + dkey @ W_k.T + dqry @ W_q.T  # (n, J, d_att) @ (d_att, d) -> (n, J, d)
+    return dcand, dW_v, dW_k, dW_q
 
 
 def calibrator_forward(p_ctcvr, p_ctr):

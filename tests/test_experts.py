@@ -23,7 +23,7 @@ def _assert_ok(rows):
 
 def test_softmax_backward_matches_finite_differences():
     a = _rng(0).standard_normal((7, 4)) * 2
-    _assert_ok(G.check_layer(experts.softmax_forward, experts.softmax_backward, (a,), ("a",)))
+    _assert_ok(G.check_layer(experts.softmax_forward, experts.softmax_backward, (a,), ("gate_logit",)))
 
 
 def test_softmax_rows_are_distributions_and_ignore_a_shift():
@@ -40,7 +40,7 @@ def test_mixture_backward_matches_finite_differences():
     x = rng.standard_normal((6, 3, 5))
     g = experts.softmax_forward(rng.standard_normal((6, 3)))[0]
     _assert_ok(G.check_layer(experts.mixture_forward, experts.mixture_backward, (x, g),
-                             ("x", "g")))
+                             ("o", "psi")))
 
 
 def test_a_one_hot_gate_picks_its_expert():
@@ -67,7 +67,7 @@ def test_gate_and_experts_chained_match_finite_differences():
         dx, dg = experts.mixture_backward(dm, cm)
         return dx, experts.softmax_backward(dg, cg)
 
-    _assert_ok(G.check_layer(forward, backward, (x, a), ("x", "a")))
+    _assert_ok(G.check_layer(forward, backward, (x, a), ("o", "gate_logit")))
 
 
 def test_gate_entropy_runs_from_zero_to_log_k():
@@ -81,7 +81,7 @@ def test_attention_backward_matches_finite_differences():
     u = rng.standard_normal((6, 2, 4))
     W_v, W_k, W_q = (rng.standard_normal((4, 3)) * 0.7 for _ in range(3))
     _assert_ok(G.check_layer(transfer.attention_forward, transfer.attention_backward,
-                             (u, W_v, W_k, W_q), ("u", "W_v", "W_k", "W_q")))
+                             (u, W_v, W_k, W_q), ("cand", "W_v", "W_k", "W_q")))
 
 
 def test_attention_weights_follow_the_scores():
@@ -113,10 +113,10 @@ def test_calibrator_is_a_mean_and_its_backward_matches_finite_differences():
 def test_the_checker_notices_a_softmax_backward_without_its_mean_term():
     a = _rng(8).standard_normal((5, 3))
 
-    def wrong(dg, g):            # the diagonal of the Jacobian only
-        return g * dg
+    def wrong(dpsi, psi):        # the diagonal of the Jacobian only
+        return psi * dpsi
 
-    rows = G.check_layer(experts.softmax_forward, wrong, (a,), ("a",))
+    rows = G.check_layer(experts.softmax_forward, wrong, (a,), ("gate_logit",))
     assert not rows[0]["ok"]
 
 
@@ -129,5 +129,5 @@ def test_the_checker_notices_an_attention_backward_that_forgets_the_key_path():
         du, dW_v, dW_k, dW_q = transfer.attention_backward(dz, cache)
         return du, dW_v, np.zeros_like(dW_k), dW_q
 
-    rows = G.check_layer(transfer.attention_forward, wrong, (u, *W), ("u", "W_v", "W_k", "W_q"))
+    rows = G.check_layer(transfer.attention_forward, wrong, (u, *W), ("cand", "W_v", "W_k", "W_q"))
     assert [r["ok"] for r in rows] == [True, True, False, True]
