@@ -332,7 +332,7 @@ class ESCM2(ESMM):
         :meth:`loss` give the propensity that call uses.
         """
         rows, dense = self._rows(X, dense)
-        bags = self._bags(bags, rows.shape[0])
+        bags = self.check_bags(bags, rows.shape[0])
         logits, _ = self._forward(rows, dense, train, self._rng_for(seed), bags=bags)
         return propensity_forward(logits["ctr"], self.propensity_floor)[0]
 
@@ -347,8 +347,8 @@ class ESCM2(ESMM):
         as ``loss(..., held=...)`` with the same ``train`` and ``seed``.
         """
         rows, dense = self._rows(X, dense)
-        _, conversion = self._check_labels((click, conversion), rows.shape[0])
-        bags = self._bags(bags, rows.shape[0])
+        _, conversion = self.check_labels((click, conversion), rows.shape[0])
+        bags = self.check_bags(bags, rows.shape[0])
         logits, _ = self._forward(rows, dense, train, self._rng_for(seed), bags=bags)
         out = {}
         if not self.propensity_grad:

@@ -259,7 +259,7 @@ class _EmbeddingMLP:
         X = check_ids_in_blocks(X, self.field_dims)
         return X, check_dense(dense, X.shape[0], self.n_dense, self.dtype)
 
-    def _bags(self, bags, n):
+    def check_bags(self, bags, n):
         """Validate the bags of the multi-valued fields (None for a model without any).
 
         Weights keep their dtype (nothing is copied); ``bag_forward`` casts
@@ -373,8 +373,8 @@ class _EmbeddingMLP:
         train = V.check_bool(train, "train")
         seed = V.check_seed(seed)
         rows, dense = self._rows(X, dense)
-        labels = self._check_labels(labels, rows.shape[0])
-        bags = self._bags(bags, rows.shape[0])
+        labels = self.check_labels(labels, rows.shape[0])
+        bags = self.check_bags(bags, rows.shape[0])
         loss, grads, _ = self._loss_grads(rows, dense, labels, train, self._rng_for(seed), masks,
                                           bags=bags)
         loss += self._l2(grads)
@@ -403,15 +403,15 @@ class _EmbeddingMLP:
         X, dense = self._inputs(X, dense)
         n = X.shape[0]
         if any(np.shape(y) != (n,) for y in labels):
-            self._check_labels(labels, n)                     # raises the usual message
-        in_blocks(lambda *ys: self._check_labels(ys, ys[0].shape[0]), labels)
-        bags = self._bags(bags, n)
+            self.check_labels(labels, n)                     # raises the usual message
+        in_blocks(lambda *ys: self.check_labels(ys, ys[0].shape[0]), labels)
+        bags = self.check_bags(bags, n)
         total = 0.0
         for s in range(0, n, batch_size):
             d = None if dense is None else dense[s:s + batch_size]
             logits, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
                                       bags=slice_bags(bags, s, s + batch_size))
-            ys = self._check_labels(tuple(np.asarray(y[s:s + batch_size]) for y in labels),
+            ys = self.check_labels(tuple(np.asarray(y[s:s + batch_size]) for y in labels),
                                     min(batch_size, n - s))
             part, _ = self._loss_at_logits(logits, ys)
             total += part * min(batch_size, n - s)
@@ -568,7 +568,7 @@ class ESMM(_EmbeddingMLP):
         """
         batch_size = V.check_int(batch_size, "batch_size", low=1)
         X, dense = self._inputs(X, dense)
-        bags = self._bags(bags, X.shape[0])
+        bags = self.check_bags(bags, X.shape[0])
         out = {"p_ctr": [], "p_cvr": [], "p_ctcvr": []}
         for s in range(0, X.shape[0], batch_size):      # chunks bound the memory
             d = None if dense is None else dense[s:s + batch_size]
@@ -593,7 +593,8 @@ class ESMM(_EmbeddingMLP):
         return super().loss(X, click, conversion, dense=dense, train=train, seed=seed, masks=masks,
                             bags=bags)
 
-    def _check_labels(self, labels, n):
+    def check_labels(self, labels, n):
+        """Validate ``(click, conversion)`` for ``n`` rows; return them as int8 arrays."""
         if len(labels) != 2:
             raise TypeError(f"ESMM needs two label arrays (click, conversion), got {len(labels)}")
         return check_labels(labels[0], labels[1], n)
@@ -688,7 +689,7 @@ class TowerModel(_EmbeddingMLP):
         """Inference-mode probability; returns ``{"p": ndarray of shape (n,)}``."""
         batch_size = V.check_int(batch_size, "batch_size", low=1)
         X, dense = self._inputs(X, dense)
-        bags = self._bags(bags, X.shape[0])
+        bags = self.check_bags(bags, X.shape[0])
         ps = []
         for s in range(0, X.shape[0], batch_size):
             d = None if dense is None else dense[s:s + batch_size]
@@ -701,7 +702,8 @@ class TowerModel(_EmbeddingMLP):
         """Mean BCE(y, p) plus L2, and gradients keyed like ``params``."""
         return super().loss(X, y, dense=dense, train=train, seed=seed, masks=masks, bags=bags)
 
-    def _check_labels(self, labels, n):
+    def check_labels(self, labels, n):
+        """Validate ``(y,)`` for ``n`` rows; return it as a 1-tuple of an int8 array."""
         if len(labels) != 1:
             raise TypeError(f"TowerModel needs one label array, got {len(labels)}")
         return (check_binary(labels[0], n, "y"),)

@@ -32,7 +32,7 @@ from . import validate as V
 from .layers import SparseRows, sparse_to_dense
 
 
-class _Optimizer:
+class Optimizer:
     """What both optimisers share: the model they serve and their saved state.
 
     An optimiser keeps per-parameter state (velocities, moments) keyed by
@@ -43,7 +43,7 @@ class _Optimizer:
     """
 
     #: names of the per-parameter state dicts, saved by :meth:`state_arrays`
-    _slots = ()
+    slots = ()
 
     def bind(self, params, record=True):
         """Record ``params``' shapes on first use; afterwards refuse a different set.
@@ -75,10 +75,10 @@ class _Optimizer:
 
     def state_arrays(self):
         """Per-parameter state as ``{"slot/param name": ndarray}`` (copies not made)."""
-        return {f"{slot}/{k}": a for slot in self._slots for k, a in getattr(self, slot).items()}
+        return {f"{slot}/{k}": a for slot in self.slots for k, a in getattr(self, slot).items()}
 
 
-class SGD(_Optimizer):
+class SGD(Optimizer):
     """``w -= lr * v`` with ``v = momentum * v + g`` (``v = g`` when momentum is 0).
 
     Parameters
@@ -89,7 +89,7 @@ class SGD(_Optimizer):
         For sparse gradients with momentum: update only the batch's rows.
     """
 
-    _slots = ("velocity",)
+    slots = ("velocity",)
 
     def __init__(self, lr=0.01, momentum=0.0, lazy=False):
         self.lr = V.check_float(lr, "lr", low=0, low_open=True)
@@ -128,7 +128,7 @@ class SGD(_Optimizer):
                 w -= self.lr * v
 
 
-class Adam(_Optimizer):
+class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with the ESMM paper's settings.
 
     ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g**2``,
@@ -144,7 +144,7 @@ class Adam(_Optimizer):
         See the module docstring.
     """
 
-    _slots = ("m", "v")
+    slots = ("m", "v")
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, lazy=False):
         self.lr = V.check_float(lr, "lr", low=0, low_open=True)

@@ -195,7 +195,7 @@ def _load_optimizer(path, config, arrays, model):
     opt.bind(model.params)
     for key, a in arrays.items():
         _, slot, name = key.split("/", 2)
-        if slot not in opt._slots or name not in model.params:
+        if slot not in opt.slots or name not in model.params:
             raise ValueError(f"{path}: unexpected optimizer array {key!r}")
         w = model.params[name]
         if a.shape != w.shape or a.dtype != w.dtype or not np.all(np.isfinite(a)):
