@@ -133,7 +133,8 @@ class Adam(Optimizer):
 
     ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g**2``,
     ``w -= lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m / (1 - b1**t)``
-    and ``v_hat = v / (1 - b2**t)``.
+    and ``v_hat = v / (1 - b2**t)``. :func:`adam_textbook_step` is that
+    update written out, the plain form this one is tested against.
 
     Parameters
     ----------
@@ -193,6 +194,31 @@ class Adam(Optimizer):
                     _adam_dense(w[lo:hi], m[lo:hi], v[lo:hi], g_block, b1, b2, lr_t, eps_t)
             else:
                 _adam_dense(w, m, v, g, b1, b2, lr_t, eps_t)
+
+
+def adam_textbook_step(w, m, v, g, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """One Adam step exactly as Algorithm 1 of Kingma & Ba (2015) writes it.
+
+    The plain form :class:`Adam` is tested against (tests/test_speed_paths.py);
+    :class:`Adam` folds the two bias corrections into the step size instead,
+    which changes only rounding.
+
+    Parameters
+    ----------
+    w, m, v, g : ndarray of one shape
+        Parameter, first and second moment, gradient. Not modified.
+    t : int >= 1, the step number (the first step is 1)
+
+    Returns
+    -------
+    w, m, v : the new parameter and moments, new arrays
+    """
+    m = beta1 * m + (1 - beta1) * g                 # biased first moment
+    v = beta2 * v + (1 - beta2) * (g * g)           # biased second raw moment
+    m_hat = m / (1 - beta1 ** t)                    # bias-corrected first moment
+    v_hat = v / (1 - beta2 ** t)                    # bias-corrected second moment
+    w = w - lr * m_hat / (np.sqrt(v_hat) + eps)     # the update
+    return w, m, v
 
 
 def _adam_dense(w, m, v, g, b1, b2, lr_t, eps_t):
