@@ -1,7 +1,10 @@
 """esmm_np.torch_bridge: our forward and hand-written backward against PyTorch autograd.
 
-Skipped without PyTorch (it is an optional extra). Tolerance 1e-10 relative
-on every tensor in float64: the two compute the same operations in a
+Skipped without PyTorch (it is an optional extra), except where
+``ESMM_NP_REQUIRE_TORCH`` is set (``.ci/run`` sets it): there a missing
+PyTorch is an error, so CI cannot skip the cross-check unnoticed.
+
+Tolerance 1e-10 relative on every tensor in float64: the two compute the same operations in a
 different order, so they differ by rounding (~1e-15); any wrong gradient
 term would differ by 1e-3 or more. The one exception is a tensor whose true
 gradient is zero (an affine bias right before batch norm): there both sides
@@ -9,13 +12,18 @@ are rounding noise, and the row must instead be below
 ``torch_bridge.ZERO_ATOL`` in every entry on both sides.
 """
 
+import os
+
 import numpy as np
 import pytest
 
 from batches import draw_batch
 from esmm_np import ESMM, gradcheck
 
-torch = pytest.importorskip("torch")
+if os.environ.get("ESMM_NP_REQUIRE_TORCH"):   # set by .ci/run: there a skip would hide the check
+    import torch
+else:
+    torch = pytest.importorskip("torch")
 from esmm_np import torch_bridge  # noqa: E402
 
 TOL = 1e-10
