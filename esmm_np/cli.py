@@ -49,7 +49,7 @@ def _gradcheck_escm2(args):
 
 
 def _report(result, sweep, out):
-    from .experiments import runner as E
+    from . import experiments as E
 
     print()
     print(E.report_text(result, sweep))
@@ -64,7 +64,8 @@ def _report(result, sweep, out):
 
 
 def _demo(args):
-    from .experiments import runner as E
+    from . import experiments as E
+    from .experiments import runner
 
     cfg = E.demo_config()
     cfg.seeds = (args.seed,)
@@ -74,7 +75,7 @@ def _demo(args):
     print("AUC in percent; bias = mean pCVR - mean true CVR, in percentage points.\n")
     if args.workers is not None:
         cfg.workers = args.workers
-    result = E.run_experiment(cfg)
+    result = runner.run_experiment(cfg)
     world = result["world"]
     print(f"\nIn this world clicked impressions have mean true CVR "
           f"{100 * world['true_cvr_clicked']:.2f}% and unclicked ones "
@@ -89,7 +90,8 @@ def _method_names():
 
 
 def _experiment(args):
-    from .experiments import runner as E
+    from . import experiments as E
+    from .experiments import runner
 
     cfg = E.CONFIGS["quick" if args.quick else args.preset]()
     if args.quick:
@@ -116,7 +118,7 @@ def _experiment(args):
         cfg.label = f"data {args.data}"
         if data[0].bags is not None:
             cfg.arch = dict(cfg.arch, bag_pooling="mean")
-    result, sweep = E.run_all(cfg, sweep=not args.no_sweep, data=data)
+    result, sweep = runner.run_all(cfg, sweep=not args.no_sweep, data=data)
     _report(result, sweep, args.out)
     if args.docs:
         E.write_docs(result, sweep, args.docs, "esmm-np experiment " + " ".join(args.argv),
@@ -163,7 +165,7 @@ def _aliccp(args):
 
 
 def _regime(args):
-    from .experiments import runner as E
+    from . import experiments as E
 
     cfg = E.regime_config()
     rhos, cvrs = (0.3, 0.6, 0.9), (0.01, 0.03, 0.1)
@@ -219,7 +221,7 @@ def _number(positive):
 
 def _check_outputs(parser, args):
     """Everything a command will write is checked before any training starts."""
-    from .experiments import runner as E
+    from . import experiments as E
     from .data.files import check_output_dir, check_writable_file, read_text
 
     try:
