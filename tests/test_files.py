@@ -222,7 +222,7 @@ def test_defaults_are_shown(capsys, command, shown):
     (["gradcheck", "--h", "0"], "--h: must be a finite number > 0"),
     (["gradcheck", "--h", "nan"], "--h: must be a finite number > 0"),
     (["gradcheck", "--tol", "inf"], "--tol: must be a finite number >= 0"),
-    (["demo", "--n", "10"], "--n: must be >= 100"),
+    (["demo", "--n", "10"], f"--n: must be >= {cli.MIN_IMPRESSIONS}"),   # issue 18: was 100
 ])
 def test_bad_numbers_are_refused(capsys, argv, match):
     with pytest.raises(SystemExit) as exc:

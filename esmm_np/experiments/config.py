@@ -70,6 +70,7 @@ class ExperimentConfig:
     preset: str = "default"
     world: dict = field(default_factory=dict)        # extra simulate() knobs
     world_seed: int = 0
+    world_seeds: tuple = ()          # several worlds: overrides world_seed
     seeds: tuple = (0, 1, 2)
     methods: tuple = METHODS + EXTRA_METHODS
     arch: dict = field(default_factory=lambda: dict(embed_dim=8, tower_units=(64, 32),
@@ -113,10 +114,31 @@ def demo_config():
 CONFIGS = {"default": ExperimentConfig, "paper": paper_config, "quick": quick_config}
 
 
-def make_world(cfg):
-    """Simulate the world of ``cfg`` and split it; returns (train, test)."""
-    data = simulate(cfg.n_impressions, seed=cfg.world_seed, preset=cfg.preset, **cfg.world)
-    return data.split(cfg.test_fraction, seed=cfg.world_seed)
+def world_seeds(cfg):
+    """The world seeds a run of ``cfg`` trains in: ``cfg.world_seeds``, else ``(cfg.world_seed,)``."""
+    return tuple(cfg.world_seeds) if cfg.world_seeds else (cfg.world_seed,)
+
+
+def make_world(cfg, world_seed=None):
+    """Simulate a world of ``cfg`` and split it; returns (train, test).
+
+    ``world_seed`` seeds the world and its split (default ``cfg.world_seed``).
+    """
+    seed = cfg.world_seed if world_seed is None else world_seed
+    data = simulate(cfg.n_impressions, seed=seed, preset=cfg.preset, **cfg.world)
+    return data.split(cfg.test_fraction, seed=seed)
+
+
+def effort_for(train, n_rows):
+    """The effort rule of a run whose training set (validation rows removed) has ``n_rows``.
+
+    ``min_steps`` is at most two epochs of that set, so a small world is not
+    held to a floor that would overfit it many times over; every network of
+    the run gets the same rule. At the documented sizes (two epochs are more
+    than ``min_steps``) the rule is unchanged.
+    """
+    two_epochs = 2 * -(-int(n_rows) // int(train["batch_size"]))
+    return {**train, "min_steps": min(int(train.get("min_steps", 0)), two_epochs)}
 
 
 def model_arch(cfg):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .scoring import sweep_mean
+from .scoring import sweep_mean, sweep_metric
 
 
 def plot(result, sweep, path):
@@ -14,6 +14,7 @@ def plot(result, sweep, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     summary = result["summary"]
     names = [n for n in summary if not np.isnan(summary[n]["cvr_auc_entire"][0])
@@ -36,8 +37,11 @@ def plot(result, sweep, path):
     ax = axes[1]
     ref = result.get("reference", "ESMM")
     iv = result.get("intervals", {})
-    for off, metric, label in ((-0.2, "cvr_soft_auc_clicked", "soft, clicked"),
-                               (0.2, "cvr_soft_auc_entire", "soft, entire space")):
+    shown = ((-0.2, "cvr_soft_auc_clicked", "soft, clicked"),
+             (0.2, "cvr_soft_auc_entire", "soft, entire space"))
+    if not any(metric in iv for _, metric, _ in shown):     # no ground truth: 0/1 labels
+        shown = ((-0.2, "cvr_auc_clicked", "CVR AUC, clicked"), (0.2, "ctcvr_auc", "CTCVR AUC"))
+    for off, metric, label in shown:
         if metric not in iv:
             continue
         others = [n for n in names if n != ref and n in iv[metric]]
@@ -49,13 +53,18 @@ def plot(result, sweep, path):
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, names, rotation=35, ha="right")
     ax.set_ylabel(f"method − {ref} (AUC points)")
-    ax.set_title("Difference to ESMM, 95% bootstrap interval")
+    ax.set_title(f"Difference to {ref}, 95% interval")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     ax = axes[2]
     bias = [100 * summary[n]["pcvr_bias_unclicked"][0] for n in names]
-    bars = ax.bar(x, bias, color=["tab:red" if b > 0 else "tab:blue" for b in bias])
-    ax.bar_label(bars, fmt="%+.2f", fontsize=7)
+    known = [b for b in bias if not np.isnan(b)]
+    bars = ax.bar(x, np.nan_to_num(bias), color=["tab:red" if b > 0 else "tab:blue"
+                                                 for b in bias])
+    ax.bar_label(bars, labels=["n/a" if np.isnan(b) else f"{b:+.2f}" for b in bias], fontsize=7)
+    if not known:
+        ax.text(0.5, 0.75, "no ground truth in these test rows", transform=ax.transAxes,
+                ha="center", va="center")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, names, rotation=35, ha="right")
     ax.set_ylabel("mean pCVR − mean true CVR (points)")
@@ -63,15 +72,18 @@ def plot(result, sweep, path):
     if sweep:
         ax = axes[3]
         fracs = sorted(sweep, key=float)
+        shown = sweep_metric(sweep)
+        shares = [100 * float(f) for f in fracs]
         for m in next(iter(sweep.values()))["runs"]:
-            ax.plot([100 * float(f) for f in fracs],
-                    [sweep_mean(sweep[f], m, "cvr_auc_entire") for f in fracs],
-                    marker="o", label=m)
+            ax.plot(shares, [sweep_mean(sweep[f], m, shown) for f in fracs], marker="o", label=m)
         ax.axhline(50, color="black", lw=0.8, ls=":")
         ax.set_ylim(40, 100)
         ax.set_xscale("log")
-        ax.set_xlabel("share of training data (%)")
-        ax.set_ylabel("CVR AUC, entire space (%)")
+        ax.set_xticks(shares, [f"{s:g}%" for s in shares])   # the shares themselves, as percent
+        ax.xaxis.set_minor_formatter(NullFormatter())         # no "3x10^1" minor labels
+        ax.set_xlabel("share of training data (log scale)")
+        ax.set_ylabel("CVR AUC, " + ("entire space" if shown == "cvr_auc_entire"
+                                     else "clicked impressions") + " (%)")
         ax.set_title("Data sparsity")
         ax.legend()
     fig.tight_layout()
@@ -104,7 +116,9 @@ def plot_regime_map(rmap, path=None, axes=None):
         lim = max(1.0, np.nanmax(np.abs(grid)))
         im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
         for (i, j), t in text.items():
-            ax.text(j, i, t, ha="center", va="center", fontsize=8)
+            dark = abs(grid[i, j]) > 0.55 * lim      # the colour map's ends are navy and red
+            ax.text(j, i, t, ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
         ax.set_xticks(range(len(cvrs)), [f"{100 * c:g}%" for c in cvrs])
         ax.set_yticks(range(len(rhos)), [str(r) for r in rhos])
         ax.set_xlabel("CVR given click")

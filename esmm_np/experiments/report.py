@@ -7,7 +7,7 @@ import numpy as np
 
 from .config import COLUMNS, INTERVAL_METRICS, NULL_MEANS, PAPER_TABLE2
 from .figures import plot
-from .scoring import sweep_mean
+from .scoring import sweep_mean, sweep_metric
 from ..data.files import dumps_strict, read_text, write_file
 
 
@@ -55,8 +55,17 @@ def format_table(result, paper=True):
 def format_interval(entry):
     """'+1.23 [+0.40, +2.05]' in points; a star when the interval excludes zero."""
     d, lo, hi = (100 * entry[k] for k in ("diff", "diff_low", "diff_high"))
-    star = " *" if lo > 0 or hi < 0 else ""
-    return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]{star}"
+    if np.isnan(d):
+        return "n/a"
+    if np.isnan(lo) or np.isnan(hi):
+        return f"{d:+.2f} [n/a]"
+    return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" *" if excludes_zero(entry) else "")
+
+
+def excludes_zero(entry):
+    """Does the interval of a difference exclude zero (the star of the tables)?"""
+    lo, hi = entry["diff_low"], entry["diff_high"]
+    return bool(lo > 0 or hi < 0)
 
 
 def interval_table(result):
@@ -137,21 +146,35 @@ def report_text(result, sweep=None):
     tested = ""
     if "test_clicks" in w:
         tested = f" ({w['test_clicks']:,} test clicks, {w['test_conversions']:,} test conversions)"
-    parts += [f"{w['n_train']:,} training and {w['n_test']:,} test impressions{tested}, "
-              f"{n_seeds} seed(s). AUC in percent, bias in percentage points (mean pCVR minus "
-              "mean true CVR); mean" + (" ± std over training seeds." if n_seeds > 1 else "."),
-              "", format_table(result), ""]
+    n_worlds = len(result.get("worlds", [0]))
+    each = " each" if n_worlds > 1 else ""
+    over = "worlds and training seeds" if n_worlds > 1 else "training seeds"
+    spread = n_worlds * n_seeds > 1
+    parts += [f"{n_worlds} world(s) of {w['n_train']:,} training and {w['n_test']:,} test "
+              f"impressions{each}{tested}, {n_seeds} training seed(s) in each. AUC in percent, "
+              "bias in percentage points (mean pCVR minus mean true CVR); mean"
+              + (f" ± std over {over}." if spread else "."), "", format_table(result), ""]
+    for note in result.get("notes", []):
+        parts += [note, ""]
     if result.get("intervals"):
-        parts += [f"Differences to {result.get('reference', 'ESMM')} in points, with 95% paired "
-                  f"bootstrap intervals over test rows ({result['config']['n_boot']} replicates; "
-                  "* = the interval excludes zero):", "", interval_table(result), ""]
+        how = result.get("interval_construction", "")
+        if n_worlds > 1:
+            what = (f"95% intervals across {n_worlds} worlds ({how})")
+        else:
+            what = (f"95% paired bootstrap intervals over test rows of one world "
+                    f"({result['config']['n_boot']} replicates; they do not cover the "
+                    "world-to-world spread)")
+        parts += [f"Differences to {result.get('reference', 'ESMM')} in points, with {what}; "
+                  "* = the interval excludes zero:", "", interval_table(result), ""]
     for note in (choice_note(result), division_note(result),
                  effort_note(result, sweep) if "networks" in result else ""):
         if note:
             parts += [note, ""]
     if sweep:
-        parts += ["Sparsity sweep (CVR AUC in percent, mean over seeds; last columns: "
-                  "ESMM − BASE with 95% paired bootstrap intervals):", "", sweep_table(sweep), ""]
+        how = ("intervals across worlds" if n_worlds > 1
+               else "paired bootstrap intervals over test rows")
+        parts += [f"Sparsity sweep (CVR AUC in percent, mean over {over}; last columns: "
+                  f"ESMM − BASE with 95% {how}):", "", sweep_table(sweep), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -235,21 +258,27 @@ def sweep_table(sweep):
     methods = list(first["runs"])
     ref = methods[-1]
     others = methods[:-1]
-    head = ["share of training data"] + [f"{m} CVR AUC entire" for m in methods]
-    ivm = [k for k in ("cvr_auc_entire", "cvr_soft_auc_entire", "cvr_soft_auc_clicked")
-           if k in first["intervals"]]
+    shown = sweep_metric(sweep)
+    head = ["share of training data"] + [f"{m} {SHORT[shown]}" for m in methods]
+    ivm = [k for k in ("cvr_auc_entire", "cvr_soft_auc_entire", "cvr_soft_auc_clicked",
+                       "cvr_auc_clicked") if k in first["intervals"]]
     head += [f"{ref} − {o}, {SHORT[k]}" for o in others for k in ivm]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for frac, cell in sweep.items():
-        cells = [f"{sweep_mean(cell, m, 'cvr_auc_entire'):.2f}" for m in methods]
+        cells = [_points(sweep_mean(cell, m, shown)) for m in methods]
         for o in others:
             for k in ivm:
-                e = cell["intervals"][k][o]
+                e = cell["intervals"][k].get(o, {"diff": np.nan, "diff_low": np.nan,
+                                                 "diff_high": np.nan})
                 flipped = {"diff": -e["diff"], "diff_low": -e["diff_high"],
                            "diff_high": -e["diff_low"]}
                 cells.append(format_interval(flipped))
         lines.append(f"| {float(frac):.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _points(value):
+    return "n/a" if np.isnan(value) else f"{value:.2f}"
 
 
 def capped(result, sweep=None):

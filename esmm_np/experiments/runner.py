@@ -23,8 +23,12 @@ from dataclasses import asdict
 import numpy as np
 
 from .baselines import TRAINERS, USES_CTR_NET, make_context
-from .config import ExperimentConfig, INTERVAL_METRICS, make_world, model_arch
-from .scoring import SWEEP_INTERVALS, config_dict, describe, score, summarise
+from .checks import check_world
+from .config import (ExperimentConfig, INTERVAL_METRICS, effort_for, make_world, model_arch,
+                     world_seeds)
+from .scoring import (ACROSS_WORLDS, ONE_WORLD, SWEEP_INTERVALS, SWEEP_INTERVALS_NO_TRUTH,
+                      across_worlds, config_dict,
+                      describe, score, summarise)
 from .workers import executor, get_world, make_task, run_intervals, run_tasks, world_key
 from ..metrics import auc, log_loss
 from ..model import ESMM
@@ -33,7 +37,12 @@ from ..train import fit
 
 
 def run_all(cfg, progress=print, data=None, sweep=True):
-    """The table and (with ``sweep``) the sparsity sweep, in one pool of workers.
+    """The table and (with ``sweep``) the sparsity sweep over every world, in one pool of workers.
+
+    Every world seed of ``cfg`` (:func:`~esmm_np.experiments.config.world_seeds`)
+    gives a world with its own training and test impressions; every method
+    trains in each of them with each training seed. Before the first training
+    every split is checked (:func:`~esmm_np.experiments.checks.check_world`).
 
     Parameters
     ----------
@@ -41,7 +50,7 @@ def run_all(cfg, progress=print, data=None, sweep=True):
     progress : callable(str) or None
         Receives one line per network trained, with elapsed time.
     data : (train, test) Datasets, optional
-        Defaults to :func:`make_world` of ``cfg`` (simulated in each worker).
+        Given data (one "world") instead of simulated worlds.
     sweep : bool
 
     Returns
@@ -50,78 +59,142 @@ def run_all(cfg, progress=print, data=None, sweep=True):
     """
     say = progress or (lambda s: None)
     start = time.perf_counter()
-    world = "given" if data is not None else world_key(cfg)
-    train, test = data if data is not None else get_world(world)
-    info = describe(train, test)
-    say(f"world: {info['n_train']:,} training and {info['n_test']:,} test impressions, "
-        f"CTR {info['ctr']:.3f}, CVR given click {info['cvr']:.4f}"
-        + ("" if cfg.label == "full" else f"  [{cfg.label} run: its numbers are not the "
-           "documented table's]"))
     unknown = set(cfg.methods) - set(TRAINERS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {tuple(TRAINERS)}")
-    tasks = {}
-    for seed in cfg.seeds:
-        if any(m in USES_CTR_NET for m in cfg.methods):
-            tasks[("table", "_ctr_net", seed, None)] = make_task(cfg, "_ctr_net", seed, world=world)
-        for m in cfg.methods:
-            needs = ("table", "_ctr_net", seed, None) if m in USES_CTR_NET else None
-            tasks[("table", m, seed, None)] = make_task(cfg, m, seed, world=world, needs=needs)
+    if data is not None:
+        worlds = {"given": "given"}
+        given = {"given": data}
+    else:
+        worlds = {ws: world_key(cfg, ws) for ws in world_seeds(cfg)}
+        given = {}
     fracs = tuple(cfg.sweep_fractions) if sweep else ()
-    for frac in fracs:
+    infos, notes = {}, []
+    for ws, key in worlds.items():                     # every check before any training
+        train, test = given[ws] if ws in given else get_world(key)
+        infos[ws] = describe(train, test)
+        where = "the given data" if ws == "given" else f"world {ws}"
+        fracs, dropped = check_world(cfg, train, test, fracs, where)
+        notes += dropped
+    first = next(iter(worlds))
+    info = infos[first]
+    effort = effort_for(cfg.train, round(len_part(info["n_train"], cfg.validation_fraction)))
+    say(f"{len(worlds)} world(s): {info['n_train']:,} training and {info['n_test']:,} test "
+        f"impressions each, CTR {info['ctr']:.3f}, CVR given click {info['cvr']:.4f}"
+        + ("" if cfg.label == "full" else f"  [{cfg.label} run: its numbers are not the "
+           "documented table's]"))
+    for note in notes:
+        say(note)
+    tasks = {}
+    for ws, key in worlds.items():
         for seed in cfg.seeds:
-            for m in cfg.sweep_methods:
-                if frac >= 1.0 and m in cfg.methods:
-                    continue            # the same training as the table's: reused below
-                tasks[("sweep", m, seed, frac)] = make_task(cfg, m, seed, frac=frac, world=world)
+            if any(m in USES_CTR_NET for m in cfg.methods):
+                tasks[(ws, "table", "_ctr_net", seed, None)] = make_task(
+                    cfg, "_ctr_net", seed, world=key, train=effort)
+            for m in cfg.methods:
+                needs = (ws, "table", "_ctr_net", seed, None) if m in USES_CTR_NET else None
+                tasks[(ws, "table", m, seed, None)] = make_task(cfg, m, seed, world=key,
+                                                                needs=needs, train=effort)
+        for frac in fracs:
+            for seed in cfg.seeds:
+                for m in cfg.sweep_methods:
+                    if frac >= 1.0 and m in cfg.methods:
+                        continue            # the same training as the table's: reused below
+                    tasks[(ws, "sweep", m, seed, frac)] = make_task(cfg, m, seed, frac=frac,
+                                                                    world=key, train=effort)
     say(f"{len(tasks)} trainings on {max(cfg.workers, 1)} worker(s)")
+    reference = "ESMM" if "ESMM" in cfg.methods else (cfg.methods or (None,))[0]
+    sweep_ref = cfg.sweep_methods[-1] if cfg.sweep_methods else None
+    sweep_metrics = SWEEP_INTERVALS if "true_cvr_clicked" in info else SWEEP_INTERVALS_NO_TRUTH
+    one_world = len(worlds) == 1
     with executor(cfg.workers, data) as pool:
         done = run_tasks(tasks, pool, say)
-        preds = {m: [done[("table", m, s, None)]["pred"] for s in cfg.seeds]
-                 for m in cfg.methods}
-        say(f"paired bootstrap intervals ({cfg.n_boot} replicates) ...")
-        reference = "ESMM" if "ESMM" in cfg.methods else (cfg.methods or (None,))[0]
-        jobs = {("table", metric): pool.submit(run_intervals, world, preds, reference,
-                                               (metric,), cfg.n_boot)
-                for metric in (INTERVAL_METRICS if cfg.methods else ())}
-        fracs_done = {}
-        for frac in fracs:
-            cell = {}
-            for m in cfg.sweep_methods:
-                key = "table" if (frac >= 1.0 and m in cfg.methods) else "sweep"
-                fr = None if key == "table" else frac
-                cell[m] = [done[(key, m, s, fr)] for s in cfg.seeds]
-            fracs_done[frac] = cell
-            cell_preds = {m: [o["pred"] for o in outs] for m, outs in cell.items()}
-            jobs[("sweep", frac)] = pool.submit(run_intervals, world, cell_preds,
-                                                cfg.sweep_methods[-1], SWEEP_INTERVALS,
-                                                cfg.n_boot)
+        preds, cells = {}, {}
+        for ws in worlds:
+            preds[ws] = {m: [done[(ws, "table", m, s, None)]["pred"] for s in cfg.seeds]
+                         for m in cfg.methods}
+            for frac in fracs:
+                cells[(ws, frac)] = {
+                    m: [done[(ws, "table", m, s, None) if (frac >= 1.0 and m in cfg.methods)
+                             else (ws, "sweep", m, s, frac)] for s in cfg.seeds]
+                    for m in cfg.sweep_methods}
+        jobs = {}
+        if one_world:   # one world: paired bootstrap over test rows (and seeds) in it
+            say(f"paired bootstrap intervals ({cfg.n_boot} replicates) ...")
+            for metric in (INTERVAL_METRICS if cfg.methods else ()):
+                jobs[("table", metric)] = pool.submit(run_intervals, worlds[first], preds[first],
+                                                      reference, (metric,), cfg.n_boot)
+            for frac in fracs:
+                cell_preds = {m: [o["pred"] for o in outs]
+                              for m, outs in cells[(first, frac)].items()}
+                jobs[("sweep", frac)] = pool.submit(run_intervals, worlds[first], cell_preds,
+                                                    sweep_ref, sweep_metrics, cfg.n_boot)
         ivs = {k: f.result() for k, f in jobs.items()}
 
+    per_world, sweep_worlds = {}, {}
+    for ws, key in worlds.items():
+        test = (given[ws] if ws in given else get_world(key))[1]
+        per_world[ws] = {
+            "world": infos[ws],
+            "runs": {m: [score(p, test) for p in preds[ws][m]] for m in cfg.methods},
+            "networks": {m: [done[(ws, "table", m, s, None)]["networks"] for s in cfg.seeds]
+                         for m in cfg.methods},
+            "choices": {m: [done[(ws, "table", m, s, None)]["choice"] for s in cfg.seeds]
+                        for m in cfg.methods
+                        if done[(ws, "table", m, cfg.seeds[0], None)]["choice"]}}
+        if (ws, "table", "_ctr_net", cfg.seeds[0], None) in done:
+            per_world[ws]["networks"]["_ctr_net"] = [
+                done[(ws, "table", "_ctr_net", s, None)]["networks"] for s in cfg.seeds]
+        for frac in fracs:
+            sweep_worlds[(ws, frac)] = {
+                "runs": {m: [score(o["pred"], test) for o in outs]
+                         for m, outs in cells[(ws, frac)].items()},
+                "networks": {m: [o["networks"] for o in outs]
+                             for m, outs in cells[(ws, frac)].items()}}
+
+    def flat(parts, field):
+        return {m: [x for p in parts for x in p[field].get(m, [])] for m in parts[0][field]}
+
+    tables = list(per_world.values())
     result = {"config": config_dict(cfg), "world": info, "label": cfg.label,
-              "runs": {m: [score(p, test) for p in preds[m]] for m in cfg.methods},
-              "networks": {m: [done[("table", m, s, None)]["networks"] for s in cfg.seeds]
-                           for m in cfg.methods},
-              "choices": {m: [done[("table", m, s, None)]["choice"] for s in cfg.seeds]
-                          for m in cfg.methods if done[("table", m, cfg.seeds[0], None)]["choice"]}}
-    if ("table", "_ctr_net", cfg.seeds[0], None) in done:
-        result["networks"]["_ctr_net"] = [done[("table", "_ctr_net", s, None)]["networks"]
-                                          for s in cfg.seeds]
+              "worlds": list(worlds), "effort": effort, "notes": notes,
+              "runs": flat(tables, "runs"), "networks": flat(tables, "networks"),
+              "choices": flat(tables, "choices"), "reference": reference}
     result["summary"] = summarise(result["runs"])
-    result["intervals"] = {m: v for metric in INTERVAL_METRICS if ("table", metric) in ivs
-                           for m, v in ivs[("table", metric)].items()}
-    result["reference"] = reference
+    across = across_worlds([p["runs"] for p in tables], reference, INTERVAL_METRICS) \
+        if cfg.methods else {}
+    for ws, p in per_world.items():
+        p["differences"] = {metric: {n: e["per_world"][list(worlds).index(ws)]
+                                     for n, e in per.items()} for metric, per in across.items()}
+    result["per_world"] = {str(ws): p for ws, p in per_world.items()}
+    if one_world:
+        result["intervals"] = {m: v for metric in INTERVAL_METRICS if ("table", metric) in ivs
+                               for m, v in ivs[("table", metric)].items()}
+        result["interval_construction"] = ONE_WORLD
+    else:
+        result["across_worlds"] = across
+        result["intervals"] = across
+        result["interval_construction"] = ACROSS_WORLDS
     sweep_out = None
     if fracs:
         sweep_out = {}
-        for frac, cell in fracs_done.items():
-            sweep_out[frac] = {
-                "runs": {m: [score(o["pred"], test) for o in outs] for m, outs in cell.items()},
-                "networks": {m: [o["networks"] for o in outs] for m, outs in cell.items()},
-                "intervals": ivs[("sweep", frac)]}
+        for frac in fracs:
+            parts = [sweep_worlds[(ws, frac)] for ws in worlds]
+            cell = {"runs": flat(parts, "runs"), "networks": flat(parts, "networks")}
+            if one_world:
+                cell["intervals"] = ivs[("sweep", frac)]
+            else:
+                cell["intervals"] = across_worlds([p["runs"] for p in parts], sweep_ref,
+                                                  sweep_metrics)
+            sweep_out[frac] = cell
     result["seconds"] = time.perf_counter() - start
     say(f"done in {result['seconds']:.0f} s")
     return result, sweep_out
+
+
+def len_part(n_train, validation_fraction):
+    """Rows left for training once the validation share is held out."""
+    return n_train - round(validation_fraction * n_train) if validation_fraction > 0 else n_train
 
 
 def run_experiment(cfg, progress=print, data=None):

@@ -5,7 +5,7 @@ from dataclasses import asdict
 import numpy as np
 
 from .config import INTERVAL_METRICS
-from ..metrics import evaluate_esmm, paired_bootstrap, soft_auc
+from ..metrics import evaluate_esmm, paired_bootstrap, seed_interval, soft_auc
 
 
 def score(pred, test):
@@ -70,6 +70,8 @@ def intervals(preds, test, reference="ESMM", metrics=INTERVAL_METRICS, n_boot=20
 
 #: Sweep cells get intervals of ESMM - BASE on these (soft: the low-noise ones).
 SWEEP_INTERVALS = ("cvr_auc_entire", "cvr_soft_auc_entire", "cvr_soft_auc_clicked")
+#: ... and on this one when the test rows have no ground truth (real logs).
+SWEEP_INTERVALS_NO_TRUTH = ("cvr_auc_clicked",)
 
 
 def summarise(runs):
@@ -101,3 +103,73 @@ def config_dict(cfg):
 
 def sweep_mean(cell, m, metric):
     return 100 * np.mean([r[metric] for r in cell["runs"][m]])
+
+
+#: How a one-world interval is built.
+ONE_WORLD = ("paired bootstrap over test rows of one world (each replicate resamples the "
+             "test rows and scores every training seed on them); it does not cover "
+             "world-to-world spread")
+
+#: How an across-world interval is built (printed beside the tables, stored in results.json).
+ACROSS_WORLDS = ("Student t interval over worlds of the per-world paired differences (each "
+                 "world's difference is the mean over its training seeds, scored on its own "
+                 "test rows), so its spread holds the world-to-world, training-seed and "
+                 "test-row noise alike")
+
+
+def world_differences(runs_by_world, reference, metrics):
+    """Per world, each method's mean score minus the reference's (paired: same world, same rows).
+
+    Parameters
+    ----------
+    runs_by_world : list over worlds of dicts method -> list over seeds of score dicts
+    reference : str
+    metrics : metric names
+
+    Returns
+    -------
+    dict metric -> method -> list over worlds of float (NaN where undefined)
+    """
+    out = {}
+    for metric in metrics:
+        per = {}
+        for runs in runs_by_world:
+            ref = np.mean([s[metric] for s in runs[reference]])
+            for name, scores in runs.items():
+                if name != reference:
+                    per.setdefault(name, []).append(float(np.mean([s[metric] for s in scores])
+                                                          - ref))
+        out[metric] = {n: v for n, v in per.items() if not np.all(np.isnan(v))}
+    return out
+
+
+def world_interval(diffs, level=0.95):
+    """The across-world interval of one method's per-world differences (:data:`ACROSS_WORLDS`).
+
+    Returns a dict with ``diff`` (mean over worlds), ``diff_low``, ``diff_high``,
+    ``per_world`` and ``n_worlds``; the bounds are NaN when fewer than two
+    worlds have the metric.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[~np.isnan(d)]
+    entry = {"diff": float(d.mean()) if d.size else float("nan"),
+             "diff_low": float("nan"), "diff_high": float("nan"),
+             "per_world": [float(v) for v in diffs], "n_worlds": int(d.size),
+             "construction": "t over worlds"}
+    if d.size >= 2:
+        iv = seed_interval(d, level=level)
+        entry["diff_low"], entry["diff_high"] = iv["low"], iv["high"]
+    return entry
+
+
+def across_worlds(runs_by_world, reference, metrics, level=0.95):
+    """metric -> method -> :func:`world_interval` of its difference to ``reference``."""
+    return {metric: {n: world_interval(v, level) for n, v in per.items()}
+            for metric, per in world_differences(runs_by_world, reference, metrics).items()}
+
+
+def sweep_metric(sweep):
+    """The CVR AUC the sweep shows: the entire space's where the test rows have it, else the clicked."""
+    first = next(iter(sweep.values()))
+    runs = next(iter(first["runs"].values()))
+    return "cvr_auc_entire" if not np.isnan(runs[0]["cvr_auc_entire"]) else "cvr_auc_clicked"

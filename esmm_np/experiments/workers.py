@@ -25,8 +25,10 @@ _WORLDS = {}      # world key -> (train, test), cached per process
 _GIVEN = None     # data handed to the runner (not simulated), set per process
 
 
-def world_key(cfg):
-    return (cfg.n_impressions, cfg.preset, tuple(sorted(cfg.world.items())), cfg.world_seed,
+def world_key(cfg, world_seed=None):
+    """What identifies a simulated world of ``cfg`` (``world_seed``: default ``cfg.world_seed``)."""
+    seed = cfg.world_seed if world_seed is None else world_seed
+    return (cfg.n_impressions, cfg.preset, tuple(sorted(cfg.world.items())), seed,
             cfg.test_fraction)
 
 
@@ -54,7 +56,7 @@ def _init_worker(given):
         pass   # the environment variables set before spawning already ask for one thread
 
 
-def _subset(train, frac, seed):
+def subset(train, frac, seed):
     """A seeded share of the training rows (nested: a smaller share is a subset of a larger one)."""
     if frac is None or frac >= 1.0:
         return train
@@ -71,7 +73,7 @@ def run_task(task):
     """
     start = time.perf_counter()
     train, test = get_world(task["world"])
-    data = _subset(train, task["frac"], task["seed"])
+    data = subset(train, task["frac"], task["seed"])
     ctx = make_context(data, arch=task["arch"], train=task["train"], seed=task["seed"],
                        validation_fraction=task["validation_fraction"],
                        ctr_net=task["ctr_net"], options=task["options"])
@@ -172,16 +174,23 @@ def run_tasks(tasks, pool, say):
 
 
 def _describe_key(key):
-    part, method, seed, frac = key[0], key[1], key[2], key[3]
+    if len(key) == 5:                      # (world, part, method, seed, frac)
+        world, part, method, seed, frac = key
+    else:                                  # (part, method, seed, frac)
+        world, (part, method, seed, frac) = None, key
     name = "CTR network" if method == "_ctr_net" else method
     where = "" if part == "table" else (f", {frac:.0%} of the data" if part == "sweep"
                                         else f", world {part}")
+    if world is not None and world != "given":
+        where += f", world seed {world}"
     return f"{name} (seed {seed}{where})"
 
 
-def make_task(cfg, method, seed, frac=None, world=None, needs=None):
+def make_task(cfg, method, seed, frac=None, world=None, needs=None, train=None):
+    """One training of ``method`` (``train``: the effort rule, default ``cfg.train``)."""
     return {"world": world if world is not None else world_key(cfg), "method": method,
-            "seed": seed, "frac": frac, "arch": model_arch(cfg), "train": dict(cfg.train),
+            "seed": seed, "frac": frac, "arch": model_arch(cfg),
+            "train": dict(cfg.train if train is None else train),
             "validation_fraction": cfg.validation_fraction,
             "options": {"aman_rate": tuple(np.atleast_1d(cfg.aman_rate).tolist()),
                         "oversampling_k": tuple(np.atleast_1d(cfg.oversampling_k).tolist())},
