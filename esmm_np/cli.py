@@ -3,7 +3,14 @@
 
 import argparse
 import math
+import os
 import sys
+
+#: The fewest simulated impressions ``demo`` and ``experiment`` accept; below it a
+#: default world leaves the validation rows without the clicks the click-space
+#: methods validate on. A world above it can still be refused before training
+#: (esmm_np.experiments.checks) when its draw leaves a split too small.
+MIN_IMPRESSIONS = 5000
 
 #: The parser's description (plain text: argparse prints it as is).
 DESCRIPTION = ("ESMM in NumPy, for learning: check the gradients, run a one-minute demo, "
@@ -49,7 +56,7 @@ def _gradcheck_escm2(args):
 
 
 def _report(result, sweep, out):
-    from .experiments import runner as E
+    from . import experiments as E
 
     print()
     print(E.report_text(result, sweep))
@@ -64,7 +71,9 @@ def _report(result, sweep, out):
 
 
 def _demo(args):
-    from .experiments import runner as E
+    from . import experiments as E
+    from .experiments import runner
+    from .experiments.checks import TooSmall
 
     cfg = E.demo_config()
     cfg.seeds = (args.seed,)
@@ -74,7 +83,11 @@ def _demo(args):
     print("AUC in percent; bias = mean pCVR - mean true CVR, in percentage points.\n")
     if args.workers is not None:
         cfg.workers = args.workers
-    result = E.run_experiment(cfg)
+    try:
+        result = runner.run_experiment(cfg)
+    except TooSmall as e:
+        print(f"esmm-np demo: {e}", file=sys.stderr)
+        return 2
     world = result["world"]
     print(f"\nIn this world clicked impressions have mean true CVR "
           f"{100 * world['true_cvr_clicked']:.2f}% and unclicked ones "
@@ -89,13 +102,19 @@ def _method_names():
 
 
 def _experiment(args):
-    from .experiments import runner as E
+    from . import experiments as E
+    from .experiments import runner
+    from .experiments.checks import TooSmall
 
     cfg = E.CONFIGS["quick" if args.quick else args.preset]()
     if args.quick:
         cfg.preset = args.preset
     if args.seeds is not None:
         cfg.seeds = tuple(args.seeds)
+    if args.world_seeds is not None:
+        cfg.world_seeds = tuple(args.world_seeds)
+    elif args.worlds is not None:
+        cfg.world_seeds = tuple(range(args.worlds))
     if args.n is not None:
         if args.n < cfg.n_impressions and cfg.label == "full":
             cfg.label = "small"
@@ -110,13 +129,20 @@ def _experiment(args):
             cfg.label = f"confounder {args.confounder:g}"
     data = None
     if args.data is not None:
+        if args.worlds is not None or args.world_seeds is not None:
+            raise SystemExit("esmm-np experiment: --data is one world of real impressions; "
+                             "--worlds and --world-seeds are for simulated worlds")
         data = _converted(args.data)
         if args.workers is None:
             cfg.workers = 1       # spawned workers would each receive a copy of the data
         cfg.label = f"data {args.data}"
         if data[0].bags is not None:
             cfg.arch = dict(cfg.arch, bag_pooling="mean")
-    result, sweep = E.run_all(cfg, sweep=not args.no_sweep, data=data)
+    try:
+        result, sweep = runner.run_all(cfg, sweep=not args.no_sweep, data=data)
+    except TooSmall as e:
+        print(f"esmm-np experiment: {e}", file=sys.stderr)
+        return 2
     _report(result, sweep, args.out)
     if args.docs:
         E.write_docs(result, sweep, args.docs, "esmm-np experiment " + " ".join(args.argv),
@@ -163,7 +189,7 @@ def _aliccp(args):
 
 
 def _regime(args):
-    from .experiments import runner as E
+    from . import experiments as E
 
     cfg = E.regime_config()
     rhos, cvrs = (0.3, 0.6, 0.9), (0.01, 0.03, 0.1)
@@ -219,7 +245,7 @@ def _number(positive):
 
 def _check_outputs(parser, args):
     """Everything a command will write is checked before any training starts."""
-    from .experiments import runner as E
+    from . import experiments as E
     from .data.files import check_output_dir, check_writable_file, read_text
 
     try:
@@ -262,7 +288,7 @@ def main(argv=None):
                        formatter_class=fmt)
     d.add_argument("--out", default="esmm_demo", help="folder for table, JSON and figure")
     d.add_argument("--seed", type=_count(0), default=0, help="training seed")
-    d.add_argument("--n", type=_count(100), default=1_000_000,
+    d.add_argument("--n", type=_count(MIN_IMPRESSIONS), default=1_000_000,
                    help="number of simulated impressions")
     d.add_argument("--workers", type=_count(1), default=2,
                    help="worker processes, one BLAS thread each")
@@ -280,7 +306,12 @@ def main(argv=None):
                    help="run on a cache written by `esmm-np aliccp convert` instead of a "
                         "simulated world (metrics that need the true CVR are n/a)")
     e.add_argument("--seeds", type=_count(0), nargs="+", help="training seeds (default 0 1 2)")
-    e.add_argument("--n", type=_count(100), help="number of simulated impressions")
+    e.add_argument("--worlds", type=_count(1), metavar="K",
+                   help="train in K simulated worlds (world seeds 0 .. K-1); intervals are "
+                        "then across worlds (default: the preset's, see docs/experiments.md)")
+    e.add_argument("--world-seeds", type=_count(0), nargs="+", metavar="SEED",
+                   help="the world seeds themselves (instead of --worlds)")
+    e.add_argument("--n", type=_count(MIN_IMPRESSIONS), help="number of simulated impressions")
     e.add_argument("--no-sweep", action="store_true", help="skip the sparsity sweep")
     e.add_argument("--methods", nargs="+", metavar="NAME", choices=_method_names(),
                    help="train only these methods (default: all)")
@@ -327,7 +358,26 @@ def main(argv=None):
     if note and args.command != "gradcheck":
         print(note, file=sys.stderr)
     with limit_blas_threads():
-        return args.run(args)
+        try:
+            code = args.run(args)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_stdout()
+            return 1
+    return code
+
+
+def _quiet_stdout():
+    """After the reader closed the pipe (``esmm-np gradcheck | head``): send the rest nowhere.
+
+    Python's own advice: point stdout at devnull so the flush at exit does not
+    raise again; exit status 1, as Python's own EPIPE exit.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass    # stdout is not a real file (a test's capture): nothing left to flush
 
 
 if __name__ == "__main__":

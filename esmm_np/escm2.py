@@ -485,23 +485,3 @@ def ips_mean(values, click, propensity, floor=0.0):
             "max_weight": float(w.max()) if w.size else float("nan"),
             "ess": float(w.sum() ** 2 / np.sum(w * w)) if w.size else 0.0,
             "clipped": float(np.mean(p[y] < floor)) if w.size else 0.0}
-
-
-# ------------------------------------------------ methods of the experiment runner
-
-def _train(ctx, name, variant):
-    """Train an ESCM2 like the runner's ESMM: same architecture, same effort rule, own validation loss."""
-    from .experiments.baselines import _esmm   # local: baselines imports this module
-
-    return _esmm(ctx, name, model_class=ESCM2, net=f"{name} net", variant=variant,
-                 **ctx.options.get("escm2", {}))
-
-
-def train_escm2_ips(ctx):
-    """The runner's ESCM2-IPS (``baselines.TRAINERS``); ESCM2 options from ``ctx.options["escm2"]``."""
-    return _train(ctx, "ESCM2-IPS", "ips")
-
-
-def train_escm2_dr(ctx):
-    """The runner's ESCM2-DR (``baselines.TRAINERS``); ESCM2 options from ``ctx.options["escm2"]``."""
-    return _train(ctx, "ESCM2-DR", "dr")

@@ -348,7 +348,8 @@ def test_validation_loss_observed_is_esmms(rng):
 
 
 def test_runner_methods_train_under_the_shared_rule():
-    from esmm_np.experiments import baselines as B, runner as X
+    from esmm_np import experiments as X
+    from esmm_np.experiments import baselines as B
     data = esmm_np.simulate(20_000, seed=3, n_users=300, n_items=200)
     arch = dict(embed_dim=4, tower_units=(8,), dtype=np.float32)
     train = X.fair_effort(eval_every=20, patience=2, min_steps=40, max_steps=400,
@@ -362,7 +363,7 @@ def test_runner_methods_train_under_the_shared_rule():
         assert set(m.predict(data.X)) == {"p_ctr", "p_cvr", "p_ctcvr"}
     ctx = B.make_context(data, arch=arch, train=train, seed=0,
                          options={"escm2": {"propensity_floor": 0.05, "dr_gradient": "joint"}})
-    m = E.train_escm2_dr(ctx).model
+    m = B.train_escm2_dr(ctx).model
     assert (m.propensity_floor, m.dr_gradient) == (0.05, "joint")
 
 

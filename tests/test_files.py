@@ -11,7 +11,8 @@ import pytest
 
 import esmm_np
 from esmm_np import cli
-from esmm_np.experiments import runner as E   # the module: tests patch its functions
+import esmm_np.experiments as E
+from esmm_np.experiments import runner   # the module the CLI calls: tests patch it
 from esmm_np.data.files import check_output_dir, dumps_strict, write_file, write_json
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
@@ -73,7 +74,7 @@ def test_text_is_utf8_under_a_c_locale(tmp_path):
     doc = tmp_path / "doc.md"
     doc.write_text(f"prose ±\n{E.DOC_START}\nold\n{E.DOC_END}\nmore ±\n", encoding="utf-8")
     # The tables themselves are stubbed: this test is about reading and writing the file.
-    code = ("import sys; from esmm_np.experiments import runner as E; "
+    code = ("import sys; from esmm_np.experiments import report as E; "
             "E.format_table = lambda *a, **k: 'table \\u00b1'; E.division_note = lambda *a: ''; "
             "r = {'world': dict(n_train=1, n_test=1, ctr=.1, cvr=.1, true_cvr_clicked=.1, "
             "true_cvr_unclicked=.1), 'config': {'seeds': [0]}, 'runs': {}, 'summary': {}}; "
@@ -132,8 +133,8 @@ def test_save_writes_valid_json_and_a_figure_when_metrics_are_nan(tmp_path):
 def _no_training(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("training started before the outputs were checked")
-    monkeypatch.setattr(E, "run_experiment", boom)
-    monkeypatch.setattr(E, "make_world", boom)
+    monkeypatch.setattr(runner, "run_experiment", boom)
+    monkeypatch.setattr(runner, "make_world", boom)
 
 
 def test_output_folder_that_is_a_file_fails_before_training(tmp_path, monkeypatch, capsys):
@@ -221,7 +222,7 @@ def test_defaults_are_shown(capsys, command, shown):
     (["gradcheck", "--h", "0"], "--h: must be a finite number > 0"),
     (["gradcheck", "--h", "nan"], "--h: must be a finite number > 0"),
     (["gradcheck", "--tol", "inf"], "--tol: must be a finite number >= 0"),
-    (["demo", "--n", "10"], "--n: must be >= 100"),
+    (["demo", "--n", "10"], f"--n: must be >= {cli.MIN_IMPRESSIONS}"),   # issue 18: was 100
 ])
 def test_bad_numbers_are_refused(capsys, argv, match):
     with pytest.raises(SystemExit) as exc:
@@ -252,7 +253,7 @@ def test_demo_passes_seed_and_n(tmp_path, monkeypatch):
         seen["cfg"] = cfg
         raise KeyboardInterrupt   # stop before any work; we only look at the configuration
 
-    monkeypatch.setattr(E, "run_experiment", fake_run)
+    monkeypatch.setattr(runner, "run_experiment", fake_run)
     with pytest.raises(KeyboardInterrupt):
         cli.main(["demo", "--seed", "3", "--n", "5000", "--out", str(tmp_path / "o")])
     assert seen["cfg"].seeds == (3,) and seen["cfg"].n_impressions == 5000

@@ -1,15 +1,28 @@
 """The paper's experiments on simulated worlds where the truth is known.
 
-``import esmm_np.experiments as E`` gives the runner (:mod:`.runner`): the
-configurations, :func:`run_all`, the reports and the regime map. The methods
-it compares are in :mod:`.baselines`.
+``import esmm_np.experiments as E`` gives every public name of the parts:
+
+- :mod:`.config`: the configurations and the effort rule (``ExperimentConfig``,
+  ``quick_config``, ``paper_config``, ``demo_config``, ``fair_effort``, ``make_world``);
+- :mod:`.baselines`: the methods and their trainers (ESCM²'s included);
+- :mod:`.workers`: running trainings in worker processes;
+- :mod:`.scoring`: scores and intervals of differences to ESMM;
+- :mod:`.runner`: :func:`run_all`, the sweep, the effort checks;
+- :mod:`.report` and :mod:`.figures`: tables, notes, results.json, the docs section, figures;
+- :mod:`.regime`: ESMM − BASE across worlds (rho x CVR).
 """
 
-from . import baselines, runner
-from .runner import (PAPER_TABLE2, COLUMNS, INTERVAL_METRICS, NULL_MEANS, fair_effort,
-    ExperimentConfig, quick_config, paper_config, demo_config, CONFIGS, make_world, _arch,
-    intervals, SWEEP_INTERVALS, summarise, run_all, run_experiment, sparsity_sweep, capped,
-    effort_table, budget_check, budget_table, stopping_curves, regime_config, regime_map,
-    regime_table, plot_regime_map, save_regime_map, write_regime_docs, SHORT, caveat,
-    format_table, interval_table, choice_note, effort_note, division_note, report_text,
-    results_json, save, DOC_START, DOC_END, doc_markers, write_docs, sweep_table, plot)
+from . import baselines, config, figures, regime, report, runner, scoring, workers
+from .config import (PAPER_TABLE2, COLUMNS, INTERVAL_METRICS, NULL_MEANS, fair_effort,
+                     ExperimentConfig, quick_config, paper_config, demo_config, CONFIGS,
+                     make_world, model_arch)
+from .scoring import intervals, SWEEP_INTERVALS, summarise
+from .runner import (run_all, run_experiment, sparsity_sweep, budget_check, budget_table,
+                     stopping_curves)
+from .report import (SHORT, caveat, format_table, format_interval, interval_table,
+                     choice_note, effort_note, division_note, report_text, results_json, save,
+                     DOC_START, DOC_END, doc_markers, write_docs, sweep_table, capped,
+                     effort_table)
+from .figures import plot, plot_regime_map
+from .regime import (regime_config, regime_map, regime_table, save_regime_map,
+                     write_regime_docs)

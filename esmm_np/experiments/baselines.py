@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..escm2 import train_escm2_dr, train_escm2_ips
+from ..escm2 import ESCM2
 from ..metrics import auc
 from ..data.bags import take_bags
 from ..model import ESMM, TowerModel
@@ -408,6 +408,22 @@ def train_esmm_ns(ctx):
 
 def train_ctr_only(ctx):
     return CTROnly(ctx.ctr_net)
+
+
+def _escm2(ctx, name, variant):
+    """Train an ESCM2 like ESMM: same architecture, same effort rule, its own validation loss."""
+    return _esmm(ctx, name, model_class=ESCM2, net=f"{name} net", variant=variant,
+                 **ctx.options.get("escm2", {}))
+
+
+def train_escm2_ips(ctx):
+    """ESCM2-IPS (:class:`~esmm_np.escm2.ESCM2`); options from ``ctx.options["escm2"]``."""
+    return _escm2(ctx, "ESCM2-IPS", "ips")
+
+
+def train_escm2_dr(ctx):
+    """ESCM2-DR (:class:`~esmm_np.escm2.ESCM2`); options from ``ctx.options["escm2"]``."""
+    return _escm2(ctx, "ESCM2-DR", "dr")
 
 
 #: Method name -> trainer(ctx) -> method. Add a method here (and to

@@ -1,0 +1,150 @@
+"""What an experiment run depends on: the configurations, the effort rule, the world.
+
+**Fair effort.** Every network trains until its own validation loss stops
+improving: validation every ``eval_every`` optimiser steps (or every epoch
+when an epoch is shorter), stop after ``patience`` validations without
+improvement but never before ``min_steps`` steps, cap ``max_steps``. Each
+network's ``steps``, ``kept`` (the step kept) and ``stopped`` (``"patience"``
+or ``"cap"``) are recorded in the results.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .baselines import AMAN_RATES, EXTRA_METHODS, METHODS, OVERSAMPLING_KS
+from ..data.simulator import simulate
+
+#: The ESMM paper's Table 2 (public dataset), AUC in percent: (CVR AUC, CTCVR AUC).
+PAPER_TABLE2 = {
+    "BASE": (66.00, 62.07), "AMAN": (65.21, 63.53), "OVERSAMPLING": (67.18, 63.05),
+    "UNBIAS": (66.65, 63.56), "DIVISION": (67.56, 63.62), "ESMM-NS": (68.25, 64.44),
+    "ESMM": (68.56, 65.32),
+}
+
+#: Metrics reported per method, with their column titles.
+COLUMNS = {
+    "cvr_auc_clicked": "CVR AUC, clicked (paper's protocol)",
+    "cvr_soft_auc_clicked": "soft CVR AUC, clicked",
+    "cvr_auc_entire": "CVR AUC, entire space",
+    "cvr_soft_auc_entire": "soft CVR AUC, entire space",
+    "ctcvr_auc": "CTCVR AUC",
+    "pcvr_bias_unclicked": "pCVR bias, unclicked",
+    "pcvr_bias_clicked": "pCVR bias, clicked",
+    "pcvr_bias_potential_unclicked": "pCVR bias vs potential outcome, unclicked",
+}
+
+#: Metrics with a paired bootstrap interval of their difference to ESMM:
+#: metric -> (test rows it is computed on, target).
+INTERVAL_METRICS = ("cvr_auc_clicked", "cvr_soft_auc_clicked", "cvr_auc_entire",
+                    "cvr_soft_auc_entire", "ctcvr_auc")
+
+#: What a null in results.json means.
+NULL_MEANS = ("undefined: the method has no prediction the metric needs (CTR-ONLY has no "
+              "pCVR), the test data has no ground truth for it, or one class is missing")
+
+
+def fair_effort(eval_every=200, patience=5, min_steps=2000, max_steps=60_000, batch_size=512,
+                lr=2e-3):
+    """The training budget every network of a run gets (see the module docstring)."""
+    return dict(batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
+                min_steps=min_steps, max_steps=max_steps)
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one experiment run depends on.
+
+    Every method gets the same architecture (``arch``) and the same effort
+    rule (``train``, :func:`fair_effort`); every network keeps the step with
+    the lowest loss on its own validation rows (``validation_fraction`` of
+    the training set). The world (``preset``, ``world``, ``world_seed``) and
+    its train/test split are fixed; ``seeds`` vary the networks'
+    initialisation, shuffling, sampling and validation split. ``label`` is
+    "full" for a run whose numbers are the documented table's; anything
+    else ("quick", "demo", "small") makes every printed table say it is not.
+    """
+
+    n_impressions: int = 1_000_000
+    test_fraction: float = 0.25
+    preset: str = "default"
+    world: dict = field(default_factory=dict)        # extra simulate() knobs
+    world_seed: int = 0
+    world_seeds: tuple = ()          # several worlds: overrides world_seed
+    seeds: tuple = (0, 1, 2)
+    methods: tuple = METHODS + EXTRA_METHODS
+    arch: dict = field(default_factory=lambda: dict(embed_dim=8, tower_units=(64, 32),
+                                                    dtype="float32"))
+    train: dict = field(default_factory=fair_effort)
+    validation_fraction: float = 0.1
+    aman_rate: tuple = AMAN_RATES
+    oversampling_k: tuple = OVERSAMPLING_KS
+    sweep_fractions: tuple = (0.05, 0.1, 0.25, 0.5, 1.0)
+    sweep_methods: tuple = ("BASE", "ESMM")
+    n_boot: int = 200
+    workers: int = 2
+    label: str = "full"
+
+
+def quick_config():
+    """A configuration small enough for the test suite (tens of seconds); its numbers are not the table's."""
+    return ExperimentConfig(n_impressions=80_000, seeds=(0,),
+                            arch=dict(embed_dim=4, tower_units=(16,), dtype="float32"),
+                            train=fair_effort(eval_every=50, patience=3, min_steps=300,
+                                              max_steps=5000, batch_size=256, lr=3e-3),
+                            aman_rate=(0.1, 1.0), oversampling_k=(2, 10),
+                            sweep_fractions=(0.25, 1.0), n_boot=50, label="quick")
+
+
+def paper_config():
+    """The "paper" preset's run: an Ali-CCP-like world (CVR given click 0.8%), 1M impressions."""
+    return ExperimentConfig(n_impressions=1_000_000, preset="paper")
+
+
+def demo_config():
+    """The ``esmm-np demo`` configuration: every method, one seed, about a minute.
+
+    The world of the full experiment (so the demo is its first seed) with a
+    smaller effort cap; its numbers are one seed's, not the table's.
+    """
+    return ExperimentConfig(seeds=(0,), sweep_fractions=(), n_boot=100,
+                            aman_rate=(0.3,), oversampling_k=(5,), label="demo")
+
+
+CONFIGS = {"default": ExperimentConfig, "paper": paper_config, "quick": quick_config}
+
+
+def world_seeds(cfg):
+    """The world seeds a run of ``cfg`` trains in: ``cfg.world_seeds``, else ``(cfg.world_seed,)``."""
+    return tuple(cfg.world_seeds) if cfg.world_seeds else (cfg.world_seed,)
+
+
+def make_world(cfg, world_seed=None):
+    """Simulate a world of ``cfg`` and split it; returns (train, test).
+
+    ``world_seed`` seeds the world and its split (default ``cfg.world_seed``).
+    """
+    seed = cfg.world_seed if world_seed is None else world_seed
+    data = simulate(cfg.n_impressions, seed=seed, preset=cfg.preset, **cfg.world)
+    return data.split(cfg.test_fraction, seed=seed)
+
+
+def effort_for(train, n_rows):
+    """The effort rule of a run whose training set (validation rows removed) has ``n_rows``.
+
+    ``min_steps`` is at most two epochs of that set, so a small world is not
+    held to a floor that would overfit it many times over; every network of
+    the run gets the same rule. At the documented sizes (two epochs are more
+    than ``min_steps``) the rule is unchanged.
+    """
+    two_epochs = 2 * -(-int(n_rows) // int(train["batch_size"]))
+    return {**train, "min_steps": min(int(train.get("min_steps", 0)), two_epochs)}
+
+
+def model_arch(cfg):
+    """The architecture options of ``cfg`` with ``dtype`` as a numpy dtype (what the models take)."""
+    arch = dict(cfg.arch)
+    arch["dtype"] = np.dtype(arch.get("dtype", "float64"))
+    return arch
+
+

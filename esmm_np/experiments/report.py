@@ -1,0 +1,309 @@
+"""What a run prints and writes: the tables, the notes, results.json and the docs section."""
+
+import os
+import time
+
+import numpy as np
+
+from .config import COLUMNS, INTERVAL_METRICS, NULL_MEANS, PAPER_TABLE2
+from .figures import plot
+from .scoring import sweep_mean, sweep_metric
+from ..data.files import dumps_strict, read_text, write_file
+
+
+SHORT = {"cvr_auc_clicked": "CVR AUC clicked", "cvr_soft_auc_clicked": "soft CVR AUC clicked",
+         "cvr_auc_entire": "CVR AUC entire", "cvr_soft_auc_entire": "soft CVR AUC entire",
+         "ctcvr_auc": "CTCVR AUC"}
+
+
+def caveat(result):
+    """'' for a full run; otherwise one line saying the numbers are not the table's."""
+    label = result.get("label", "full")
+    if label == "full":
+        return ""
+    return (f"NOTE: this is a {label} run ({result['world']['n_train']:,} training impressions, "
+            f"{len(result['config']['seeds'])} seed(s)); its numbers are not those of the "
+            "documented table (docs/experiments.md) and its orderings may differ from it.")
+
+
+def format_table(result, paper=True):
+    """The comparison as a Markdown table (AUC in percent, bias in percentage points).
+
+    Mean over seeds, ± the standard deviation over seeds when there are several.
+    """
+    summary = result["summary"]
+    n_seeds = len(next(iter(result["runs"].values())))
+
+    def cell(metric, name, scale=100.0):
+        mean, std = summary[name].get(metric, (float("nan"), 0.0))
+        if np.isnan(mean):
+            return "n/a"
+        return f"{scale * mean:.2f}" + (f" ± {scale * std:.2f}" if n_seeds > 1 else "")
+
+    head = ["Method"] + list(COLUMNS.values())
+    if paper:
+        head += ["paper CVR AUC", "paper CTCVR AUC"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in summary:
+        row = [name] + [cell(m, name) for m in COLUMNS]
+        if paper:
+            row += [f"{v:.2f}" for v in PAPER_TABLE2[name]] if name in PAPER_TABLE2 else ["", ""]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def format_interval(entry):
+    """'+1.23 [+0.40, +2.05]' in points; a star when the interval excludes zero."""
+    d, lo, hi = (100 * entry[k] for k in ("diff", "diff_low", "diff_high"))
+    if np.isnan(d):
+        return "n/a"
+    if np.isnan(lo) or np.isnan(hi):
+        return f"{d:+.2f} [n/a]"
+    return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" *" if excludes_zero(entry) else "")
+
+
+def excludes_zero(entry):
+    """Does the interval of a difference exclude zero (the star of the tables)?"""
+    lo, hi = entry["diff_low"], entry["diff_high"]
+    return bool(lo > 0 or hi < 0)
+
+
+def interval_table(result):
+    """Each method minus the reference (ESMM), with 95% paired bootstrap intervals over test rows."""
+    iv = result["intervals"]
+    ref = result.get("reference", "ESMM")
+    metrics = [m for m in INTERVAL_METRICS if m in iv]
+    names = [n for n in result["summary"] if n != ref]
+    lines = ["| Method − " + ref + " | " + " | ".join(SHORT[m] for m in metrics) + " |",
+             "|" + "---|" * (len(metrics) + 1)]
+    for name in names:
+        cells = [format_interval(iv[m][name]) if name in iv[m] else "n/a" for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def choice_note(result):
+    """Which AMAN rate and OVERSAMPLING k each seed chose on validation."""
+    parts = []
+    for name, per_seed in result.get("choices", {}).items():
+        key = next(k for k in per_seed[0] if k not in ("candidates", "val_cvr_auc_clicked"))
+        picks = ", ".join(f"{c[key]:g}" for c in per_seed)
+        cands = ", ".join(f"{v:g}" for v in per_seed[0]["candidates"])
+        if len(per_seed[0]["candidates"]) == 1:
+            parts.append(f"{name}'s {key} was fixed at {cands} (no search in this run)")
+            continue
+        parts.append(f"{name} chose {key} = {picks} (per seed) from {cands} by CVR AUC on the "
+                     "clicked validation rows")
+    return "; ".join(parts) + "." if parts else ""
+
+
+def effort_note(result, sweep=None):
+    """One sentence: did every network stop on patience? Names those that hit the cap."""
+    cap = capped(result, sweep)
+    n = sum(len(nets) for per_seed in result["networks"].values() for nets in per_seed)
+    n += sum(len(nets) for cell in (sweep or {}).values()
+             for per_seed in cell["networks"].values() for nets in per_seed)
+    first = []
+    sources = [result["networks"]] + [cell["networks"] for cell in (sweep or {}).values()]
+    for networks in sources:
+        for m, per_seed in networks.items():
+            first += [(m, net) for nets in per_seed for net, rec in nets.items()
+                      if rec.get("kept_first_validation")]
+    early = ""
+    if first:
+        early = (f" {len(first)} kept their very first validation point, so their best may lie "
+                 f"earlier: {', '.join(sorted({f'{m} {net}' for m, net in first}))}.")
+    if not cap:
+        return f"All {n} networks stopped on patience (none on the step cap).{early}"
+    listed = "; ".join(f"{w}: {m} seed #{i} {net}" for w, m, i, net in cap[:8])
+    return (f"WARNING: {len(cap)} of {n} networks stopped on the step cap, not on patience "
+            f"({listed}{' ...' if len(cap) > 8 else ''}); their numbers may be undertrained.{early}")
+
+
+def division_note(result):
+    """One sentence on DIVISION's pCVR above 1, or '' if DIVISION was not run."""
+    runs = result["runs"].get("DIVISION")
+    if not runs:
+        return ""
+    share = np.mean([r["pcvr_above_1"] for r in runs])
+    top = max(r["pcvr_max"] for r in runs)
+    if share == 0:
+        return (f"DIVISION's raw pCVR = pCTCVR / pCTR never exceeded 1 on the test impressions "
+                f"(largest value {top:.2f}).")
+    count = share * result["world"]["n_test"]
+    return (f"DIVISION's raw pCVR = pCTCVR / pCTR exceeded 1 on {100 * share:.3g}% of test "
+            f"impressions (about {count:,.0f} per seed; largest value {top:.2f}); the table "
+            "scores it clipped to 1.")
+
+
+def report_text(result, sweep=None):
+    """Everything printed after a run, as Markdown."""
+    w = result["world"]
+    n_seeds = len(result["config"]["seeds"])
+    parts = []
+    if caveat(result):
+        parts += [caveat(result), ""]
+    tested = ""
+    if "test_clicks" in w:
+        tested = f" ({w['test_clicks']:,} test clicks, {w['test_conversions']:,} test conversions)"
+    n_worlds = len(result.get("worlds", [0]))
+    each = " each" if n_worlds > 1 else ""
+    over = "worlds and training seeds" if n_worlds > 1 else "training seeds"
+    spread = n_worlds * n_seeds > 1
+    parts += [f"{n_worlds} world(s) of {w['n_train']:,} training and {w['n_test']:,} test "
+              f"impressions{each}{tested}, {n_seeds} training seed(s) in each. AUC in percent, "
+              "bias in percentage points (mean pCVR minus mean true CVR); mean"
+              + (f" ± std over {over}." if spread else "."), "", format_table(result), ""]
+    for note in result.get("notes", []):
+        parts += [note, ""]
+    if result.get("intervals"):
+        how = result.get("interval_construction", "")
+        if n_worlds > 1:
+            what = (f"95% intervals across {n_worlds} worlds ({how})")
+        else:
+            what = (f"95% paired bootstrap intervals over test rows of one world "
+                    f"({result['config']['n_boot']} replicates; they do not cover the "
+                    "world-to-world spread)")
+        parts += [f"Differences to {result.get('reference', 'ESMM')} in points, with {what}; "
+                  "* = the interval excludes zero:", "", interval_table(result), ""]
+    for note in (choice_note(result), division_note(result),
+                 effort_note(result, sweep) if "networks" in result else ""):
+        if note:
+            parts += [note, ""]
+    if sweep:
+        how = ("intervals across worlds" if n_worlds > 1
+               else "paired bootstrap intervals over test rows")
+        parts += [f"Sparsity sweep (CVR AUC in percent, mean over {over}; last columns: "
+                  f"ESMM − BASE with 95% {how}):", "", sweep_table(sweep), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def results_json(result, sweep=None):
+    """The results as strict JSON text: no NaN tokens, null where a metric is undefined.
+
+    Each null is listed under ``"_null_reasons"`` and ``"null_means"`` says
+    what a null can mean.
+    """
+    payload = dict(result)
+    payload["null_means"] = NULL_MEANS
+    if sweep:
+        payload["sweep"] = {str(k): v for k, v in sweep.items()}
+    return dumps_strict(payload, indent=1)
+
+
+def save(result, sweep, out_dir, figure=True):
+    """Write ``table.md``, ``results.json`` and (with matplotlib) ``figure.png``.
+
+    Returns the list of paths written. Files are written to a temporary name
+    and renamed, so an interrupted run never leaves a half-written file.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+
+    def put(name, text):
+        path = os.path.join(out_dir, name)
+        write_file(path, text)
+        written.append(path)
+
+    put("table.md", "# ESMM and its baselines on a simulated world\n\n"
+        + report_text(result, sweep))
+    put("results.json", results_json(result, sweep))
+    if figure:
+        path = os.path.join(out_dir, "figure.png")
+        write_file(path, lambda f: plot(result, sweep, f))
+        written.append(path)
+    return written
+
+
+DOC_START, DOC_END = "<!-- experiment:start -->", "<!-- experiment:end -->"
+
+
+def doc_markers(section=None):
+    """The start and end markers of a generated section (``section``: e.g. "paper")."""
+    if section is None:
+        return DOC_START, DOC_END
+    return f"<!-- experiment:{section}:start -->", f"<!-- experiment:{section}:end -->"
+
+
+def write_docs(result, sweep, path, command, section=None):
+    """Replace the generated section of a Markdown file with this run's tables.
+
+    The section sits between the markers of :func:`doc_markers` (one pair
+    per preset: ``<!-- experiment:start -->`` for the default world,
+    ``<!-- experiment:paper:start -->`` for the "paper" preset), so prose
+    around it is kept and every number inside it comes from the run.
+    """
+    start, end = doc_markers(section)
+    text = read_text(path)
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} section to fill")
+    w = result["world"]
+    truth = ""
+    if "true_cvr_clicked" in w:
+        truth = (f"; mean true CVR {100 * w['true_cvr_clicked']:.2f}% on clicked and "
+                 f"{100 * w['true_cvr_unclicked']:.3f}% on unclicked test impressions")
+    body = [start,
+            f"Generated by `{command}` on {time.strftime('%Y-%m-%d')} in "
+            f"{result.get('seconds', 0) / 60:.1f} min: preset "
+            f"\"{result['config'].get('preset', 'default')}\", CTR {100 * w['ctr']:.2f}%, CVR given click "
+            f"{100 * w['cvr']:.2f}%{truth}.", "", report_text(result, sweep).rstrip(), end]
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    write_file(path, head + "\n".join(body) + tail)
+
+
+def sweep_table(sweep):
+    """The sparsity sweep as Markdown: entire-space CVR AUC per method and ESMM − BASE intervals."""
+    first = next(iter(sweep.values()))
+    methods = list(first["runs"])
+    ref = methods[-1]
+    others = methods[:-1]
+    shown = sweep_metric(sweep)
+    head = ["share of training data"] + [f"{m} {SHORT[shown]}" for m in methods]
+    ivm = [k for k in ("cvr_auc_entire", "cvr_soft_auc_entire", "cvr_soft_auc_clicked",
+                       "cvr_auc_clicked") if k in first["intervals"]]
+    head += [f"{ref} − {o}, {SHORT[k]}" for o in others for k in ivm]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for frac, cell in sweep.items():
+        cells = [_points(sweep_mean(cell, m, shown)) for m in methods]
+        for o in others:
+            for k in ivm:
+                e = cell["intervals"][k].get(o, {"diff": np.nan, "diff_low": np.nan,
+                                                 "diff_high": np.nan})
+                flipped = {"diff": -e["diff"], "diff_low": -e["diff_high"],
+                           "diff_high": -e["diff_low"]}
+                cells.append(format_interval(flipped))
+        lines.append(f"| {float(frac):.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _points(value):
+    return "n/a" if np.isnan(value) else f"{value:.2f}"
+
+
+def capped(result, sweep=None):
+    """Networks that stopped on their cap: a list of (where, method, seed, network)."""
+    out = []
+    sources = [("table", result["networks"])] + [
+        (f"sweep {frac:.0%}", cell["networks"]) for frac, cell in (sweep or {}).items()]
+    for where, networks in sources:
+        for m, per_seed in networks.items():
+            for i, nets in enumerate(per_seed):
+                for net, rec in nets.items():
+                    if rec["stopped"] == "cap":
+                        out.append((where, m, i, net))
+    return out
+
+
+def effort_table(result):
+    """Per method and network: mean steps, mean kept step, and how many stopped on patience."""
+    lines = ["| method | network | steps (mean) | kept step (mean) | stopped on patience |",
+             "|---|---|---|---|---|"]
+    for m, per_seed in result["networks"].items():
+        names = per_seed[0].keys()
+        for net in names:
+            recs = [nets[net] for nets in per_seed if net in nets]
+            lines.append(f"| {m} | {net} | {np.mean([r['steps'] for r in recs]):,.0f} | "
+                         f"{np.mean([r['kept'] for r in recs]):,.0f} | "
+                         f"{sum(r['stopped'] == 'patience' for r in recs)} of {len(recs)} |")
+    return "\n".join(lines)
