@@ -17,13 +17,16 @@ from .data.csv_reader import read_csv
 from .data.dataset import CleanReport, Dataset, clean_dataset, describe
 from .model import ESMM, TowerModel
 from .escm2 import ESCM2
+from .multitask import SharedBottom
+from .gated import MMoE, PLE
+from .aitm import AITM
 from .optim import SGD, Adam
 from .persist import load_model
 from .data.simulator import simulate
 from .train import fit
 from .version import __version__
 
-__all__ = ["ESMM", "ESCM2", "TowerModel", "SGD", "Adam", "fit", "simulate", "Dataset", "clean_dataset",
+__all__ = ["ESMM", "ESCM2", "TowerModel", "SharedBottom", "MMoE", "PLE", "AITM", "SGD", "Adam", "fit", "simulate", "Dataset", "clean_dataset",
            "CleanReport", "describe", "load_model", "data", "files", "gradcheck", "layers",
            "losses", "metrics", "optim", "simulator", "threads", "validate",
            "aliccp", "bags", "read_csv"]

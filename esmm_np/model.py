@@ -35,7 +35,7 @@ from .version import __version__
 FILE_FORMAT_VERSION = 1
 
 #: The classes a model file may name (esmm_np.persist maps each name to its class).
-FILE_CLASSES = ("ESMM", "ESCM2", "TowerModel")
+FILE_CLASSES = ("ESMM", "ESCM2", "TowerModel", "SharedBottom", "MMoE", "PLE", "AITM")
 
 _ACT_FORWARD = {"relu": L.relu_forward, "sigmoid": L.sigmoid_forward, "tanh": L.tanh_forward}
 _ACT_BACKWARD = {"relu": L.relu_backward, "sigmoid": L.sigmoid_backward, "tanh": L.tanh_backward}

@@ -28,8 +28,11 @@ import zipfile
 
 import numpy as np
 
+from .aitm import AITM
 from .escm2 import ESCM2
+from .gated import MMoE, PLE
 from .model import FILE_FORMAT_VERSION, ESMM, TowerModel
+from .multitask import SharedBottom
 from .optim import SGD, Adam
 from .validate import check_bool, is_int
 
@@ -37,7 +40,8 @@ from .validate import check_bool, is_int
 FORMAT_VERSION = FILE_FORMAT_VERSION
 
 #: The classes a file may name, imported explicitly (no registry written at import time).
-MODEL_CLASSES = {"ESMM": ESMM, "ESCM2": ESCM2, "TowerModel": TowerModel}
+MODEL_CLASSES = {"ESMM": ESMM, "ESCM2": ESCM2, "TowerModel": TowerModel,
+                 "SharedBottom": SharedBottom, "MMoE": MMoE, "PLE": PLE, "AITM": AITM}
 
 OPTIMIZER_CLASSES = {"SGD": SGD, "Adam": Adam}
 
