@@ -20,6 +20,9 @@ DESCRIPTION = ("ESMM in NumPy, for learning: check the gradients, run a one-minu
 def _gradcheck(args):
     from . import gradcheck as G
 
+    if args.model in ("sb", "mmoe", "ple", "aitm"):
+        from . import familycheck
+        return familycheck.run(args.model, n=args.n, seed=args.seed, h=args.h, tol=args.tol)
     if args.model != "esmm":
         return _gradcheck_escm2(args)
     model, (X, click, conversion, dense) = G.everything_on_example(n=args.n, seed=args.seed)
@@ -280,7 +283,8 @@ def main(argv=None):
                    help="finite-difference step")
     g.add_argument("--tol", type=_number(positive=False), default=1e-6,
                    help="relative-error threshold")
-    g.add_argument("--model", choices=("esmm", "escm2-ips", "escm2-dr"), default="esmm")
+    g.add_argument("--model", default="esmm",
+                   choices=("esmm", "escm2-ips", "escm2-dr", "sb", "mmoe", "ple", "aitm"))
     g.add_argument("--propensity-grad", action="store_true",
                    help="ESCM2: let the gradient flow through the propensity into the CTR tower")
     g.set_defaults(run=_gradcheck)
