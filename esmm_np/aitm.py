@@ -4,11 +4,11 @@ AITM models the funnel task by task. Each task has a tower on the shared
 input ``h0``; the CTCVR tower also reads what the CTR tower learned, through
 an *information layer* and the *transfer* attention of :mod:`esmm_np.transfer`:
 
-    q_ctr   = stack_ctr(h0)                          (n, d_ctr)  the CTR tower's hidden layers
-    q_ctcvr = stack_ctcvr(h0)                        (n, d)      the CTCVR tower's
-    info    = stack_info(q_ctr)                      (n, d)      one hidden layer, d units
-    tau     = attention([info, q_ctcvr])             (n, d)      J = 2 candidates per row
-    logit_ctr   = q_ctr W_out_ctr + b_out_ctr,   pCTR   = sigmoid(logit_ctr)
+    rep_ctr   = stack_ctr(h0)                 (n, d_ctr)  the CTR tower's hidden layers
+    rep_ctcvr = stack_ctcvr(h0)               (n, d)      the CTCVR tower's
+    info      = stack_info(rep_ctr)           (n, d)      one hidden layer, d units
+    tau       = attention([info, rep_ctcvr])  (n, d)      J = 2 candidates per row
+    logit_ctr   = rep_ctr W_out_ctr + b_out_ctr,   pCTR   = sigmoid(logit_ctr)
     logit_ctcvr = tau W_out_ctcvr + b_out_ctcvr, pCTCVR = sigmoid(logit_ctcvr)
 
     L = w_ctr mean BCE(click, pCTR) + w_ctcvr mean BCE(click * conversion, pCTCVR)
@@ -117,51 +117,53 @@ class AITM(MultiTaskModel):
         P, S = self.params, self.state
         cfg_ctr, cfg_ctcvr, cfg_info = self._configs()
         h0, emb = self._embed(P["embedding"], rows, dense, bags)                      # (n, d_in)
-        q_ctr, c_ctr = stack_forward(P, S, "ctr", h0, cfg_ctr, train, rng)            # (n, d_ctr)
-        q_ctcvr, c_ctcvr = stack_forward(P, S, "ctcvr", h0, cfg_ctcvr, train, rng)    # (n, d)
-        info, c_info = stack_forward(P, S, "info", q_ctr, cfg_info, train, rng)       # (n, d)
-        cand = np.stack([info, q_ctcvr], axis=1)                                      # (n, 2, d)
+        rep_ctr, c_ctr = stack_forward(P, S, "ctr", h0, cfg_ctr, train, rng)          # (n, d_ctr)
+        rep_ctcvr, c_ctcvr = stack_forward(P, S, "ctcvr", h0, cfg_ctcvr, train, rng)  # (n, d)
+        info, c_info = stack_forward(P, S, "info", rep_ctr, cfg_info, train, rng)     # (n, d)
+        cand = np.stack([info, rep_ctcvr], axis=1)                                    # (n, 2, d)
         tau, c_att = attention_forward(cand, P["transfer.W_v"], P["transfer.W_k"],
                                        P["transfer.W_q"])                             # (n, d)
-        a, c_a = L.affine_forward(q_ctr, P["ctr.W_out"], P["ctr.b_out"])              # (n, 1)
-        g, c_g = L.affine_forward(tau, P["ctcvr.W_out"], P["ctcvr.b_out"])            # (n, 1)
-        return ({"ctr": a[:, 0], "ctcvr": g[:, 0]},
-                AITMCache(emb, c_ctr, c_ctcvr, c_info, c_att, c_a, c_g))
+        logit_ctr, c_out_ctr = L.affine_forward(rep_ctr, P["ctr.W_out"],
+                                                P["ctr.b_out"])                       # (n, 1)
+        logit_ctcvr, c_out_ctcvr = L.affine_forward(tau, P["ctcvr.W_out"],
+                                                    P["ctcvr.b_out"])                 # (n, 1)
+        return ({"ctr": logit_ctr[:, 0], "ctcvr": logit_ctcvr[:, 0]},
+                AITMCache(emb, c_ctr, c_ctcvr, c_info, c_att, c_out_ctr, c_out_ctcvr))
 
     def _loss_at_logits(self, logits, labels):
         """The two cross-entropies and the calibrator; returns (loss, dlogit per task)."""
         click, conversion = labels
-        a, g = logits["ctr"], logits["ctcvr"]                                          # (n,), (n,)
+        logit_ctr, logit_ctcvr = logits["ctr"], logits["ctcvr"]                       # (n,), (n,)
         w_ctr, w_ctcvr = self.loss_weights
-        lam = self.calibrator_weight
-        loss_ctr, da = bce_with_logits(a, click)                                       # (n,)
-        loss_ctcvr, dg = bce_with_logits(g, click * conversion)                        # (n,)
-        p_ctr, s_ctr = L.sigmoid_forward(a)                                            # (n,)
-        p_ctcvr, s_ctcvr = L.sigmoid_forward(g)                                        # (n,)
+        lam_cal = self.calibrator_weight
+        loss_ctr, dlogit_ctr = bce_with_logits(logit_ctr, click)                       # (n,)
+        loss_ctcvr, dlogit_ctcvr = bce_with_logits(logit_ctcvr, click * conversion)    # (n,)
+        p_ctr, s_ctr = L.sigmoid_forward(logit_ctr)                                    # (n,)
+        p_ctcvr, s_ctcvr = L.sigmoid_forward(logit_ctcvr)                              # (n,)
         cal, cal_cache = calibrator_forward(p_ctcvr, p_ctr)
-        dp_ctcvr, dp_ctr = calibrator_backward(lam, cal_cache)                         # (n,) each
-        dlogit = {"ctr": w_ctr * da + L.sigmoid_backward(dp_ctr, s_ctr),
-                  "ctcvr": w_ctcvr * dg + L.sigmoid_backward(dp_ctcvr, s_ctcvr)}
-        return w_ctr * loss_ctr + w_ctcvr * loss_ctcvr + lam * cal, dlogit
+        dp_ctcvr, dp_ctr = calibrator_backward(lam_cal, cal_cache)                     # (n,) each
+        dlogit = {"ctr": w_ctr * dlogit_ctr + L.sigmoid_backward(dp_ctr, s_ctr),
+                  "ctcvr": w_ctcvr * dlogit_ctcvr + L.sigmoid_backward(dp_ctcvr, s_ctcvr)}
+        return w_ctr * loss_ctr + w_ctcvr * loss_ctcvr + lam_cal * cal, dlogit
 
     def _loss_grads(self, rows, dense, labels, train, rng, masks=None, bags=None):
-        logits, c = self._forward(rows, dense, train, rng, masks, bags=bags)
+        logits, cache = self._forward(rows, dense, train, rng, masks, bags=bags)
         loss, dlogit = self._loss_at_logits(logits, labels)
         cfg_ctr, cfg_ctcvr, cfg_info = self._configs()
         grads = {}
-        dq_ctr, grads["ctr.W_out"], grads["ctr.b_out"] = L.affine_backward(
-            dlogit["ctr"][:, None], c.out_ctr)                                         # (n, d_ctr)
+        drep_ctr, grads["ctr.W_out"], grads["ctr.b_out"] = L.affine_backward(
+            dlogit["ctr"][:, None], cache.out_ctr)                                     # (n, d_ctr)
         dtau, grads["ctcvr.W_out"], grads["ctcvr.b_out"] = L.affine_backward(
-            dlogit["ctcvr"][:, None], c.out_ctcvr)                                     # (n, d)
+            dlogit["ctcvr"][:, None], cache.out_ctcvr)                                 # (n, d)
         dcand, grads["transfer.W_v"], grads["transfer.W_k"], grads["transfer.W_q"] = \
-            attention_backward(dtau, c.attention)                                      # (n, 2, d)
-        dinfo, dq_ctcvr = dcand[:, 0], dcand[:, 1]                                     # (n, d) each
+            attention_backward(dtau, cache.attention)                                  # (n, 2, d)
+        dinfo, drep_ctcvr = dcand[:, 0], dcand[:, 1]                                   # (n, d) each
         # The CTR tower's representation feeds its own logit and the information layer.
-        dq_ctr = dq_ctr + stack_backward(dinfo, c.info, "info", cfg_info, grads)       # (n, d_ctr)
-        dh0 = (stack_backward(dq_ctr, c.ctr, "ctr", cfg_ctr, grads)
-               + stack_backward(dq_ctcvr, c.ctcvr, "ctcvr", cfg_ctcvr, grads))         # (n, d_in)
-        grads["embedding"] = self._embed_backward(dh0, c.embed)
-        return loss, grads, c
+        drep_ctr = drep_ctr + stack_backward(dinfo, cache.info, "info", cfg_info, grads)  # (n, d_ctr)
+        dh0 = (stack_backward(drep_ctr, cache.ctr, "ctr", cfg_ctr, grads)
+               + stack_backward(drep_ctcvr, cache.ctcvr, "ctcvr", cfg_ctcvr, grads))   # (n, d_in)
+        grads["embedding"] = self._embed_backward(dh0, cache.embed)
+        return loss, grads, cache
 
     def _stacks(self, cache):
         return [("ctr", cache.ctr), ("ctcvr", cache.ctcvr), ("info", cache.info)]
@@ -178,12 +180,13 @@ class AITM(MultiTaskModel):
         out = {"p_ctr": [], "p_ctcvr": [], "p_cvr_raw": []}
         for s, logits, _ in self._chunks(X, dense, batch_size, bags):
             check_logits(logits, s)
-            a, g = logits["ctr"], logits["ctcvr"]                                      # (b,), (b,)
-            out["p_ctr"].append(L.sigmoid(a))
-            out["p_ctcvr"].append(L.sigmoid(g))
-            # sigmoid(g) / sigmoid(a) in log space: no 0 / 0 where pCTR underflows.
+            logit_ctr, logit_ctcvr = logits["ctr"], logits["ctcvr"]                   # (b,), (b,)
+            out["p_ctr"].append(L.sigmoid(logit_ctr))
+            out["p_ctcvr"].append(L.sigmoid(logit_ctcvr))
+            # The ratio of the two sigmoids in log space: no 0 / 0 where pCTR underflows.
             with np.errstate(over="ignore"):
-                out["p_cvr_raw"].append(np.exp(softplus(-a) - softplus(-g)))           # (b,)
+                out["p_cvr_raw"].append(np.exp(softplus(-logit_ctr)
+                                               - softplus(-logit_ctcvr)))              # (b,)
         out = {k: np.concatenate(v) for k, v in out.items()}
         out["p_cvr"] = np.clip(out["p_cvr_raw"], 0.0, 1.0)
         return out

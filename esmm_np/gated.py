@@ -7,7 +7,7 @@ inputs, and some gates, each a softmax over a list of those experts
 (:func:`esmm_np.multitask.gate_forward`) that mixes them into one output
 (:func:`esmm_np.experts.mixture_forward`):
 
-    MMoE:  experts o_1 .. o_K of h0;  x_t = sum_k psi_t,k o_k,  psi_t = softmax(h0 W_t + b_t)
+    MMoE:  experts o_1 .. o_K of h0;  m_t = sum_k psi_t,k o_k,  psi_t = softmax(h0 W_t + b_t)
     PLE:   per level l, each task's own experts and the shared ones; task t's gate
            mixes its own and the shared experts, the shared gate (every level but the
            last) mixes all of them; level l + 1 reads level l's outputs.
@@ -66,41 +66,41 @@ class GatedModel(MultiTaskModel):
 
     def _body_forward(self, h0, train, rng):
         cfg = self.tower_config(self.expert_units)
-        x = {key: h0 for key in ("ctr", "cvr", "shared", "input")}                  # (n, d_in)
+        level_in = {key: h0 for key in ("ctr", "cvr", "shared", "input")}           # (n, d_in)
         caches = []
         for experts, gates in self.levels:
             out, ecache = {}, {}
             for name, key in experts:
                 out[name], ecache[name] = stack_forward(self.params, self.state, name,  # (n, d_e)
-                                                        x[key], cfg, train, rng)
-            y, gcache = {}, {}
+                                                        level_in[key], cfg, train, rng)
+            level_out, gcache = {}, {}
             for g in gates:
                 o = np.stack([out[e] for e in g.experts], axis=1)                    # (n, K, d_e)
-                psi, gate_cache = gate_forward(self.params, g.name, x[g.inp])        # (n, K)
-                y[g.out], mix_cache = mixture_forward(o, psi)                        # (n, d_e)
+                psi, gate_cache = gate_forward(self.params, g.name, level_in[g.inp]) # (n, K)
+                level_out[g.out], mix_cache = mixture_forward(o, psi)                # (n, d_e)
                 gcache[g.out] = (gate_cache, mix_cache, psi)
             caches.append(LevelCache(ecache, gcache))
-            x = y
-        return {"ctr": x["ctr"], "cvr": x["cvr"]}, caches
+            level_in = level_out
+        return {"ctr": level_in["ctr"], "cvr": level_in["cvr"]}, caches
 
-    def _body_backward(self, dx, caches, grads):
+    def _body_backward(self, dtower_in, caches, grads):
         cfg = self.tower_config(self.expert_units)
-        dy = dict(dx)                          # gradients of the last level's outputs
+        dlevel_out = dict(dtower_in)      # the last level's outputs are the towers' inputs
         for (experts, gates), cache in zip(reversed(self.levels), reversed(caches)):
-            dout = {}                          # expert name -> gradient of its output
-            dinp = {}                          # input key -> gradient of that input
+            dexpert = {}                  # expert name -> gradient of its output
+            dlevel_in = {}                # input key -> gradient of that input
             for g in gates:
                 gate_cache, mix_cache, _ = cache.gates[g.out]
-                do, dpsi = mixture_backward(dy[g.out], mix_cache)                    # (n, K, d_e), (n, K)
-                for k, e in enumerate(g.experts):   # a shared expert adds every gate's share
-                    dout[e] = do[:, k] if e not in dout else dout[e] + do[:, k]      # (n, d_e)
-                dh = gate_backward(dpsi, gate_cache, g.name, grads)                  # (n, d)
-                dinp[g.inp] = dh if g.inp not in dinp else dinp[g.inp] + dh
+                do, dpsi = mixture_backward(dlevel_out[g.out], mix_cache)           # (n, K, d_e), (n, K)
+                for k, e in enumerate(g.experts):      # a shared expert adds every gate's share
+                    dexpert[e] = do[:, k] if e not in dexpert else dexpert[e] + do[:, k]  # (n, d_e)
+                dh = gate_backward(dpsi, gate_cache, g.name, grads)                 # (n, d)
+                dlevel_in[g.inp] = dh if g.inp not in dlevel_in else dlevel_in[g.inp] + dh
             for name, key in experts:
-                dh = stack_backward(dout[name], cache.experts[name], name, cfg, grads)  # (n, d)
-                dinp[key] = dh if key not in dinp else dinp[key] + dh
-            dy = dinp
-        return sum(dy.values())                # level 0 read h0 under every key: (n, d_in)
+                dh = stack_backward(dexpert[name], cache.experts[name], name, cfg, grads)  # (n, d)
+                dlevel_in[key] = dh if key not in dlevel_in else dlevel_in[key] + dh
+            dlevel_out = dlevel_in
+        return sum(dlevel_out.values())   # level 0 read h0 under every key: (n, d_in)
 
     def _body_stacks(self, caches):
         return [(name, c) for cache in caches for name, c in cache.experts.items()]
@@ -151,7 +151,7 @@ class MMoE(GatedModel):
     """Multi-gate Mixture-of-Experts (Ma et al., KDD 2018).
 
     ``K`` experts read ``h0``; task ``t``'s gate ``psi_t = softmax(h0 W_t + b_t)``
-    mixes them, ``x_t = sum_k psi_t,k o_k``, and tower ``t`` reads ``x_t``.
+    mixes them, ``m_t = sum_k psi_t,k o_k``, and tower ``t`` reads ``m_t``.
     ``pCTCVR = pCTR * pCVR`` as in ESMM.
 
     Parameters
@@ -199,10 +199,10 @@ class PLE(GatedModel):
 
     At every level ``l`` each task has ``n_task_experts`` experts of its own
     and ``n_shared_experts`` are shared. Task ``t``'s gate mixes its own and
-    the shared experts into ``x_t``; below the last level a shared gate mixes
-    every expert of the level into ``x_shared``. Level ``l + 1``'s task
-    experts and gate read ``x_t``, its shared experts and gate ``x_shared``;
-    level 0 reads ``h0`` everywhere. The towers read the last level's ``x_t``.
+    the shared experts into ``m_t``; below the last level a shared gate mixes
+    every expert of the level into ``m_shared``. Level ``l + 1``'s task
+    experts and gate read ``m_t``, its shared experts and gate ``m_shared``;
+    level 0 reads ``h0`` everywhere. The towers read the last level's ``m_t``.
     ``pCTCVR = pCTR * pCVR`` as in ESMM.
 
     Parameters

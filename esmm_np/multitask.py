@@ -5,10 +5,10 @@ Every model of the family (Shared-Bottom here; MMoE and PLE in
 ESMM, ``h0 = [embeddings, pooled bags, dense]`` from one shared table, and
 ends in ESMM's two towers. What differs is the *body* between them:
 
-    h0 --body--> x_ctr, x_cvr --towers--> logit_ctr, logit_cvr
+    h0 --body--> tower_in["ctr"], tower_in["cvr"] --towers--> logit_ctr, logit_cvr
 
-Shared-Bottom's body is one MLP whose output both towers read
-(``x_ctr = x_cvr = bottom(h0)``); MMoE's and PLE's are experts and gates.
+Shared-Bottom's body is one MLP whose output ``shared`` both towers read;
+MMoE's and PLE's are experts and gates (docs/derivation.md, sections 13 and 14).
 
 Where the CVR loss lives is an option, ``space``:
 
@@ -167,8 +167,8 @@ class MultiTaskModel(ESMM):
 
     A subclass builds its body's parameters in ``__init__`` (then calls
     :meth:`_build_towers` with the body's output width) and defines
-    ``_body_forward(h0, train, rng) -> ({"ctr": x_ctr, "cvr": x_cvr}, cache)``,
-    ``_body_backward(dx, cache, grads) -> dh0`` and ``_body_stacks(cache)``,
+    ``_body_forward(h0, train, rng) -> ({"ctr": tower_in_ctr, "cvr": tower_in_cvr}, cache)``,
+    ``_body_backward(dtower_in, cache, grads) -> dh0`` and ``_body_stacks(cache)``,
     the ``(prefix, TowerCache)`` pairs whose batch norm the training loop folds.
     """
 
@@ -206,10 +206,10 @@ class MultiTaskModel(ESMM):
             raise ValueError(f"{type(self).__name__} takes no fixed dropout masks; pass "
                              "seed= for repeatable masks")
         h0, emb_cache = self._embed(self.params["embedding"], rows, dense, bags)      # (n, d_in)
-        x, body_cache = self._body_forward(h0, train, rng)                            # (n, d) each
+        tower_in, body_cache = self._body_forward(h0, train, rng)                     # (n, d) each
         logits, towers = {}, {}
         for t, units in zip(self.towers, self.tower_units):
-            logits[t], towers[t] = tower_forward(self.params, self.state, t, x[t],    # (n,)
+            logits[t], towers[t] = tower_forward(self.params, self.state, t, tower_in[t],  # (n,)
                                                  self.tower_config(units), train, rng)
         return logits, ForwardCache(emb_cache, body_cache, towers)
 
@@ -218,10 +218,10 @@ class MultiTaskModel(ESMM):
         logits, cache = self._forward(rows, dense, train, rng, masks, bags=bags)
         loss, dlogit = self._loss_at_logits(logits, labels)
         grads = {}
-        dx = {t: tower_backward(dlogit[t], cache.towers[t], t, self.tower_config(units),
-                                grads)                                                 # (n, d)
-              for t, units in zip(self.towers, self.tower_units)}
-        dh0 = self._body_backward(dx, cache.body, grads)                              # (n, d_in)
+        dtower_in = {t: tower_backward(dlogit[t], cache.towers[t], t,                 # (n, d)
+                                       self.tower_config(units), grads)
+                     for t, units in zip(self.towers, self.tower_units)}
+        dh0 = self._body_backward(dtower_in, cache.body, grads)                            # (n, d_in)
         grads["embedding"] = self._embed_backward(dh0, cache.embed)
         return loss, grads, cache
 
@@ -279,9 +279,9 @@ def check_units(units, name):
 class SharedBottom(MultiTaskModel):
     """Shared-Bottom: one MLP under the two towers (Caruana, "Multitask Learning", 1997).
 
-    ``x = bottom(h0)``; both towers read ``x``; ``pCTR = sigmoid(tower_ctr(x))``,
-    ``pCVR = sigmoid(tower_cvr(x))``, ``pCTCVR = pCTR * pCVR``. The bottom's
-    gradient is the sum of the two towers' (``dx = dx_ctr + dx_cvr``).
+    ``shared = bottom(h0)``; both towers read it: ``pCTR = sigmoid(tower_ctr(shared))``,
+    ``pCVR = sigmoid(tower_cvr(shared))``, ``pCTCVR = pCTR * pCVR``. The bottom's
+    gradient is the sum of the two towers' (``dshared = dtower_in_ctr + dtower_in_cvr``).
 
     Parameters
     ----------
@@ -321,13 +321,13 @@ class SharedBottom(MultiTaskModel):
         return config
 
     def _body_forward(self, h0, train, rng):
-        x, cache = stack_forward(self.params, self.state, "bottom", h0,                # (n, d)
-                                 self.tower_config(self.bottom_units), train, rng)
-        return {"ctr": x, "cvr": x}, cache
+        shared, cache = stack_forward(self.params, self.state, "bottom", h0,          # (n, d)
+                                      self.tower_config(self.bottom_units), train, rng)
+        return {"ctr": shared, "cvr": shared}, cache
 
-    def _body_backward(self, dx, cache, grads):
-        dbottom = dx["ctr"] + dx["cvr"]               # both towers read the bottom: (n, d)
-        return stack_backward(dbottom, cache, "bottom", self.tower_config(self.bottom_units),
+    def _body_backward(self, dtower_in, cache, grads):
+        dshared = dtower_in["ctr"] + dtower_in["cvr"]   # both towers read the bottom: (n, d)
+        return stack_backward(dshared, cache, "bottom", self.tower_config(self.bottom_units),
                               grads)                                                   # (n, d_in)
 
     def _body_stacks(self, cache):
