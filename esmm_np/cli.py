@@ -100,7 +100,7 @@ def _demo(args):
 
 
 def _method_names():
-    from .experiments.baselines import TRAINERS
+    from .experiments.methods import TRAINERS
     return tuple(TRAINERS)
 
 

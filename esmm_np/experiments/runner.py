@@ -22,7 +22,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from .baselines import TRAINERS, USES_CTR_NET, make_context
+from .baselines import USES_CTR_NET, make_context
+from .methods import TRAINERS
 from .checks import check_world
 from .config import (ExperimentConfig, INTERVAL_METRICS, effort_for, make_world, model_arch,
                      world_seeds)

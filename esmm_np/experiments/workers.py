@@ -14,7 +14,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .baselines import TRAINERS, bag_kw, make_context, train_ctr_net
+from .baselines import bag_kw, make_context, train_ctr_net
+from .methods import TRAINERS
 from .config import model_arch
 from .scoring import intervals
 from ..data.simulator import simulate
