@@ -39,8 +39,8 @@ from . import layers as L
 from . import validate
 from .experts import softmax_backward, softmax_forward
 from .losses import bce_with_logits, l2_penalty
-from .model import (ESMM, TowerCache, HiddenCache, check_batch_stats, check_tower_units,
-                    fold_running_stats, init_tower, tower_backward, tower_forward)
+from .model import (ESMM, check_batch_stats, check_tower_units, fold_running_stats, init_tower,
+                    tower_backward, tower_forward)
 
 #: Where the CVR loss lives (see the module docstring).
 SPACES = ("entire", "clicked")
@@ -50,6 +50,16 @@ _ACT_BACKWARD = {"relu": L.relu_backward, "sigmoid": L.sigmoid_backward, "tanh":
 
 #: What a family model's forward keeps: the input path's cache, the body's, each tower's.
 ForwardCache = namedtuple("ForwardCache", ["embed", "body", "towers"])
+
+#: One hidden layer of a stack, as a tower's keeps it: the affine layer's cache, batch
+#: norm's cache and batch statistics (None without batch norm), the activation's cache,
+#: the dropout mask (None when no dropout ran). The tower's batch-norm helpers
+#: (check_batch_stats, fold_running_stats) read a stack's ``hidden`` list as a tower's.
+LayerCache = namedtuple("LayerCache", ["affine", "batchnorm", "batch_stats", "activation",
+                                       "dropout"])
+
+#: A hidden stack's cache: one LayerCache per layer (a tower's cache without its logit layer).
+StackCache = namedtuple("StackCache", ["hidden"])
 
 
 # ------------------------------------------------- a stack of hidden layers
@@ -78,7 +88,7 @@ def stack_forward(params, state, prefix, h, cfg, train, rng=None):
     Returns
     -------
     h : ndarray of shape (n, units[-1])
-    cache : TowerCache with ``out=None``
+    cache : StackCache
     """
     hidden = []
     for i in range(len(cfg.units)):
@@ -95,8 +105,8 @@ def stack_forward(params, state, prefix, h, cfg, train, rng=None):
         mask = None
         if train and cfg.dropout > 0:
             h, mask = L.dropout_forward(h, cfg.dropout, rng=rng)                         # (n, u_i)
-        hidden.append(HiddenCache(affine, bn, stats, act, mask))
-    return h, TowerCache(hidden, None)
+        hidden.append(LayerCache(affine, bn, stats, act, mask))
+    return h, StackCache(hidden)
 
 
 def stack_backward(dh, cache, prefix, cfg, grads):
@@ -169,7 +179,7 @@ class MultiTaskModel(ESMM):
     :meth:`_build_towers` with the body's output width) and defines
     ``_body_forward(h0, train, rng) -> ({"ctr": tower_in_ctr, "cvr": tower_in_cvr}, cache)``,
     ``_body_backward(dtower_in, cache, grads) -> dh0`` and ``_body_stacks(cache)``,
-    the ``(prefix, TowerCache)`` pairs whose batch norm the training loop folds.
+    the ``(prefix, StackCache)`` pairs whose batch norm the training loop folds.
     """
 
     def __init__(self, field_dims, embed_dim, tower_units, *, space="entire",
@@ -241,7 +251,7 @@ class MultiTaskModel(ESMM):
         return w_ctr * loss_ctr + w_cvr * loss_cvr, {"ctr": w_ctr * da, "cvr": w_cvr * db}
 
     def _stacks(self, cache):
-        """Every (prefix, TowerCache) pair of one forward: the body's, then the towers'."""
+        """Every (prefix, stack or tower cache) pair of one forward: the body's, then the towers'."""
         return list(self._body_stacks(cache.body)) + [(t, cache.towers[t]) for t in self.towers]
 
     def _fold_bn(self, cache):
