@@ -231,7 +231,7 @@ class MultiTaskModel(ESMM):
         dtower_in = {t: tower_backward(dlogit[t], cache.towers[t], t,                 # (n, d)
                                        self.tower_config(units), grads)
                      for t, units in zip(self.towers, self.tower_units)}
-        dh0 = self._body_backward(dtower_in, cache.body, grads)                            # (n, d_in)
+        dh0 = self._body_backward(dtower_in, cache.body, grads)                       # (n, d_in)
         grads["embedding"] = self._embed_backward(dh0, cache.embed)
         return loss, grads, cache
 
@@ -241,14 +241,15 @@ class MultiTaskModel(ESMM):
             return super()._loss_at_logits(logits, labels)
         click, conversion = labels
         w_ctr, w_cvr = self.loss_weights
-        loss_ctr, da = bce_with_logits(logits["ctr"], click)                          # (n,)
-        b = logits["cvr"]                                                              # (n,)
-        clicked = np.flatnonzero(click)                                                # (c,) rows
-        db = np.zeros_like(b)                                                          # (n,)
+        loss_ctr, dlogit_ctr = bce_with_logits(logits["ctr"], click)                  # (n,)
+        logit_cvr = logits["cvr"]                                                      # (n,)
+        clicked = np.flatnonzero(click)                                                # (n_y,) rows
+        dlogit_cvr = np.zeros_like(logit_cvr)                                          # (n,)
         loss_cvr = 0.0
-        if clicked.size:        # mean over the clicked rows: 1/c, not 1/n, in the gradient
-            loss_cvr, db[clicked] = bce_with_logits(b[clicked], conversion[clicked])
-        return w_ctr * loss_ctr + w_cvr * loss_cvr, {"ctr": w_ctr * da, "cvr": w_cvr * db}
+        if clicked.size:        # a mean over the clicked rows: 1 / n_y, not 1 / n, in the gradient
+            loss_cvr, dlogit_cvr[clicked] = bce_with_logits(logit_cvr[clicked], conversion[clicked])
+        return (w_ctr * loss_ctr + w_cvr * loss_cvr,
+                {"ctr": w_ctr * dlogit_ctr, "cvr": w_cvr * dlogit_cvr})
 
     def _stacks(self, cache):
         """Every (prefix, stack or tower cache) pair of one forward: the body's, then the towers'."""
