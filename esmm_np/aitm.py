@@ -201,7 +201,7 @@ class AITM(MultiTaskModel):
         """
         total, n = 0.0, 0
         for _, _, cache in self._chunks(X, dense, batch_size, bags):
-            att = cache.attention[6]                                                   # (b, 2)
+            *_, att, _ = cache.attention       # the softmax's cache is att itself: (b, 2)
             total = total + att.sum(axis=0)
             n += att.shape[0]
         return {"info": float(total[0] / n), "own": float(total[1] / n)}
