@@ -3,28 +3,36 @@
 Runs ``ESMM(field_dims).loss(X, click, conversion)`` on a plain model (default
 options: ReLU, one shared table, no bags, no dense features) under
 ``sys.settrace`` and counts the files, functions and code lines of esmm_np it
-executes, and how many of those lines are the model's math.
+executes, and how many of those lines are the model's math. A *code line* is
+one executed statement (a statement over several physical lines counts once;
+for ``if``/``for``/``while`` only the header).
 
-The rule, applied to each executed line (comments and docstrings never run):
+The rule, applied to each executed statement:
 
-- **validation**: a line of ``esmm_np/validate.py``, of a function named
-  ``check_*``, ``_check_*``, ``is_*``, ``in_blocks``, ``check_labels`` or
-  ``check_bags``, or a line with ``raise``;
-- **math**: otherwise, a line that computes on numbers: it has an arithmetic
-  or matrix operator (``+ - * / @ **``, augmented ones included) outside
-  string literals, or calls a NumPy routine that computes values
-  (``np.take``, ``np.exp``, ``np.add.at``, ``.sum(``, ``.reshape(`` ...), or
-  calls a layer, loss or reference function (``*_forward``, ``*_backward``,
-  ``sigmoid``, ``softplus``, ``bce_*``, ``ctcvr_*``, ``scatter_add*``,
-  ``l2_penalty``);
+- **validation**: a statement of ``esmm_np/validate.py`` or of a function
+  named ``check_*``, ``_check_*``, ``is_*`` or ``in_blocks``; a ``raise``;
+  or a statement that calls such a function (``validate.check_int(...)``,
+  ``self.check_rows(...)``): the entry point's checks;
+- **math**: otherwise, a statement that computes on numbers: it has an
+  arithmetic or matrix operator (``+ - * / // % @ **``, augmented ones
+  included) outside string literals, or calls a NumPy routine that computes
+  values (``np.take``, ``np.exp``, ``np.add.at``, ``.sum(``, ``.reshape(`` ...),
+  or calls a function whose job is the math: a layer, loss or reference
+  function (``*_forward``, ``*_backward``, ``sigmoid``, ``softplus``,
+  ``bce_*``, ``ctcvr_*``, ``scatter_add*``, ``l2_penalty``) or the models'
+  own (``_embed``, ``_embed_backward``, ``_forward``, ``_loss_grads``,
+  ``_loss_at_logits``, ``_l2``);
 - **other**: everything else (option branches, dispatch, dict and tuple
-  plumbing, returns of caches).
+  plumbing, returns of caches, the entry point's hand-offs).
 
 Usage (the package found on PYTHONPATH is the one measured)::
 
-    PYTHONPATH=. python benchmarks/reading_path.py
+    PYTHONPATH=. python benchmarks/reading_path.py [-v]
+
+``-v`` prints every statement with its class.
 """
 
+import ast
 import io
 import os
 import re
@@ -37,14 +45,16 @@ import esmm_np
 
 PACKAGE = os.path.dirname(os.path.abspath(esmm_np.__file__))
 
-VALIDATION_FUNCS = re.compile(r"^(_?check_\w*|is_\w+|in_blocks)$")
+VALIDATION_FUNCS = re.compile(r"^(_?check_\w*|is_\w+|in_blocks|as_array)$")
 MATH_CALLS = re.compile(
     r"\b(np\.(take|exp|log|log1p|logaddexp|maximum|minimum|where|sort|cumsum|concatenate|"
     r"add\.at|add\.reduceat|sqrt|abs|mean|sum|zeros|zeros_like|not_equal|repeat|arange)|"
     r"\.sum\(|\.mean\(|\.reshape\(|\.T\b|\w+_forward\(|\w+_backward\(|\bsigmoid\(|"
     r"\bsoftplus\(|\bbce_\w+\(|\bctcvr_\w+\(|\bscatter_add\w*\(|\bl2_penalty\(|"
-    r"_logsumexp3\()")
-OPERATORS = {"+", "-", "*", "/", "@", "**", "+=", "-=", "*=", "/=", "@="}
+    r"_logsumexp3\(|\._embed\(|\._embed_backward\(|\._forward\(|\._loss_grads\(|"
+    r"\._loss_at_logits\(|\._l2\()")
+CALLS_CHECK = re.compile(r"(\bcheck_\w+\(|\bvalidate\.\w+\(|\b_check_\w+\()")
+OPERATORS = {"+", "-", "*", "/", "//", "%", "@", "**", "+=", "-=", "*=", "/=", "@=", "//="}
 
 
 def _code_only(line):
@@ -63,7 +73,7 @@ def _code_only(line):
 def classify(path, func, line):
     """'validation', 'math' or 'other' for one executed source line (the rule above)."""
     if os.path.basename(path) == "validate.py" or VALIDATION_FUNCS.match(func) \
-            or func in ("check_labels", "check_bags") or re.search(r"\braise\b", line):
+            or re.search(r"^\s*raise\b", line) or CALLS_CHECK.search(line):
         return "validation"
     toks = _code_only(line)
     if isinstance(toks, str):
@@ -83,6 +93,28 @@ def classify(path, func, line):
     if has_op or MATH_CALLS.search(text_nospace.replace("np.", "np.")) or MATH_CALLS.search(text):
         return "math"
     return "other"
+
+
+def statements(path):
+    """{first line of each statement: its source text}; compound statements give their header."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    lines = text.splitlines()
+    out, first = {}, {}
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, ast.stmt):
+            continue
+        if isinstance(node, (ast.If, ast.For, ast.While, ast.With, ast.Try)):
+            body0 = node.body[0].lineno if node.body else node.lineno + 1
+            end = max(node.lineno, body0 - 1)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            continue
+        else:
+            end = node.end_lineno
+        out[node.lineno] = "\n".join(lines[node.lineno - 1:end])
+        for ln in range(node.lineno, end + 1):
+            first.setdefault(ln, node.lineno)
+    return out, first
 
 
 def trace_loss():
@@ -133,17 +165,22 @@ def main():
     sources = {}
     kinds = {"math": 0, "validation": 0, "other": 0}
     per_file = {}
-    for (path, lineno), func in sorted(lines.items()):
+    executed = {}
+    for (path, lineno), func in lines.items():
         if path not in sources:
-            with open(path, encoding="utf-8") as fh:
-                sources[path] = fh.read().splitlines()
-        text = sources[path][lineno - 1]
+            sources[path] = statements(path)
+        stmts, first = sources[path]
+        if lineno in first:
+            executed[(path, first[lineno])] = func
+    for (path, lineno), func in sorted(executed.items()):
+        text = sources[path][0][lineno]
         kind = classify(path, func, text)
         kinds[kind] += 1
         per_file.setdefault(os.path.relpath(path, PACKAGE), {"math": 0, "validation": 0,
                                                              "other": 0})[kind] += 1
         if "-v" in sys.argv:
-            print(f"{kind:<10} {os.path.relpath(path, PACKAGE)}:{lineno:<4} {text.strip()}")
+            print(f"{kind:<10} {os.path.relpath(path, PACKAGE)}:{lineno:<4} "
+                  f"{' '.join(text.split())[:110]}")
     total = sum(kinds.values())
     n_mod, longest, longest_lines = modules()
     print(f"package: {PACKAGE}")

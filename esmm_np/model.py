@@ -583,10 +583,10 @@ class ESMM(_EmbeddingMLP):
                          l2_reg_dnn=l2_reg_dnn, n_dense=n_dense, dtype=dtype, seed=seed,
                          bn_momentum=bn_momentum, bag_dims=bag_dims, bag_pooling=bag_pooling)
         self.ctcvr_loss = check_choice(ctcvr_loss, "ctcvr_loss", ("logspace", "naive"))
-        if isinstance(loss_weights, (str, bytes, dict)) or not hasattr(loss_weights, "__len__"):
+        if isinstance(loss_weights, dict) or not hasattr(loss_weights, "__len__"):
             raise TypeError(f"loss_weights must be a pair of non-negative numbers "
                             f"(w_ctr, w_ctcvr), got {loss_weights!r}")
-        if len(loss_weights) != 2:
+        if isinstance(loss_weights, (str, bytes)) or len(loss_weights) != 2:
             raise ValueError(f"loss_weights must be two non-negative numbers, got {loss_weights!r}")
         self.loss_weights = tuple(validate.check_float(w, f"loss_weights[{i}]", low=0)
                                   for i, w in enumerate(loss_weights))
