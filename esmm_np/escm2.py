@@ -42,7 +42,8 @@ from . import validate
 from .gradcheck import (EXAMPLE_FIELD_DIMS, EXAMPLE_OPTIONS, FD_STEP, MODEL_TOL, check_model,
                         perturb_and_draw)
 from .losses import softplus
-from .model import ESMM, check_tower_units, init_tower
+from .model import ESMM, check_tower_units
+from .tower import init_tower
 
 VARIANTS = ("ips", "dr")
 
