@@ -88,19 +88,16 @@ def tower_forward(params, state, prefix, h, cfg, train, rng=None, masks=None):
     hidden = []
     for i in range(len(cfg.units)):
         u, affine = L.affine_forward(h, params[f"{prefix}.W{i}"], params[f"{prefix}.b{i}"])  # (n, u_i)
-        bn = stats = None
-        if cfg.batch_norm:
-            u, bn, stats = L.batchnorm_forward(                                          # (n, u_i)
-                u, params[f"{prefix}.gamma{i}"], params[f"{prefix}.beta{i}"],
-                state[f"{prefix}.bn_mean{i}"], state[f"{prefix}.bn_var{i}"], train)
-        if cfg.activation == "prelu":
-            h, act = L.prelu_forward(u, params[f"{prefix}.alpha{i}"])                    # (n, u_i)
-        else:
-            h, act = ACTIVATION_FORWARD[cfg.activation](u)                               # (n, u_i)
-        mask = None
-        if train and cfg.dropout > 0:
-            h, mask = L.dropout_forward(h, cfg.dropout, rng=rng,                         # (n, u_i)
-                                        mask=None if masks is None else masks[i])
+        u, bn, stats = (L.batchnorm_forward(u, params[f"{prefix}.gamma{i}"],               # (n, u_i)
+                                            params[f"{prefix}.beta{i}"],
+                                            state[f"{prefix}.bn_mean{i}"],
+                                            state[f"{prefix}.bn_var{i}"], train)
+                        if cfg.batch_norm else (u, None, None))
+        h, act = (L.prelu_forward(u, params[f"{prefix}.alpha{i}"])                         # (n, u_i)
+                  if cfg.activation == "prelu" else ACTIVATION_FORWARD[cfg.activation](u))
+        h, mask = (L.dropout_forward(h, cfg.dropout, rng=rng,                               # (n, u_i)
+                                     mask=None if masks is None else masks[i])
+                   if train and cfg.dropout > 0 else (h, None))
         hidden.append(HiddenCache(affine, bn, stats, act, mask))
     logit, out = L.affine_forward(h, params[f"{prefix}.W_out"], params[f"{prefix}.b_out"])  # (n, 1)
     return logit[:, 0], TowerCache(hidden, out)
@@ -124,8 +121,7 @@ def tower_backward(dlogit, cache, prefix, cfg, grads):
         dlogit[:, None], cache.out)                                                      # (n, u_last)
     for i in reversed(range(len(cache.hidden))):
         c = cache.hidden[i]
-        if c.dropout is not None:
-            dh = L.dropout_backward(dh, c.dropout)                                       # (n, u_i)
+        dh = dh if c.dropout is None else L.dropout_backward(dh, c.dropout)              # (n, u_i)
         if cfg.activation == "prelu":
             du, grads[f"{prefix}.alpha{i}"] = L.prelu_backward(dh, c.activation)         # (n, u_i)
         else:
