@@ -148,7 +148,7 @@ class _EmbeddingMLP:
 
     def _new_table(self):
         """An embedding table with small random rows (N(0, 0.05^2))."""
-        V = sum(self.field_dims) + sum(self.bag_dims.values())
+        V = sum(self.field_dims) + sum(self.bag_dims.values())             # rows of the table
         return (0.05 * self.rng.standard_normal((V, self.embed_dim))).astype(self.dtype)
 
     def tower_config(self, units):
@@ -228,7 +228,7 @@ class _EmbeddingMLP:
         if cache.bags is None:
             return L.embedding_backward(de, cache.lookup)
         width = cache.lookup[0].shape[1] * self.embed_dim                   # F*k
-        parts = [L.embedding_backward(de[:, :width], cache.lookup)]
+        parts = [L.embedding_backward(de[:, :width], cache.lookup)]         # SparseRows (V, k)
         for b, c in enumerate(cache.bags):
             lo = width + b * self.embed_dim
             parts.append(L.bag_backward(de[:, lo:lo + self.embed_dim], c))  # (n, k) each
@@ -251,17 +251,18 @@ class _EmbeddingMLP:
                 if lazy:
                     E_used = self.params[name][g.rows]                       # (u, k)
                     total += float(lam * np.sum(E_used * E_used))
-                    grads[name] = L.SparseRows(g.rows, g.values + 2 * lam * E_used, g.n_rows)
+                    grads[name] = L.SparseRows(g.rows, g.values + 2 * lam * E_used,  # (u, k)
+                                               g.n_rows)
                 else:
                     pen, dpen = l2_penalty(self.params[name], lam)
                     total += pen
-                    grads[name] = L.sparse_to_dense(g) + dpen
+                    grads[name] = L.sparse_to_dense(g) + dpen                # (V, k) dense
         if self.l2_reg_dnn > 0:
             for name in self.params:
                 if name.split(".")[0] in self.towers and ".W" in name:
                     pen, dpen = l2_penalty(self.params[name], self.l2_reg_dnn)
                     total += pen
-                    grads[name] = grads[name] + dpen
+                    grads[name] = grads[name] + dpen                         # (d_in, d_out)
         return total
 
     def loss(self, X, *labels, dense=None, train=True, seed=None, masks=None, bags=None):
@@ -292,8 +293,8 @@ class _EmbeddingMLP:
         """
         train = validate.check_bool(train, "train")
         seed = validate.check_seed(seed)
-        rows, dense = self.check_rows(X, dense)
-        labels = self.check_labels(labels, rows.shape[0])
+        rows, dense = self.check_rows(X, dense)                             # (n, F), (n, n_dense)
+        labels = self.check_labels(labels, rows.shape[0])                   # (n,) int8 each
         bags = self.check_bags(bags, rows.shape[0])
         loss, grads, _ = self._loss_grads(rows, dense, labels, train, self._rng_for(seed), masks,
                                           bags=bags)
@@ -331,7 +332,7 @@ class _EmbeddingMLP:
             logits, _ = self._forward(X[s:e] + self.offsets, d, train=False,
                                       bags=slice_bags(bags, s, e))
             ys = tuple(np.asarray(y[s:e]).astype(np.int8, copy=False) for y in labels)  # (b,) each
-            part, _ = self._loss_at_logits(logits, ys)
+            part, _ = self._loss_at_logits(logits, ys)                      # mean over the chunk
             total += part * (e - s)
         return total / n
 
@@ -510,11 +511,11 @@ class ESMM(_EmbeddingMLP):
         bags = self.check_bags(bags, X.shape[0])
         out = {"p_ctr": [], "p_cvr": [], "p_ctcvr": []}
         for s in range(0, X.shape[0], batch_size):      # chunks bound the memory
-            d = None if dense is None else dense[s:s + batch_size]
+            d = None if dense is None else dense[s:s + batch_size]         # (b, n_dense)
             logits, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
                                       bags=slice_bags(bags, s, s + batch_size))
             check_logits(logits, s)
-            p_ctr, p_cvr = L.sigmoid(logits["ctr"]), L.sigmoid(logits["cvr"])
+            p_ctr, p_cvr = L.sigmoid(logits["ctr"]), L.sigmoid(logits["cvr"])   # (b,), (b,)
             out["p_ctr"].append(p_ctr)
             out["p_cvr"].append(p_cvr)
             out["p_ctcvr"].append(p_ctr * p_cvr)
@@ -544,8 +545,8 @@ class ESMM(_EmbeddingMLP):
 
         Returns (data loss without L2, grads, caches).
         """
-        logits, caches = self._forward(rows, dense, train, rng, masks, bags=bags)
-        loss, dlogit = self._loss_at_logits(logits, labels)
+        logits, caches = self._forward(rows, dense, train, rng, masks, bags=bags)   # (n,) each
+        loss, dlogit = self._loss_at_logits(logits, labels)                    # (n,) each
         grads = {}
         dh0_shared = None
         for t, units in zip(self.towers, self.tower_units):
@@ -553,11 +554,11 @@ class ESMM(_EmbeddingMLP):
             dh0 = tower_backward(dlogit[t], tower_cache, t, self.tower_config(units),
                                  grads)                                             # (n, d_in)
             if not self.share_embedding:
-                grads[f"{t}.embedding"] = self._embed_backward(dh0, emb_cache)
+                grads[f"{t}.embedding"] = self._embed_backward(dh0, emb_cache)   # SparseRows
             else:   # both towers read the same h0: their gradients add before the lookup
                 dh0_shared = dh0 if dh0_shared is None else dh0_shared + dh0        # (n, d_in)
         if self.share_embedding:
-            grads["embedding"] = self._embed_backward(dh0_shared, emb_cache)
+            grads["embedding"] = self._embed_backward(dh0_shared, emb_cache)   # SparseRows (V, k)
         return loss, grads, caches
 
     def _loss_at_logits(self, logits, labels):
@@ -566,9 +567,9 @@ class ESMM(_EmbeddingMLP):
         a, b = logits["ctr"], logits["cvr"]                     # (n,), (n,)
         z = click * conversion                                  # CTCVR label
         w_ctr, w_ctcvr = self.loss_weights
-        loss_ctr, da_ctr = bce_with_logits(a, click)
+        loss_ctr, da_ctr = bce_with_logits(a, click)             # float, (n,)
         if self.ctcvr_loss == "logspace":
-            loss_ctcvr, da_ctcvr, db = ctcvr_bce_logspace(a, b, z)
+            loss_ctcvr, da_ctcvr, db = ctcvr_bce_logspace(a, b, z)   # float, (n,), (n,)
         else:  # naive: probabilities, product, clip; then the two sigmoid backwards
             p_ctr, s_ctr = L.sigmoid_forward(a)
             p_cvr, s_cvr = L.sigmoid_forward(b)
