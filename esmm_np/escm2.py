@@ -403,8 +403,8 @@ class _Held:
         return self.model.loss(X, *labels, dense=dense, seed=seed, bags=bags, held=self.held)
 
 
-def check_gradients(model, X, click, conversion, dense=None, h=FD_STEP, tol=MODEL_TOL, seed=0,
-                    max_entries=None, bags=None):
+def check_gradients(model, X, click, conversion, dense=None, step=FD_STEP, tol=MODEL_TOL, seed=0,
+                    max_entries=None, bags=None, h=None):
     """Finite-difference check of every parameter of an ESCM2 model.
 
     When nothing is detached (``propensity_grad=True`` and, for DR,
@@ -420,8 +420,8 @@ def check_gradients(model, X, click, conversion, dense=None, h=FD_STEP, tol=MODE
     """
     held = model.detached_values(X, click, conversion, dense, train=True, seed=seed, bags=bags)
     target = _Held(model, held) if held else model
-    return check_model(target, X, click, conversion, dense=dense, h=h, tol=tol, seed=seed,
-                       max_entries=max_entries, bags=bags)
+    return check_model(target, X, click, conversion, dense=dense, step=step if h is None else h,
+                       tol=tol, seed=seed, max_entries=max_entries, bags=bags)
 
 
 def everything_on_example(variant, n=16, seed=0, propensity_grad=False, dr_gradient="separate"):

@@ -113,7 +113,8 @@ def checked_mask(shape, index=None):
 def _check_step(step):
     if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)) \
             or not np.isfinite(step) or step <= 0:
-        raise ValueError(f"the finite-difference step h must be a finite number > 0, got {step!r}")
+        raise ValueError(f"the finite-difference step h (step) must be a finite number > 0, "
+                         f"got {step!r}")
     return float(step)
 
 
@@ -188,16 +189,16 @@ def compare(name, analytic, numeric, tol, atol=ATOL, checked=None):
             "n_checked": int(keep.sum()), "ok": bool(ok)}
 
 
-def check_model(model, X, *labels, dense=None, h=FD_STEP, tol=MODEL_TOL, seed=0,
-                max_entries=None, bags=None):
+def check_model(model, X, *labels, dense=None, step=FD_STEP, tol=MODEL_TOL, seed=0,
+                max_entries=None, bags=None, h=None):
     """Check every parameter tensor of ``model`` against finite differences.
 
     Parameters
     ----------
     model : ESMM or TowerModel built with ``dtype=float64``
     X, *labels, dense : a (small) batch, as for ``model.loss``
-    h : float
-        The finite-difference step δ (default :data:`FD_STEP`).
+    step : float
+        The finite-difference step δ (default :data:`FD_STEP`); ``h=`` is its former name.
     tol : float
         A row is ``ok`` when its relative error is at most ``tol`` (default
         :data:`MODEL_TOL`; or, for a tensor whose true gradient is zero, both
@@ -224,7 +225,7 @@ def check_model(model, X, *labels, dense=None, h=FD_STEP, tol=MODEL_TOL, seed=0,
     def f():
         return model.loss(X, *labels, dense=dense, seed=seed, **bag_kw)[0]
 
-    h = _check_step(h)
+    step = _check_step(step if h is None else h)
     if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(
             max_entries, (int, np.integer)) or max_entries < 1):
         raise ValueError(f"max_entries must be None or an integer >= 1, got {max_entries!r}")
@@ -236,7 +237,7 @@ def check_model(model, X, *labels, dense=None, h=FD_STEP, tol=MODEL_TOL, seed=0,
         index = None
         if max_entries is not None and w.size > max_entries:
             index = pick.choice(w.size, size=max_entries, replace=False)
-        rows.append(compare(name, grads[name], numerical_gradient(f, w, h, index), tol,
+        rows.append(compare(name, grads[name], numerical_gradient(f, w, step, index), tol,
                             checked=checked_mask(w.shape, index)))
     return rows
 
@@ -344,8 +345,8 @@ def layer_row(name, analytic, numeric, tol=LAYER_TOL, atol=ATOL):
     return row
 
 
-def check_layer(forward, backward, inputs, names=None, *, h=FD_STEP, tol=LAYER_TOL, seed=0,
-                dout=None):
+def check_layer(forward, backward, inputs, names=None, *, step=FD_STEP, tol=LAYER_TOL, seed=0,
+                dout=None, h=None):
     """Check a layer's backward against finite differences, every input at once.
 
     The trick: for a fixed random upstream gradient ``dout`` of the output's
@@ -367,8 +368,8 @@ def check_layer(forward, backward, inputs, names=None, *, h=FD_STEP, tol=LAYER_T
         arrays (ids) are passed through and get no gradient.
     names : sequence of str, optional
         Names of the differentiable inputs for the table (default x0, x1, ...).
-    h : float
-        Finite-difference step.
+    step : float
+        The finite-difference step δ (default :data:`FD_STEP`); ``h=`` is its former name.
     tol : float
         Relative-error bar per input (default :data:`LAYER_TOL`).
     seed : int
@@ -388,6 +389,7 @@ def check_layer(forward, backward, inputs, names=None, *, h=FD_STEP, tol=LAYER_T
     ...                    names=("x", "W", "b"))
     >>> print(format_table(rows))
     """
+    step = _check_step(step if h is None else h)
     inputs = list(inputs)
     diff = [i for i, x in enumerate(inputs)
             if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
@@ -419,5 +421,5 @@ def check_layer(forward, backward, inputs, names=None, *, h=FD_STEP, tol=LAYER_T
     def f():
         return float(np.sum(forward(*inputs)[0] * dout))
 
-    return [layer_row(nm, a, numerical_gradient(f, inputs[i], h), tol)
+    return [layer_row(nm, a, numerical_gradient(f, inputs[i], step), tol)
             for nm, a, i in zip(names, analytic, diff)]

@@ -182,3 +182,18 @@ def test_the_tolerances_live_in_one_place():
     import inspect
     assert inspect.signature(G.check_model).parameters["tol"].default == G.MODEL_TOL
     assert inspect.signature(G.check_layer).parameters["tol"].default == G.LAYER_TOL
+
+
+def test_check_model_and_check_layer_take_the_step_by_either_name():
+    from esmm_np import layers as L
+    model = esmm_np.ESMM([5, 4], embed_dim=2, tower_units=(3,), seed=0)
+    X, c, v = _data(12)
+    a = G.check_model(model, X, c, v, step=1e-5)
+    b = G.check_model(model, X, c, v, h=1e-5)
+    assert [r["rel_error"] for r in a] == [r["rel_error"] for r in b] and all(r["ok"] for r in a)
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    rows_a = G.check_layer(L.tanh_forward, L.tanh_backward, (x,), step=1e-5)
+    rows_b = G.check_layer(L.tanh_forward, L.tanh_backward, (x,), h=1e-5)
+    assert rows_a[0]["rel_error"] == rows_b[0]["rel_error"] and rows_a[0]["ok"]
+    with pytest.raises(ValueError, match="finite-difference step h"):
+        G.check_layer(L.tanh_forward, L.tanh_backward, (x,), step=0.0)
