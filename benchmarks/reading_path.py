@@ -28,9 +28,10 @@ The rule, applied to each executed statement:
 
 Usage (the package found on PYTHONPATH is the one measured)::
 
-    PYTHONPATH=. python benchmarks/reading_path.py [-v]
+    PYTHONPATH=. python benchmarks/reading_path.py [-v] [--reference]
 
-``-v`` prints every statement with its class.
+``-v`` prints every statement with its class; ``--reference`` measures
+``esmm_np.reference.loss`` on the same model and batch instead.
 """
 
 import ast
@@ -48,8 +49,8 @@ PACKAGE = os.path.dirname(os.path.abspath(esmm_np.__file__))
 
 VALIDATION_FUNCS = re.compile(r"^(_?check_\w*|is_\w+|in_blocks|as_array)$")
 MATH_CALLS = re.compile(
-    r"\b(np\.(take|exp|log|log1p|logaddexp|maximum|minimum|where|sort|cumsum|concatenate|"
-    r"add\.at|add\.reduceat|sqrt|abs|mean|sum|zeros|zeros_like|not_equal|repeat|arange)|"
+    r"(\bnp\.(take|exp|log|log1p|logaddexp|maximum|minimum|where|sort|cumsum|concatenate|"
+    r"add\.at|add\.reduceat|sqrt|abs|mean|sum|zeros|zeros_like|not_equal|repeat|arange)\b|"
     r"\.sum\(|\.mean\(|\.reshape\(|\.T\b|\w+_forward\(|\w+_backward\(|\bsigmoid\(|"
     r"\bsoftplus\(|\bbce_\w+\(|\bctcvr_\w+\(|\bscatter_add\w*\(|\bl2_penalty\(|"
     r"_logsumexp3\(|\._embed\(|\._embed_backward\(|\._forward\(|\._loss_grads\(|"
@@ -78,23 +79,14 @@ def classify(path, func, line):
             or re.search(r"^\s*raise\b", line) or CALLS_CHECK.search(line):
         return "validation"
     toks = _code_only(line)
-    if isinstance(toks, str):
-        text = toks
-        has_op = any(op in text for op in (" + ", " - ", " * ", " / ", " @ "))
-    else:
-        text = " ".join(t.string for t in toks)
-        prev = None
-        has_op = False
-        for t in toks:
-            if t.type == tokenize.OP and (t.string in OPERATORS or (
-                    t.string in COMPARISONS and toks[0].string not in ("if", "elif", "while",
-                                                                       "return", "assert"))):
-                # a unary minus after '(' ',' '=' or at the start is still arithmetic
-                has_op = True
-                break
-            prev = t
-    text_nospace = re.sub(r"\s+", "", text).replace(".", ".")
-    if has_op or MATH_CALLS.search(text_nospace.replace("np.", "np.")) or MATH_CALLS.search(text):
+    if isinstance(toks, str):            # could not tokenize: look for spaced operators
+        has_op = any(op in toks for op in (" + ", " - ", " * ", " / ", " @ "))
+    else:                                # an operator token; a comparison only outside a test
+        has_op = any(t.type == tokenize.OP and (
+            t.string in OPERATORS or (t.string in COMPARISONS and toks[0].string not in (
+                "if", "elif", "while", "return", "assert"))) for t in toks)
+    code = "\n".join(part.split("#")[0] for part in line.splitlines())   # comments dropped
+    if has_op or MATH_CALLS.search(code):
         return "math"
     return "other"
 
@@ -130,7 +122,13 @@ def trace_loss():
     X = np.stack([rng.integers(0, d, n) for d in field_dims], axis=1)
     click = rng.integers(0, 2, n)
     conversion = click * rng.integers(0, 2, n)
-    model.loss(X, click, conversion)                      # warm up (lazy imports, caches)
+    if "--reference" in sys.argv:                         # the plain file instead of the package
+        from esmm_np import reference
+        rows = X + model.offsets
+        call = lambda: reference.loss(model.params, rows, click, conversion)   # noqa: E731
+    else:
+        call = lambda: model.loss(X, click, conversion)                        # noqa: E731
+    call()                                                # warm up (lazy imports, caches)
     lines, funcs = {}, set()
 
     def tracer(frame, event, arg):
@@ -145,7 +143,7 @@ def trace_loss():
 
     sys.settrace(tracer)
     try:
-        model.loss(X, click, conversion)
+        call()
     finally:
         sys.settrace(None)
     return lines, funcs
@@ -192,7 +190,8 @@ def main():
                  if os.path.basename(path) == "validate.py" or VALIDATION_FUNCS.match(func))
     n_mod, longest, longest_lines = modules()
     print(f"package: {PACKAGE}")
-    print(f"plain ESMM.loss executes {len(per_file)} files, {len(funcs)} functions, "
+    what = "reference.loss" if "--reference" in sys.argv else "plain ESMM.loss"
+    print(f"{what} executes {len(per_file)} files, {len(funcs)} functions, "
           f"{total} code lines")
     print(f"  math {kinds['math']} ({kinds['math'] / total:.0%}), validation "
           f"{kinds['validation']}, other {kinds['other']}")
