@@ -199,7 +199,7 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         holds their number); ``"kept"``: the step
         whose parameters the model ends with. With ``invalid="drop"``,
         ``"clean_report"``: the :class:`~esmm_np.data.CleanReport`; with
-        ``validation``, ``"val_loss"`` and ``"val_steps"`` per validation and
+        ``validation``, ``"val_loss"`` (the ``stop_on`` value) and ``"val_steps"`` per validation and
         ``"best_epoch"`` (1-based), the epoch the kept step belongs to.
 
     Raises
