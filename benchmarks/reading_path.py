@@ -3,28 +3,38 @@
 Runs ``ESMM(field_dims).loss(X, click, conversion)`` on a plain model (default
 options: ReLU, one shared table, no bags, no dense features) under
 ``sys.settrace`` and counts the files, functions and code lines of esmm_np it
-executes, and how many of those lines are the model's math.
+executes, and how many of those lines are the model's math. A *code line* is
+one executed statement (a statement over several physical lines counts once;
+for ``if``/``for``/``while`` only the header).
 
-The rule, applied to each executed line (comments and docstrings never run):
+The rule, applied to each executed statement:
 
-- **validation**: a line of ``esmm_np/validate.py``, of a function named
-  ``check_*``, ``_check_*``, ``is_*``, ``in_blocks``, ``check_labels`` or
-  ``check_bags``, or a line with ``raise``;
-- **math**: otherwise, a line that computes on numbers: it has an arithmetic
-  or matrix operator (``+ - * / @ **``, augmented ones included) outside
-  string literals, or calls a NumPy routine that computes values
-  (``np.take``, ``np.exp``, ``np.add.at``, ``.sum(``, ``.reshape(`` ...), or
-  calls a layer, loss or reference function (``*_forward``, ``*_backward``,
-  ``sigmoid``, ``softplus``, ``bce_*``, ``ctcvr_*``, ``scatter_add*``,
-  ``l2_penalty``);
+- **validation**: a statement of ``esmm_np/validate.py`` or of a function
+  named ``check_*``, ``_check_*``, ``is_*`` or ``in_blocks``; a ``raise``;
+  or a statement that calls such a function (``validate.check_int(...)``,
+  ``self.check_rows(...)``): the entry point's checks;
+- **math**: otherwise, a statement that computes on numbers: it has an
+  arithmetic or matrix operator (``+ - * / // % @ ** ~``, augmented ones
+  included; a comparison too, in an assignment: ``mask = x > 0``) outside
+  string literals, or calls a NumPy routine that computes
+  values (``np.take``, ``np.exp``, ``np.add.at``, ``.sum(``, ``.reshape(`` ...),
+  or calls a function whose job is the math: a layer, loss or reference
+  function (``*_forward``, ``*_backward``, also through the activation
+  tables ``ACTIVATION_FORWARD[...]``, ``sigmoid``, ``softplus``, ``bce_*``,
+  ``ctcvr_*``, ``scatter_add*``, ``l2_penalty``) or the models' own (``_embed``, ``_embed_backward``, ``_forward``, ``_loss_grads``,
+  ``_loss_at_logits``, ``_l2``);
 - **other**: everything else (option branches, dispatch, dict and tuple
-  plumbing, returns of caches).
+  plumbing, returns of caches, the entry point's hand-offs).
 
 Usage (the package found on PYTHONPATH is the one measured)::
 
-    PYTHONPATH=. python benchmarks/reading_path.py
+    PYTHONPATH=. python benchmarks/reading_path.py [-v] [--reference]
+
+``-v`` prints every statement with its class; ``--reference`` measures
+``esmm_np.reference.loss`` on the same model and batch instead.
 """
 
+import ast
 import io
 import os
 import re
@@ -37,14 +47,17 @@ import esmm_np
 
 PACKAGE = os.path.dirname(os.path.abspath(esmm_np.__file__))
 
-VALIDATION_FUNCS = re.compile(r"^(_?check_\w*|is_\w+|in_blocks)$")
+VALIDATION_FUNCS = re.compile(r"^(_?check_\w*|is_\w+|in_blocks|as_array)$")
 MATH_CALLS = re.compile(
-    r"\b(np\.(take|exp|log|log1p|logaddexp|maximum|minimum|where|sort|cumsum|concatenate|"
-    r"add\.at|add\.reduceat|sqrt|abs|mean|sum|zeros|zeros_like|not_equal|repeat|arange)|"
+    r"(\bnp\.(take|exp|log|log1p|logaddexp|maximum|minimum|where|sort|cumsum|concatenate|"
+    r"add\.at|add\.reduceat|sqrt|abs|mean|sum|zeros|zeros_like|not_equal|repeat|arange)\b|"
     r"\.sum\(|\.mean\(|\.reshape\(|\.T\b|\w+_forward\(|\w+_backward\(|\bsigmoid\(|"
     r"\bsoftplus\(|\bbce_\w+\(|\bctcvr_\w+\(|\bscatter_add\w*\(|\bl2_penalty\(|"
-    r"_logsumexp3\()")
-OPERATORS = {"+", "-", "*", "/", "@", "**", "+=", "-=", "*=", "/=", "@="}
+    r"_logsumexp3\(|\._embed\(|\._embed_backward\(|\._forward\(|\._loss_grads\(|"
+    r"\._loss_at_logits\(|\._l2\(|_ACT_(FORWARD|BACKWARD)\[|ACTIVATION_(FORWARD|BACKWARD)\[)")
+CALLS_CHECK = re.compile(r"(\bcheck_\w+\(|\bvalidate\.\w+\(|\b_check_\w+\()")
+OPERATORS = {"+", "-", "*", "/", "//", "%", "@", "**", "~", "+=", "-=", "*=", "/=", "@=", "//="}
+COMPARISONS = {">", "<", ">=", "<=", "==", "!="}
 
 
 def _code_only(line):
@@ -63,26 +76,41 @@ def _code_only(line):
 def classify(path, func, line):
     """'validation', 'math' or 'other' for one executed source line (the rule above)."""
     if os.path.basename(path) == "validate.py" or VALIDATION_FUNCS.match(func) \
-            or func in ("check_labels", "check_bags") or re.search(r"\braise\b", line):
+            or re.search(r"^\s*raise\b", line) or CALLS_CHECK.search(line):
         return "validation"
     toks = _code_only(line)
-    if isinstance(toks, str):
-        text = toks
-        has_op = any(op in text for op in (" + ", " - ", " * ", " / ", " @ "))
-    else:
-        text = " ".join(t.string for t in toks)
-        prev = None
-        has_op = False
-        for t in toks:
-            if t.type == tokenize.OP and t.string in OPERATORS:
-                # a unary minus after '(' ',' '=' or at the start is still arithmetic
-                has_op = True
-                break
-            prev = t
-    text_nospace = re.sub(r"\s+", "", text).replace(".", ".")
-    if has_op or MATH_CALLS.search(text_nospace.replace("np.", "np.")) or MATH_CALLS.search(text):
+    if isinstance(toks, str):            # could not tokenize: look for spaced operators
+        has_op = any(op in toks for op in (" + ", " - ", " * ", " / ", " @ "))
+    else:                                # an operator token; a comparison only outside a test
+        has_op = any(t.type == tokenize.OP and (
+            t.string in OPERATORS or (t.string in COMPARISONS and toks[0].string not in (
+                "if", "elif", "while", "return", "assert"))) for t in toks)
+    code = "\n".join(part.split("#")[0] for part in line.splitlines())   # comments dropped
+    if has_op or MATH_CALLS.search(code):
         return "math"
     return "other"
+
+
+def statements(path):
+    """{first line of each statement: its source text}; compound statements give their header."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    lines = text.splitlines()
+    out, first = {}, {}
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, ast.stmt):
+            continue
+        if isinstance(node, (ast.If, ast.For, ast.While, ast.With, ast.Try)):
+            body0 = node.body[0].lineno if node.body else node.lineno + 1
+            end = max(node.lineno, body0 - 1)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            continue
+        else:
+            end = node.end_lineno
+        out[node.lineno] = "\n".join(lines[node.lineno - 1:end])
+        for ln in range(node.lineno, end + 1):
+            first.setdefault(ln, node.lineno)
+    return out, first
 
 
 def trace_loss():
@@ -94,7 +122,13 @@ def trace_loss():
     X = np.stack([rng.integers(0, d, n) for d in field_dims], axis=1)
     click = rng.integers(0, 2, n)
     conversion = click * rng.integers(0, 2, n)
-    model.loss(X, click, conversion)                      # warm up (lazy imports, caches)
+    if "--reference" in sys.argv:                         # the plain file instead of the package
+        from esmm_np import reference
+        rows = X + model.offsets
+        call = lambda: reference.loss(model.params, rows, click, conversion)   # noqa: E731
+    else:
+        call = lambda: model.loss(X, click, conversion)                        # noqa: E731
+    call()                                                # warm up (lazy imports, caches)
     lines, funcs = {}, set()
 
     def tracer(frame, event, arg):
@@ -109,7 +143,7 @@ def trace_loss():
 
     sys.settrace(tracer)
     try:
-        model.loss(X, click, conversion)
+        call()
     finally:
         sys.settrace(None)
     return lines, funcs
@@ -133,24 +167,38 @@ def main():
     sources = {}
     kinds = {"math": 0, "validation": 0, "other": 0}
     per_file = {}
-    for (path, lineno), func in sorted(lines.items()):
+    executed = {}
+    for (path, lineno), func in lines.items():
         if path not in sources:
-            with open(path, encoding="utf-8") as fh:
-                sources[path] = fh.read().splitlines()
-        text = sources[path][lineno - 1]
+            sources[path] = statements(path)
+        stmts, first = sources[path]
+        if lineno in first:
+            executed[(path, first[lineno])] = func
+    for (path, lineno), func in sorted(executed.items()):
+        text = sources[path][0][lineno]
         kind = classify(path, func, text)
         kinds[kind] += 1
         per_file.setdefault(os.path.relpath(path, PACKAGE), {"math": 0, "validation": 0,
                                                              "other": 0})[kind] += 1
         if "-v" in sys.argv:
-            print(f"{kind:<10} {os.path.relpath(path, PACKAGE)}:{lineno:<4} {text.strip()}")
+            print(f"{kind:<10} {os.path.relpath(path, PACKAGE)}:{lineno:<4} "
+                  f"{' '.join(text.split())[:110]}")
     total = sum(kinds.values())
+    # The same count without the bodies of the validation functions: a reader follows
+    # ``check_ids(X)`` as one line and does not step into it.
+    inside = sum(1 for (path, lineno), func in executed.items()
+                 if os.path.basename(path) == "validate.py" or VALIDATION_FUNCS.match(func))
     n_mod, longest, longest_lines = modules()
     print(f"package: {PACKAGE}")
-    print(f"plain ESMM.loss executes {len(per_file)} files, {len(funcs)} functions, "
+    what = "reference.loss" if "--reference" in sys.argv else "plain ESMM.loss"
+    print(f"{what} executes {len(per_file)} files, {len(funcs)} functions, "
           f"{total} code lines")
     print(f"  math {kinds['math']} ({kinds['math'] / total:.0%}), validation "
           f"{kinds['validation']}, other {kinds['other']}")
+    read = total - inside
+    print(f"  without the {inside} statements inside validation functions: {read} code lines, "
+          f"math {kinds['math']} ({kinds['math'] / read:.0%}), validation calls "
+          f"{kinds['validation'] - inside}, other {kinds['other']}")
     for f, k in sorted(per_file.items()):
         print(f"  {f:<22} math {k['math']:>3}  validation {k['validation']:>3}  other {k['other']:>3}")
     print(f"modules: {n_mod} .py files; longest {longest} ({longest_lines} lines)")

@@ -12,7 +12,7 @@ equals the CVR loss every impression would have had if it had been clicked:
 (``loss_weights = (w_ctr, w_ctcvr)`` as in ESMM, so the paper's λ_g is
 ``w_ctcvr``; ``counterfactual_weight`` is λ_c). With ``a, b`` the CTR and CVR
 logits, ``y`` the click, ``c`` the conversion, ``π = max(σ(a), floor)`` the
-propensity (code ``q``) and ``r = BCE(c, σ(b))`` the CVR error of a row
+propensity (code ``pi``) and ``r = BCE(c, σ(b))`` the CVR error of a row
 (code ``err``; the symbols of docs/derivation.md section 10):
 
 - IPS: ``L_cf = mean over impressions of y · r / π``;
@@ -23,7 +23,7 @@ propensity (code ``q``) and ``r = BCE(c, σ(b))`` the CVR error of a row
 
 Two choices are options, with defaults discussed (and sourced) in
 docs/derivation.md section 10: whether the gradient flows into the CTR tower
-through ``q`` (``propensity_grad``, default False: the propensity is a
+through ``pi`` (``propensity_grad``, default False: the propensity is a
 constant in each step), and, for DR, whether each part trains only its own
 tower (``dr_gradient="separate"``, the default) or the summed objective is
 differentiated as a whole ("joint"). Early stopping validates on ESMM's two
@@ -39,9 +39,11 @@ import numpy as np
 
 from . import layers as L
 from . import validate
-from .gradcheck import EXAMPLE_FIELD_DIMS, EXAMPLE_OPTIONS, check_model, perturb_and_draw
+from .gradcheck import (EXAMPLE_FIELD_DIMS, EXAMPLE_OPTIONS, FD_STEP, MODEL_TOL, check_model,
+                        perturb_and_draw)
 from .losses import softplus
-from .model import ESMM, check_tower_units, init_tower
+from .model import ESMM, check_tower_units
+from .tower import init_tower
 
 VARIANTS = ("ips", "dr")
 
@@ -49,34 +51,34 @@ VARIANTS = ("ips", "dr")
 # ------------------------------------------------------------------ pieces
 
 def propensity_forward(a, floor):
-    """The propensity ``q = max(σ(a), floor)`` from the CTR logit.
+    """The propensity ``pi = max(σ(a), floor)`` from the CTR logit.
 
     Parameters
     ----------
     a : ndarray of shape (n,), CTR logits
     floor : float in [0, 1)
-        Propensities below it are raised to it, so no weight ``1 / q`` exceeds ``1 / floor``.
+        Propensities below it are raised to it, so no weight ``1 / pi`` exceeds ``1 / floor``.
 
     Returns
     -------
-    q : ndarray of shape (n,)
+    pi : ndarray of shape (n,)
     cache : (p_ctr, inside) for :func:`propensity_backward`
     """
     p_ctr = L.sigmoid(a)                                               # (n,)
     inside = p_ctr > floor                                             # (n,) not clipped
-    q = np.where(inside, p_ctr, a.dtype.type(floor))                   # (n,)
-    return q, (p_ctr, inside)
+    pi = np.where(inside, p_ctr, a.dtype.type(floor))                   # (n,)
+    return pi, (p_ctr, inside)
 
 
-def propensity_backward(dq, cache):
-    """``da = dq · σ(a) (1 − σ(a))`` where the clip is inactive, 0 where it is.
+def propensity_backward(dpi, cache):
+    """``da = dpi · σ(a) (1 − σ(a))`` where the clip is inactive, 0 where it is.
 
     Returns
     -------
     da : ndarray of shape (n,)
     """
     p_ctr, inside = cache
-    return np.where(inside, dq * p_ctr * (1 - p_ctr), 0).astype(dq.dtype, copy=False)  # (n,)
+    return np.where(inside, dpi * p_ctr * (1 - p_ctr), 0).astype(dpi.dtype, copy=False)  # (n,)
 
 
 def cvr_error(b, conversion):
@@ -96,48 +98,48 @@ def cvr_error(b, conversion):
     return err, L.sigmoid(b) - c                                       # (n,), (n,)
 
 
-def ips_cvr_loss(b, q, click, conversion):
-    """IPS counterfactual CVR loss ``mean_j y_j err_j / q_j`` (err = r, q = π) and its gradients.
+def ips_cvr_loss(b, pi, click, conversion):
+    """IPS counterfactual CVR loss ``mean_j y_j err_j / pi_j`` (err = r, pi = π) and its gradients.
 
     Parameters
     ----------
     b : ndarray of shape (n,), CVR logits
-    q : ndarray of shape (n,), propensities (already clipped)
+    pi : ndarray of shape (n,), propensities (already clipped)
     click, conversion : ndarray of shape (n,), 0/1
 
     Returns
     -------
     loss : float
-    db, dq : ndarray of shape (n,)
+    db, dpi : ndarray of shape (n,)
 
     Notes
     -----
-    With ``w = y / q``: ``dL/db = w (σ(b) − c) / n`` and ``dL/dq = −y err / (q² n)``.
+    With ``w = y / pi``: ``dL/db = w (σ(b) − c) / n`` and ``dL/dpi = −y err / (pi² n)``.
     Unclicked rows have ``w = 0``: their (unknown) conversion never enters.
     """
     n = b.shape[0]
     y = click.astype(b.dtype)
     err, derr_db = cvr_error(b, conversion)                            # (n,), (n,)
-    w = y / q                                                          # (n,) inverse propensity
+    w = y / pi                                                          # (n,) inverse propensity
     loss = float(np.mean(w * err))
     db = w * derr_db / n                                               # (n,)
-    dq = -w * err / q / n                                              # (n,) = -y err / q² / n
-    return loss, db, dq
+    dpi = -w * err / pi / n                                              # (n,) = -y err / pi² / n
+    return loss, db, dpi
 
 
-def dr_cvr_loss(b, g, q, click, conversion, separate=True, held_err=None, held_err_hat=None):
+def dr_cvr_loss(b, g, pi, click, conversion, separate=True, held_err=None, held_err_hat=None):
     """DR counterfactual CVR loss plus the imputation loss, and their gradients.
 
     ``L = mean_j [err_hat_j + w_j delta_j] + mean_j w_j delta_j²`` with
     ``err_hat = softplus(g)`` (r̂ in docs/derivation.md), ``delta = err − err_hat``
-    (Δ) and ``w = y / q`` (ω): the DR estimate of the CVR loss, then the
+    (Δ) and ``w = y / pi`` (ω): the DR estimate of the CVR loss, then the
     imputation tower's own loss.
 
     Parameters
     ----------
     b : ndarray of shape (n,), CVR logits
     g : ndarray of shape (n,), imputation logits
-    q : ndarray of shape (n,), propensities (already clipped)
+    pi : ndarray of shape (n,), propensities (already clipped)
     click, conversion : ndarray of shape (n,), 0/1
     separate : bool
         True (default): each part trains its own tower. The DR estimate
@@ -155,7 +157,7 @@ def dr_cvr_loss(b, g, q, click, conversion, separate=True, held_err=None, held_e
     Returns
     -------
     loss : float
-    db, dg, dq : ndarray of shape (n,)
+    db, dg, dpi : ndarray of shape (n,)
 
     Notes
     -----
@@ -163,20 +165,20 @@ def dr_cvr_loss(b, g, q, click, conversion, separate=True, held_err=None, held_e
 
     - summed objective: ``dL/derr = w (1 + 2 delta)``, ``dL/derr_hat = 1 − w (1 + 2 delta)``;
     - separate: ``dL/derr = w`` (DR estimate), ``dL/derr_hat = −2 w delta`` (imputation loss);
-    - both: ``dL/dq = −y (delta + delta²) / q²``.
+    - both: ``dL/dpi = −y (delta + delta²) / pi²``.
     """
     n = b.shape[0]
     y = click.astype(b.dtype)
     err, derr_db = cvr_error(b, conversion)                            # (n,), (n,)
     err_hat = softplus(g)                                              # (n,) imputed error
-    w = y / q                                                          # (n,)
+    w = y / pi                                                          # (n,)
     if separate:
         err_fix = err if held_err is None else held_err                # (n,) held in imputation loss
         hat_fix = err_hat if held_err_hat is None else held_err_hat    # (n,) held in DR estimate
         d_est, d_imp = err - hat_fix, err_fix - err_hat                # (n,), (n,)
         loss = float(np.mean(hat_fix + w * d_est) + np.mean(w * d_imp * d_imp))
         derr, derr_hat = w, -2 * w * d_imp                             # (n,) n · dL/derr, n · dL/derr_hat
-        delta = err - err_hat                                          # (n,) for dq
+        delta = err - err_hat                                          # (n,) for dpi
     else:
         delta = err - err_hat                                          # (n,)
         loss = float(np.mean(err_hat + w * delta) + np.mean(w * delta * delta))
@@ -184,8 +186,8 @@ def dr_cvr_loss(b, g, q, click, conversion, separate=True, held_err=None, held_e
         derr_hat = 1 - derr                                            # (n,) n · dL/derr_hat
     db = derr * derr_db / n                                            # (n,)
     dg = derr_hat * L.sigmoid(g) / n                                   # (n,)
-    dq = -w * (delta + delta * delta) / q / n                          # (n,)
-    return loss, db, dg, dq
+    dpi = -w * (delta + delta * delta) / pi / n                          # (n,)
+    return loss, db, dg, dpi
 
 
 # ------------------------------------------------------------------- model
@@ -331,6 +333,8 @@ class ESCM2(ESMM):
         Inference mode by default; ``train=True`` and ``seed`` as in
         :meth:`loss` give the propensity that call uses.
         """
+        train = validate.check_bool(train, "train")
+        seed = validate.check_seed(seed)
         rows, dense = self.check_rows(X, dense)
         bags = self.check_bags(bags, rows.shape[0])
         logits, _ = self._forward(rows, dense, train, self._rng_for(seed), bags=bags)
@@ -346,6 +350,8 @@ class ESCM2(ESMM):
         DR with ``dr_gradient="separate"`` also ``"err"`` and ``"err_hat"``. Pass it
         as ``loss(..., held=...)`` with the same ``train`` and ``seed``.
         """
+        train = validate.check_bool(train, "train")
+        seed = validate.check_seed(seed)
         rows, dense = self.check_rows(X, dense)
         _, conversion = self.check_labels((click, conversion), rows.shape[0])
         bags = self.check_bags(bags, rows.shape[0])
@@ -367,20 +373,20 @@ class ESCM2(ESMM):
         lam = self.counterfactual_weight
         held = self._held or {}
         if "propensity" in held:
-            q, q_cache = held["propensity"], None
+            pi, pi_cache = held["propensity"], None
         else:
-            q, q_cache = propensity_forward(logits["ctr"], self.propensity_floor)   # (n,)
+            pi, pi_cache = propensity_forward(logits["ctr"], self.propensity_floor)   # (n,)
         if self.variant == "ips":
-            cf, db, dq = ips_cvr_loss(logits["cvr"], q, click, conversion)
+            cf, db, dpi = ips_cvr_loss(logits["cvr"], pi, click, conversion)
         else:
-            cf, db, dg, dq = dr_cvr_loss(logits["cvr"], logits["imp"], q, click, conversion,
+            cf, db, dg, dpi = dr_cvr_loss(logits["cvr"], logits["imp"], pi, click, conversion,
                                          separate=self.dr_gradient == "separate",
                                          held_err=held.get("err"),
                                          held_err_hat=held.get("err_hat"))
             dlogit["imp"] = lam * dg
         dlogit["cvr"] = dlogit["cvr"] + lam * db
-        if self.propensity_grad and q_cache is not None:
-            dlogit["ctr"] = dlogit["ctr"] + lam * propensity_backward(dq, q_cache)
+        if self.propensity_grad and pi_cache is not None:
+            dlogit["ctr"] = dlogit["ctr"] + lam * propensity_backward(dpi, pi_cache)
         return loss + lam * cf, dlogit
 
 
@@ -397,8 +403,8 @@ class _Held:
         return self.model.loss(X, *labels, dense=dense, seed=seed, bags=bags, held=self.held)
 
 
-def check_gradients(model, X, click, conversion, dense=None, h=1e-5, tol=1e-6, seed=0,
-                    max_entries=None, bags=None):
+def check_gradients(model, X, click, conversion, dense=None, step=FD_STEP, tol=MODEL_TOL, seed=0,
+                    max_entries=None, bags=None, h=None):
     """Finite-difference check of every parameter of an ESCM2 model.
 
     When nothing is detached (``propensity_grad=True`` and, for DR,
@@ -414,8 +420,8 @@ def check_gradients(model, X, click, conversion, dense=None, h=1e-5, tol=1e-6, s
     """
     held = model.detached_values(X, click, conversion, dense, train=True, seed=seed, bags=bags)
     target = _Held(model, held) if held else model
-    return check_model(target, X, click, conversion, dense=dense, h=h, tol=tol, seed=seed,
-                       max_entries=max_entries, bags=bags)
+    return check_model(target, X, click, conversion, dense=dense, step=step if h is None else h,
+                       tol=tol, seed=seed, max_entries=max_entries, bags=bags)
 
 
 def everything_on_example(variant, n=16, seed=0, propensity_grad=False, dr_gradient="separate"):
@@ -461,7 +467,7 @@ def ips_mean(values, click, propensity, floor=0.0):
     Returns
     -------
     dict with ``estimate``; ``se``, its standard error over rows
-    (``std(terms) / sqrt(n)``); ``max_weight``, the largest ``1 / q`` of a
+    (``std(terms) / sqrt(n)``); ``max_weight``, the largest ``1 / pi`` of a
     clicked row; ``ess``, the effective number of clicked rows
     ``(sum w)² / sum w²`` (equal to the number of clicks when all weights are
     equal, smaller the more a few rows dominate); ``clipped``, the share of
@@ -477,9 +483,9 @@ def ips_mean(values, click, propensity, floor=0.0):
         raise ValueError("propensity must be in (0, 1] (or give a positive floor)")
     if not 0 <= floor < 1:
         raise ValueError(f"floor must be in [0, 1), got {floor}")
-    q = np.maximum(p, floor)                                           # (n,)
-    terms = np.where(y, values / q, 0.0)                               # (n,)
-    w = 1.0 / q[y]                                                     # (clicks,)
+    pi = np.maximum(p, floor)                                           # (n,)
+    terms = np.where(y, values / pi, 0.0)                               # (n,)
+    w = 1.0 / pi[y]                                                     # (clicks,)
     n = values.shape[0]
     return {"estimate": float(terms.mean()), "se": float(terms.std(ddof=1) / np.sqrt(n)),
             "max_weight": float(w.max()) if w.size else float("nan"),

@@ -2,14 +2,16 @@
 
 Learners call this themselves: :func:`check_model` returns one row per
 parameter tensor and :func:`format_table` prints them. The numerical
-gradient uses centred differences,
+gradient uses centred differences with the step δ (``step``, default
+:data:`FD_STEP`),
 
-    df/dw_j ~ (f(w + h e_j) - f(w - h e_j)) / (2 h),
+    df/dw_j ~ (f(w + δ e_j) - f(w - δ e_j)) / (2 δ),
 
-whose error is O(h^2), in float64. What "good" looks like: a relative error
-around 1e-7 or below for a whole model and 1e-9 or below for a single smooth
-layer; ReLU kinks or a clipped loss can raise it, a wrong formula gives 1e-2
-or worse.
+whose error is O(δ^2), in float64. The bars, defined here once and quoted by
+name everywhere else (tests, docs/derivation.md section 8, notebook 2):
+:data:`MODEL_TOL` for a whole model and :data:`LAYER_TOL` for a single
+smooth layer. ReLU kinks or a clipped loss can raise the error; a wrong
+formula gives 1e-2 or worse.
 """
 
 import numpy as np
@@ -17,35 +19,83 @@ import numpy as np
 from .layers import SparseRows, sparse_to_dense
 from .model import ESMM
 
+#: The finite-difference step δ: truncation error ~δ² = 1e-10 and rounding
+#: noise ~1e-16 / δ = 1e-11 balance near here in float64.
+FD_STEP = 1e-5
 
-def numerical_gradient(f, x, h=1e-5, index=None):
+#: Relative-error bar for a whole model's parameter tensors (check_model, the
+#: model tests, notebook 2): the CS231n rule of thumb for a whole network; a
+#: correct backward pass measures near 1e-9 here, a wrong term 1e-3 or worse.
+MODEL_TOL = 1e-6
+
+#: Relative-error bar for one layer in float64 (check_layer, the layer tests,
+#: the layer exercises): a correct smooth layer lands near 1e-10 (truncation
+#: ~δ², rounding ~1e-16 / δ), a wrong term gives 1e-3 or worse.
+LAYER_TOL = 1e-9
+
+
+def numerical_gradient(f, x, step=FD_STEP, index=None, *, h=None):
     """Centred-difference gradient of the scalar function ``f()`` with respect to ``x``.
 
     Parameters
     ----------
     f : callable with no arguments returning a float; it must read ``x`` live
-    x : ndarray, float64, perturbed in place and restored
-    h : float > 0, finite
-    index : ndarray of flat indices, optional
+    x : ndarray of float64 (or another real float dtype), C-contiguous or any
+        array whose ``reshape(-1)`` is a view, perturbed in place and restored
+    step : float > 0, finite
+        The step δ (default :data:`FD_STEP`); ``h=`` is its former name.
+    index : sequence of flat indices, optional
         Only these entries are estimated; the others are left at 0 and are
         not checked (pass :func:`checked_mask` of ``index`` to :func:`compare`).
 
     Returns
     -------
-    ndarray of the shape of ``x``
+    ndarray of float64 of the shape of ``x``
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a NumPy array of real floats (an integer array cannot
+        hold ``x + δ``: every estimate would be 0).
+    ValueError
+        ``x`` is a view whose entries ``reshape(-1)`` cannot reach (a
+        transposed or strided view: the nudges would go to a copy and every
+        estimate would be 0), or an index is out of range.
     """
-    h = _check_step(h)
-    grad = np.zeros(x.shape)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)   # views: writes reach x and grad
+    step = _check_step(step if h is None else h)
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"x must be a NumPy array of floats, perturbed in place; got "
+                        f"{type(x).__name__}{'' if not isinstance(x, np.ndarray) else ' of ' + str(x.dtype)}")
+    flat, grad = x.reshape(-1), np.zeros(x.shape)
+    if x.size and not np.shares_memory(flat, x):
+        raise ValueError("x must be an array whose reshape(-1) is a view (C-contiguous): "
+                         "for a transposed or strided view the nudges would reach a copy, "
+                         "not the array f reads; pass the array itself")
+    gflat = grad.reshape(-1)                        # views: writes reach x and grad
+    if index is not None:
+        index = _check_index(index, x.size)
     for j in (range(x.size) if index is None else index):
         old = flat[j]
-        flat[j] = old + h
+        flat[j] = old + step
         f_plus = f()
-        flat[j] = old - h
+        flat[j] = old - step
         f_minus = f()
         flat[j] = old
-        gflat[j] = (f_plus - f_minus) / (2 * h)
+        gflat[j] = (f_plus - f_minus) / (2 * step)
     return grad
+
+
+def _check_index(index, size):
+    """Flat indices as an int array, each in ``[0, size)`` (negative ones are refused too)."""
+    idx = np.asarray(index)
+    if idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer) or idx.ndim > 1:
+        raise TypeError(f"index must be a 1-d sequence of integer flat indices, got {index!r}")
+    idx = idx.reshape(-1)
+    bad = (idx < 0) | (idx >= size)
+    if bad.any():
+        raise ValueError(f"index has {int(bad.sum())} entr(ies) outside [0, {size}), "
+                         f"e.g. {int(idx[bad][0])}: x has {size} entries")
+    return idx
 
 
 def checked_mask(shape, index=None):
@@ -56,15 +106,16 @@ def checked_mask(shape, index=None):
     """
     mask = np.ones(shape, dtype=bool) if index is None else np.zeros(shape, dtype=bool)
     if index is not None:
-        mask.reshape(-1)[index] = True
+        mask.reshape(-1)[_check_index(index, mask.size)] = True
     return mask
 
 
-def _check_step(h):
-    if isinstance(h, bool) or not isinstance(h, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(h) or h <= 0:
-        raise ValueError(f"the finite-difference step h must be a finite number > 0, got {h!r}")
-    return float(h)
+def _check_step(step):
+    if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(step) or step <= 0:
+        raise ValueError(f"the finite-difference step h (step) must be a finite number > 0, "
+                         f"got {step!r}")
+    return float(step)
 
 
 #: Noise level of a gradient entry. A centred difference carries rounding noise
@@ -113,10 +164,17 @@ def compare(name, analytic, numeric, tol, atol=ATOL, checked=None):
     for what, g in (("analytic", analytic), ("numeric", numeric)):
         if np.iscomplexobj(g):            # float64 would silently drop the imaginary part
             raise TypeError(f"{name}: the {what} gradient must be real, got {np.asarray(g).dtype}")
+        if isinstance(g, SparseRows) or g is None or np.asarray(g).dtype.kind not in "fiub":
+            raise TypeError(f"{name}: the {what} gradient must be an array of real numbers, "
+                            f"got {type(g).__name__}")
+    if np.shape(analytic) != np.shape(numeric):  # checked before any conversion or broadcast
+        raise ValueError(f"{name}: analytic shape {np.shape(analytic)} != numeric shape "
+                         f"{np.shape(numeric)}")
     analytic, numeric = np.asarray(analytic, dtype=np.float64), np.asarray(numeric, dtype=np.float64)
-    if analytic.shape != numeric.shape:
-        raise ValueError(f"{name}: analytic shape {analytic.shape} != numeric shape {numeric.shape}")
-    keep = np.ones(analytic.shape, dtype=bool) if checked is None else np.asarray(checked, bool)
+    keep = np.ones(analytic.shape, dtype=bool) if checked is None else np.asarray(checked)
+    if keep.dtype != bool or keep.shape != analytic.shape:
+        raise ValueError(f"{name}: checked must be a boolean mask of shape {analytic.shape}, got "
+                         f"{keep.dtype} of shape {keep.shape}")
     a, n = analytic[keep], numeric[keep]
     non_finite = int(np.count_nonzero(~np.isfinite(a)) + np.count_nonzero(~np.isfinite(n)))
     rel = relative_error(analytic, numeric, keep)
@@ -131,19 +189,20 @@ def compare(name, analytic, numeric, tol, atol=ATOL, checked=None):
             "n_checked": int(keep.sum()), "ok": bool(ok)}
 
 
-def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_entries=None,
-                bags=None):
+def check_model(model, X, *labels, dense=None, step=FD_STEP, tol=MODEL_TOL, seed=0,
+                max_entries=None, bags=None, h=None):
     """Check every parameter tensor of ``model`` against finite differences.
 
     Parameters
     ----------
     model : ESMM or TowerModel built with ``dtype=float64``
     X, *labels, dense : a (small) batch, as for ``model.loss``
-    h : float
-        Finite-difference step.
+    step : float
+        The finite-difference step δ (default :data:`FD_STEP`); ``h=`` is its former name.
     tol : float
-        A row is ``ok`` when its relative error is at most ``tol`` (or, for a
-        tensor whose true gradient is zero, both estimates are within ``ATOL`` of 0).
+        A row is ``ok`` when its relative error is at most ``tol`` (default
+        :data:`MODEL_TOL`; or, for a tensor whose true gradient is zero, both
+        estimates are within ``ATOL`` of 0).
     seed : int
         Fixes the dropout masks, so every loss evaluation sees the same network.
     max_entries : int, optional
@@ -156,6 +215,9 @@ def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_ent
     list of dict, one per tensor: tensor, shape, max_abs_diff, rel_error,
     zero_gradient, ok
     """
+    if not (hasattr(model, "params") and hasattr(model, "loss") and hasattr(model, "dtype")):
+        raise TypeError(f"check_model needs a model (ESMM, TowerModel, ESCM2 or one with "
+                        f".params, .loss and .dtype), got {type(model).__name__}")
     if model.dtype != np.float64:
         raise ValueError("gradient checks need a float64 model: float32 rounding "
                          "(~1e-7) swamps a finite difference with h = 1e-5")
@@ -163,7 +225,7 @@ def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_ent
     def f():
         return model.loss(X, *labels, dense=dense, seed=seed, **bag_kw)[0]
 
-    h = _check_step(h)
+    step = _check_step(step if h is None else h)
     if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(
             max_entries, (int, np.integer)) or max_entries < 1):
         raise ValueError(f"max_entries must be None or an integer >= 1, got {max_entries!r}")
@@ -175,7 +237,7 @@ def check_model(model, X, *labels, dense=None, h=1e-5, tol=1e-6, seed=0, max_ent
         index = None
         if max_entries is not None and w.size > max_entries:
             index = pick.choice(w.size, size=max_entries, replace=False)
-        rows.append(compare(name, grads[name], numerical_gradient(f, w, h, index), tol,
+        rows.append(compare(name, grads[name], numerical_gradient(f, w, step, index), tol,
                             checked=checked_mask(w.shape, index)))
     return rows
 
@@ -253,12 +315,6 @@ def perturb_and_draw(model, n, seed):
 
 # ------------------------------------------------------------- one layer
 
-#: Bar for one layer in float64 (docs/derivation.md, section 8): a correct
-#: smooth layer lands near 1e-10 (truncation ~h^2, rounding ~1e-16 / h), a
-#: wrong term gives 1e-3 or worse.
-LAYER_TOL = 1e-9
-
-
 def _as_dense(g):
     """A layer gradient as an ndarray (a :class:`~esmm_np.layers.SparseRows` is expanded)."""
     return sparse_to_dense(g) if isinstance(g, SparseRows) else g
@@ -289,8 +345,8 @@ def layer_row(name, analytic, numeric, tol=LAYER_TOL, atol=ATOL):
     return row
 
 
-def check_layer(forward, backward, inputs, names=None, *, h=1e-5, tol=LAYER_TOL, seed=0,
-                dout=None):
+def check_layer(forward, backward, inputs, names=None, *, step=FD_STEP, tol=LAYER_TOL, seed=0,
+                dout=None, h=None):
     """Check a layer's backward against finite differences, every input at once.
 
     The trick: for a fixed random upstream gradient ``dout`` of the output's
@@ -312,8 +368,8 @@ def check_layer(forward, backward, inputs, names=None, *, h=1e-5, tol=LAYER_TOL,
         arrays (ids) are passed through and get no gradient.
     names : sequence of str, optional
         Names of the differentiable inputs for the table (default x0, x1, ...).
-    h : float
-        Finite-difference step.
+    step : float
+        The finite-difference step δ (default :data:`FD_STEP`); ``h=`` is its former name.
     tol : float
         Relative-error bar per input (default :data:`LAYER_TOL`).
     seed : int
@@ -333,6 +389,7 @@ def check_layer(forward, backward, inputs, names=None, *, h=1e-5, tol=LAYER_TOL,
     ...                    names=("x", "W", "b"))
     >>> print(format_table(rows))
     """
+    step = _check_step(step if h is None else h)
     inputs = list(inputs)
     diff = [i for i, x in enumerate(inputs)
             if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
@@ -364,5 +421,5 @@ def check_layer(forward, backward, inputs, names=None, *, h=1e-5, tol=LAYER_TOL,
     def f():
         return float(np.sum(forward(*inputs)[0] * dout))
 
-    return [layer_row(nm, a, numerical_gradient(f, inputs[i], h), tol)
+    return [layer_row(nm, a, numerical_gradient(f, inputs[i], step), tol)
             for nm, a, i in zip(names, analytic, diff)]

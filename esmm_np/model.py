@@ -16,6 +16,12 @@ Parameter names (keys of ``model.params``):
 
 Batch-norm running statistics are not trained by gradient; they live in
 ``model.state``.
+
+How to read it: each public entry point (the constructors, ``loss``,
+``predict``, ``eval_loss``, and :func:`esmm_np.fit`) validates its input
+once, up front (``check_*``, :mod:`esmm_np.validate`); what it calls then
+takes clean arrays. The towers are in :mod:`esmm_np.tower`; the same default
+ESMM written out by hand, one operation a line, is :mod:`esmm_np.reference`.
 """
 
 import json
@@ -28,6 +34,8 @@ from . import validate
 from .data.bags import check_bags, check_ids_in_blocks, in_blocks, slice_bags
 from .data.files import write_file
 from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
+from .tower import (ACTIVATION_BACKWARD, TowerConfig, check_batch_stats, fold_running_stats,
+                    init_tower, tower_backward, tower_forward)
 from .validate import check_binary, check_choice, check_dense, check_field_dims, check_ids
 from .version import __version__
 
@@ -37,152 +45,11 @@ FILE_FORMAT_VERSION = 1
 #: The classes a model file may name (esmm_np.persist maps each name to its class).
 FILE_CLASSES = ("ESMM", "ESCM2", "TowerModel", "SharedBottom", "MMoE", "PLE", "AITM")
 
-_ACT_FORWARD = {"relu": L.relu_forward, "sigmoid": L.sigmoid_forward, "tanh": L.tanh_forward}
-_ACT_BACKWARD = {"relu": L.relu_backward, "sigmoid": L.sigmoid_backward, "tanh": L.tanh_backward}
-
-#: A tower's options: hidden widths, activation name, batch norm on/off, dropout rate.
-TowerConfig = namedtuple("TowerConfig", ["units", "activation", "batch_norm", "dropout"])
-
-#: What one hidden layer's forward keeps for the backward: the affine layer's
-#: cache, batch norm's cache and batch statistics (None without batch norm),
-#: the activation's cache, the dropout mask (None when no dropout ran).
-HiddenCache = namedtuple("HiddenCache", ["affine", "batchnorm", "batch_stats", "activation",
-                                         "dropout"])
-
-#: A tower's cache: one HiddenCache per hidden layer, and the logit layer's affine cache.
-TowerCache = namedtuple("TowerCache", ["hidden", "out"])
+# The name the tests patch to break the ReLU backward on purpose (the same dict).
+_ACT_BACKWARD = ACTIVATION_BACKWARD
 
 #: The input path's cache: the lookup's, the concatenation's, and one per bag field (or None).
 EmbedCache = namedtuple("EmbedCache", ["lookup", "concat", "bags"])
-
-
-# ----------------------------------------------------------------- one tower
-
-def init_tower(rng, prefix, d_in, units, activation, batch_norm, dtype):
-    """Create the parameters and batch-norm state of one MLP tower.
-
-    Weights use He-uniform scaling (variance 2 / d_in), suited to ReLU-like
-    units; biases start at 0, PReLU slopes at 0.25, BN scale 1 and shift 0.
-
-    Returns
-    -------
-    params : dict[str, ndarray]
-    state : dict[str, ndarray]  batch-norm running mean and variance
-    """
-    params, state = {}, {}
-    d = d_in
-    for i, u in enumerate(units):
-        limit = np.sqrt(6.0 / d)
-        params[f"{prefix}.W{i}"] = rng.uniform(-limit, limit, size=(d, u)).astype(dtype)  # (d, u)
-        params[f"{prefix}.b{i}"] = np.zeros(u, dtype=dtype)                              # (u,)
-        if batch_norm:
-            params[f"{prefix}.gamma{i}"] = np.ones(u, dtype=dtype)                       # (u,)
-            params[f"{prefix}.beta{i}"] = np.zeros(u, dtype=dtype)                       # (u,)
-            state[f"{prefix}.bn_mean{i}"] = np.zeros(u, dtype=dtype)                     # (u,)
-            state[f"{prefix}.bn_var{i}"] = np.ones(u, dtype=dtype)                       # (u,)
-        if activation == "prelu":
-            params[f"{prefix}.alpha{i}"] = np.full(u, 0.25, dtype=dtype)                 # (u,)
-        d = u
-    limit = np.sqrt(6.0 / (d + 1))  # Glorot-uniform for the single-unit logit layer
-    params[f"{prefix}.W_out"] = rng.uniform(-limit, limit, size=(d, 1)).astype(dtype)    # (d, 1)
-    params[f"{prefix}.b_out"] = np.zeros(1, dtype=dtype)                                 # (1,)
-    return params, state
-
-
-def tower_forward(params, state, prefix, h, cfg, train, rng=None, masks=None):
-    """Run one tower: per hidden layer affine -> [batch norm] -> activation -> [dropout].
-
-    Parameters
-    ----------
-    params, state : the model's dicts
-    prefix : "ctr", "cvr", ...
-    h : ndarray of shape (n, d_in), the tower input
-    cfg : TowerConfig
-    train : bool; dropout and batch statistics only in training mode
-    rng : numpy.random.Generator for the dropout masks
-    masks : list of fixed dropout masks, one per hidden layer (gradient checks)
-
-    Returns
-    -------
-    logit : ndarray of shape (n,)
-    cache : TowerCache, for :func:`tower_backward`
-    """
-    hidden = []
-    for i in range(len(cfg.units)):
-        u, affine = L.affine_forward(h, params[f"{prefix}.W{i}"], params[f"{prefix}.b{i}"])  # (n, u_i)
-        bn = stats = None
-        if cfg.batch_norm:
-            u, bn, stats = L.batchnorm_forward(                                          # (n, u_i)
-                u, params[f"{prefix}.gamma{i}"], params[f"{prefix}.beta{i}"],
-                state[f"{prefix}.bn_mean{i}"], state[f"{prefix}.bn_var{i}"], train)
-        if cfg.activation == "prelu":
-            h, act = L.prelu_forward(u, params[f"{prefix}.alpha{i}"])                    # (n, u_i)
-        else:
-            h, act = _ACT_FORWARD[cfg.activation](u)                               # (n, u_i)
-        mask = None
-        if train and cfg.dropout > 0:
-            h, mask = L.dropout_forward(h, cfg.dropout, rng=rng,                         # (n, u_i)
-                                        mask=None if masks is None else masks[i])
-        hidden.append(HiddenCache(affine, bn, stats, act, mask))
-    logit, out = L.affine_forward(h, params[f"{prefix}.W_out"], params[f"{prefix}.b_out"])  # (n, 1)
-    return logit[:, 0], TowerCache(hidden, out)
-
-
-def tower_backward(dlogit, cache, prefix, cfg, grads):
-    """Walk the tower in reverse, writing parameter gradients into ``grads``.
-
-    Parameters
-    ----------
-    dlogit : ndarray of shape (n,)
-    cache : TowerCache from :func:`tower_forward`
-    cfg : TowerConfig
-    grads : dict, filled with ``prefix.W{i}`` etc.
-
-    Returns
-    -------
-    dh : ndarray of shape (n, d_in), gradient of the tower input
-    """
-    dh, grads[f"{prefix}.W_out"], grads[f"{prefix}.b_out"] = L.affine_backward(
-        dlogit[:, None], cache.out)                                                      # (n, u_last)
-    for i in reversed(range(len(cache.hidden))):
-        c = cache.hidden[i]
-        if c.dropout is not None:
-            dh = L.dropout_backward(dh, c.dropout)                                       # (n, u_i)
-        if cfg.activation == "prelu":
-            du, grads[f"{prefix}.alpha{i}"] = L.prelu_backward(dh, c.activation)         # (n, u_i)
-        else:
-            du = _ACT_BACKWARD[cfg.activation](dh, c.activation)                   # (n, u_i)
-        if c.batchnorm is not None:
-            du, grads[f"{prefix}.gamma{i}"], grads[f"{prefix}.beta{i}"] = \
-                L.batchnorm_backward(du, c.batchnorm)                                    # (n, u_i)
-        dh, grads[f"{prefix}.W{i}"], grads[f"{prefix}.b{i}"] = L.affine_backward(du, c.affine)
-    return dh                                                                            # (n, d_in)
-
-
-def check_batch_stats(prefix, cache):
-    """Raise ``FloatingPointError`` if a batch's BN mean or variance is NaN or inf.
-
-    A finite input can still have an inf variance (its square overflows)
-    while the normalised output and the loss stay finite.
-    """
-    for i, c in enumerate(cache.hidden):
-        if c.batch_stats is not None and not (np.isfinite(c.batch_stats[0]).all()
-                                              and np.isfinite(c.batch_stats[1]).all()):
-            raise FloatingPointError(f"the batch statistics of {prefix}.bn_mean{i} / "
-                                     f"{prefix}.bn_var{i} are NaN or inf")
-
-
-def fold_running_stats(state, prefix, cache, momentum):
-    """Move the running BN statistics toward this batch's (training loop only)."""
-    for i, c in enumerate(cache.hidden):
-        if c.batch_stats is not None:
-            mu, var = c.batch_stats                                  # (u_i,), (u_i,)
-            m = state[f"{prefix}.bn_mean{i}"]
-            v = state[f"{prefix}.bn_var{i}"]
-            m *= momentum
-            m += (1 - momentum) * mu
-            v *= momentum
-            v += (1 - momentum) * var
 
 
 # ------------------------------------------------------------ shared base
@@ -281,7 +148,7 @@ class _EmbeddingMLP:
 
     def _new_table(self):
         """An embedding table with small random rows (N(0, 0.05^2))."""
-        V = sum(self.field_dims) + sum(self.bag_dims.values())
+        V = sum(self.field_dims) + sum(self.bag_dims.values())             # rows of the table
         return (0.05 * self.rng.standard_normal((V, self.embed_dim))).astype(self.dtype)
 
     def tower_config(self, units):
@@ -361,7 +228,7 @@ class _EmbeddingMLP:
         if cache.bags is None:
             return L.embedding_backward(de, cache.lookup)
         width = cache.lookup[0].shape[1] * self.embed_dim                   # F*k
-        parts = [L.embedding_backward(de[:, :width], cache.lookup)]
+        parts = [L.embedding_backward(de[:, :width], cache.lookup)]         # SparseRows (V, k)
         for b, c in enumerate(cache.bags):
             lo = width + b * self.embed_dim
             parts.append(L.bag_backward(de[:, lo:lo + self.embed_dim], c))  # (n, k) each
@@ -384,17 +251,18 @@ class _EmbeddingMLP:
                 if lazy:
                     E_used = self.params[name][g.rows]                       # (u, k)
                     total += float(lam * np.sum(E_used * E_used))
-                    grads[name] = L.SparseRows(g.rows, g.values + 2 * lam * E_used, g.n_rows)
+                    grads[name] = L.SparseRows(g.rows, g.values + 2 * lam * E_used,  # (u, k)
+                                               g.n_rows)
                 else:
                     pen, dpen = l2_penalty(self.params[name], lam)
                     total += pen
-                    grads[name] = L.sparse_to_dense(g) + dpen
+                    grads[name] = L.sparse_to_dense(g) + dpen                # (V, k) dense
         if self.l2_reg_dnn > 0:
             for name in self.params:
                 if name.split(".")[0] in self.towers and ".W" in name:
                     pen, dpen = l2_penalty(self.params[name], self.l2_reg_dnn)
                     total += pen
-                    grads[name] = grads[name] + dpen
+                    grads[name] = grads[name] + dpen                         # (d_in, d_out)
         return total
 
     def loss(self, X, *labels, dense=None, train=True, seed=None, masks=None, bags=None):
@@ -425,8 +293,8 @@ class _EmbeddingMLP:
         """
         train = validate.check_bool(train, "train")
         seed = validate.check_seed(seed)
-        rows, dense = self.check_rows(X, dense)
-        labels = self.check_labels(labels, rows.shape[0])
+        rows, dense = self.check_rows(X, dense)                             # (n, F), (n, n_dense)
+        labels = self.check_labels(labels, rows.shape[0])                   # (n,) int8 each
         bags = self.check_bags(bags, rows.shape[0])
         loss, grads, _ = self._loss_grads(rows, dense, labels, train, self._rng_for(seed), masks,
                                           bags=bags)
@@ -464,7 +332,7 @@ class _EmbeddingMLP:
             logits, _ = self._forward(X[s:e] + self.offsets, d, train=False,
                                       bags=slice_bags(bags, s, e))
             ys = tuple(np.asarray(y[s:e]).astype(np.int8, copy=False) for y in labels)  # (b,) each
-            part, _ = self._loss_at_logits(logits, ys)
+            part, _ = self._loss_at_logits(logits, ys)                      # mean over the chunk
             total += part * (e - s)
         return total / n
 
@@ -583,10 +451,10 @@ class ESMM(_EmbeddingMLP):
                          l2_reg_dnn=l2_reg_dnn, n_dense=n_dense, dtype=dtype, seed=seed,
                          bn_momentum=bn_momentum, bag_dims=bag_dims, bag_pooling=bag_pooling)
         self.ctcvr_loss = check_choice(ctcvr_loss, "ctcvr_loss", ("logspace", "naive"))
-        if isinstance(loss_weights, (str, bytes, dict)) or not hasattr(loss_weights, "__len__"):
+        if isinstance(loss_weights, dict) or not hasattr(loss_weights, "__len__"):
             raise TypeError(f"loss_weights must be a pair of non-negative numbers "
                             f"(w_ctr, w_ctcvr), got {loss_weights!r}")
-        if len(loss_weights) != 2:
+        if isinstance(loss_weights, (str, bytes)) or len(loss_weights) != 2:
             raise ValueError(f"loss_weights must be two non-negative numbers, got {loss_weights!r}")
         self.loss_weights = tuple(validate.check_float(w, f"loss_weights[{i}]", low=0)
                                   for i, w in enumerate(loss_weights))
@@ -643,11 +511,11 @@ class ESMM(_EmbeddingMLP):
         bags = self.check_bags(bags, X.shape[0])
         out = {"p_ctr": [], "p_cvr": [], "p_ctcvr": []}
         for s in range(0, X.shape[0], batch_size):      # chunks bound the memory
-            d = None if dense is None else dense[s:s + batch_size]
+            d = None if dense is None else dense[s:s + batch_size]         # (b, n_dense)
             logits, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
                                       bags=slice_bags(bags, s, s + batch_size))
             check_logits(logits, s)
-            p_ctr, p_cvr = L.sigmoid(logits["ctr"]), L.sigmoid(logits["cvr"])
+            p_ctr, p_cvr = L.sigmoid(logits["ctr"]), L.sigmoid(logits["cvr"])   # (b,), (b,)
             out["p_ctr"].append(p_ctr)
             out["p_cvr"].append(p_cvr)
             out["p_ctcvr"].append(p_ctr * p_cvr)
@@ -677,8 +545,8 @@ class ESMM(_EmbeddingMLP):
 
         Returns (data loss without L2, grads, caches).
         """
-        logits, caches = self._forward(rows, dense, train, rng, masks, bags=bags)
-        loss, dlogit = self._loss_at_logits(logits, labels)
+        logits, caches = self._forward(rows, dense, train, rng, masks, bags=bags)   # (n,) each
+        loss, dlogit = self._loss_at_logits(logits, labels)                    # (n,) each
         grads = {}
         dh0_shared = None
         for t, units in zip(self.towers, self.tower_units):
@@ -686,11 +554,11 @@ class ESMM(_EmbeddingMLP):
             dh0 = tower_backward(dlogit[t], tower_cache, t, self.tower_config(units),
                                  grads)                                             # (n, d_in)
             if not self.share_embedding:
-                grads[f"{t}.embedding"] = self._embed_backward(dh0, emb_cache)
+                grads[f"{t}.embedding"] = self._embed_backward(dh0, emb_cache)   # SparseRows
             else:   # both towers read the same h0: their gradients add before the lookup
                 dh0_shared = dh0 if dh0_shared is None else dh0_shared + dh0        # (n, d_in)
         if self.share_embedding:
-            grads["embedding"] = self._embed_backward(dh0_shared, emb_cache)
+            grads["embedding"] = self._embed_backward(dh0_shared, emb_cache)   # SparseRows (V, k)
         return loss, grads, caches
 
     def _loss_at_logits(self, logits, labels):
@@ -699,9 +567,9 @@ class ESMM(_EmbeddingMLP):
         a, b = logits["ctr"], logits["cvr"]                     # (n,), (n,)
         z = click * conversion                                  # CTCVR label
         w_ctr, w_ctcvr = self.loss_weights
-        loss_ctr, da_ctr = bce_with_logits(a, click)
+        loss_ctr, da_ctr = bce_with_logits(a, click)             # float, (n,)
         if self.ctcvr_loss == "logspace":
-            loss_ctcvr, da_ctcvr, db = ctcvr_bce_logspace(a, b, z)
+            loss_ctcvr, da_ctcvr, db = ctcvr_bce_logspace(a, b, z)   # float, (n,), (n,)
         else:  # naive: probabilities, product, clip; then the two sigmoid backwards
             p_ctr, s_ctr = L.sigmoid_forward(a)
             p_cvr, s_cvr = L.sigmoid_forward(b)

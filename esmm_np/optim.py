@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from . import validate as V
+from . import validate
 from .layers import SparseRows, sparse_to_dense
 
 
@@ -92,9 +92,9 @@ class SGD(Optimizer):
     slots = ("velocity",)
 
     def __init__(self, lr=0.01, momentum=0.0, lazy=False):
-        self.lr = V.check_float(lr, "lr", low=0, low_open=True)
-        self.momentum = V.check_float(momentum, "momentum", 0, 1, high_open=True)
-        self.lazy = V.check_bool(lazy, "lazy")
+        self.lr = validate.check_float(lr, "lr", low=0, low_open=True)
+        self.momentum = validate.check_float(momentum, "momentum", 0, 1, high_open=True)
+        self.lazy = validate.check_bool(lazy, "lazy")
         self.velocity = {}
         self.shapes = None   # the served model's parameter shapes, set by bind()
 
@@ -148,11 +148,11 @@ class Adam(Optimizer):
     slots = ("m", "v")
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, lazy=False):
-        self.lr = V.check_float(lr, "lr", low=0, low_open=True)
-        self.beta1 = V.check_float(beta1, "beta1", 0, 1, high_open=True)
-        self.beta2 = V.check_float(beta2, "beta2", 0, 1, high_open=True)
-        self.eps = V.check_float(eps, "eps", low=0, low_open=True)
-        self.lazy = V.check_bool(lazy, "lazy")
+        self.lr = validate.check_float(lr, "lr", low=0, low_open=True)
+        self.beta1 = validate.check_float(beta1, "beta1", 0, 1, high_open=True)
+        self.beta2 = validate.check_float(beta2, "beta2", 0, 1, high_open=True)
+        self.eps = validate.check_float(eps, "eps", low=0, low_open=True)
+        self.lazy = validate.check_bool(lazy, "lazy")
         self.t = 0
         self.m, self.v = {}, {}
         self.shapes = None   # the served model's parameter shapes, set by bind()

@@ -196,10 +196,10 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         time of each epoch; ``"steps"``: optimiser steps taken; ``"stopped"``:
         ``"patience"``, ``"cap"`` (the budget ran out) or ``"budget"`` (too few
         validation positives, see ``min_val_positives``; ``"val_positives"``
-        holds their number); ``"kept"``: the step
-        whose parameters the model ends with. With ``invalid="drop"``,
-        ``"clean_report"``: the :class:`~esmm_np.data.CleanReport`; with
-        ``validation``, ``"val_loss"`` and ``"val_steps"`` per validation and
+        holds their number); ``"kept"``: the step whose parameters the model
+        ends with. With ``invalid="drop"``, ``"clean_report"``: the
+        :class:`~esmm_np.data.CleanReport`; with ``validation``, ``"val_loss"``
+        (the ``stop_on`` value) and ``"val_steps"`` per validation and
         ``"best_epoch"`` (1-based), the epoch the kept step belongs to.
 
     Raises

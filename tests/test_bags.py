@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from esmm_np import layers as L
+from esmm_np import gradcheck
 from esmm_np.gradcheck import numerical_gradient, relative_error
 
-LAYER_TOL = 1e-9
+LAYER_TOL = gradcheck.LAYER_TOL  # 1e-9, defined once in esmm_np/gradcheck.py
+assert LAYER_TOL == 1e-9
 
 
 def _bags(rng, V=7, k=3):

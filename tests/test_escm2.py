@@ -16,7 +16,8 @@ from esmm_np import gradcheck as G
 from batches import draw_batch
 
 PIECE_TOL = 1e-9
-MODEL_TOL = 1e-6
+MODEL_TOL = G.MODEL_TOL          # 1e-6, defined once in esmm_np/gradcheck.py
+assert MODEL_TOL == 1e-6
 FIELD_DIMS = [7, 5, 3]
 
 

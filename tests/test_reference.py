@@ -16,9 +16,9 @@ from batches import draw_batch
 #: real difference (a wrong term is off by 1e-3 or more).
 AGREE_TOL = 1e-12
 
-#: Relative error bar against finite differences for a whole model, the one
-#: the model tests use (test_model.py: 1e-6).
-FD_TOL = 1e-6
+#: Relative error bar against finite differences for a whole model:
+#: gradcheck.MODEL_TOL (1e-6), the one the model tests use.
+FD_TOL = gradcheck.MODEL_TOL
 
 
 def _model_and_batch(tower_units, seed=0, n=20):

@@ -4,7 +4,9 @@ Speed work changed three places (docs/performance.md): the embedding backward
 (sort + first occurrence + ``np.add.at`` on the repeats), Adam (bias
 corrections folded into the step, a big table's dense update done block by
 block) and float32 end to end. Each test here pins one of them to a plain
-reference. No timings are asserted: those live in benchmarks/.
+reference; the plain forms live in the package beside the fast ones
+(esmm_np.embedding's ``*_reference`` scatter-adds, optim.adam_textbook_step).
+No timings are asserted: those live in benchmarks/.
 """
 
 import sys
