@@ -35,8 +35,9 @@ from . import layers as L
 from . import validate
 from .data.bags import slice_bags
 from .losses import bce_with_logits, softplus
-from .model import check_logits, init_tower
+from .model import check_logits
 from .multitask import MultiTaskModel, init_stack, stack_backward, stack_forward
+from .tower import init_tower
 from .transfer import attention_backward, attention_forward, calibrator_backward, calibrator_forward
 
 #: AITM's forward cache: the input path's, the three stacks', the attention's, the two logit layers'.

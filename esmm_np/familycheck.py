@@ -60,7 +60,7 @@ def everything_on_example(name, space="entire", n=16, seed=0, **overrides):
     return model, G.perturb_and_draw(model, n, seed)
 
 
-def run(name, n=16, seed=0, h=1e-5, tol=1e-6):
+def run(name, n=16, seed=0, h=G.FD_STEP, tol=G.MODEL_TOL):
     """Print the gradient-check table of ``name`` (both spaces where it has them); exit code.
 
     Returns 0 when every tensor of every table is ok, else 1.
@@ -76,7 +76,8 @@ def run(name, n=16, seed=0, h=1e-5, tol=1e-6):
         model, (X, click, conversion, dense) = everything_on_example(name, space, n, seed)
         if name != "aitm":
             print(f"\nspace = {space!r}")
-        rows = G.check_model(model, X, click, conversion, dense=dense, h=h, tol=tol, seed=seed)
+        rows = G.check_model(model, X, click, conversion, dense=dense, step=h, tol=tol,
+                            seed=seed)
         print(G.format_table(rows))
         ok = ok and all(r["ok"] for r in rows)
     return 0 if ok else 1

@@ -43,7 +43,10 @@ from .version import __version__
 FILE_FORMAT_VERSION = 1
 
 #: The classes a model file may name (esmm_np.persist maps each name to its class).
-FILE_CLASSES = ("ESMM", "ESCM2", "TowerModel", "SharedBottom", "MMoE", "PLE", "AITM")
+FILE_CLASSES = ("ESMM", "ESCM2", "TowerModel")
+
+#: The multi-task family's classes a model file may name (esmm_np.multitask, gated, aitm).
+FAMILY_FILE_CLASSES = ("SharedBottom", "MMoE", "PLE", "AITM")
 
 # The name the tests patch to break the ReLU backward on purpose (the same dict).
 _ACT_BACKWARD = ACTIVATION_BACKWARD
@@ -366,8 +369,9 @@ class _EmbeddingMLP:
     def file_arrays(self, optimizer=None):
         """What a model file holds: ``meta`` (JSON text), ``param/``, ``state/``, ``optim/`` arrays."""
         name = type(self).__name__
-        if name not in FILE_CLASSES or not type(self).__module__.startswith("esmm_np."):
-            raise TypeError(f"cannot save a {name}: known model classes are {sorted(FILE_CLASSES)}")
+        known = FILE_CLASSES + FAMILY_FILE_CLASSES
+        if name not in known or not type(self).__module__.startswith("esmm_np."):
+            raise TypeError(f"cannot save a {name}: known model classes are {sorted(known)}")
         meta = {"format": "esmm_np model", "format_version": FILE_FORMAT_VERSION,
                 "esmm_np_version": __version__, "class": name, "config": self.get_config(),
                 "rng_state": self.rng.bit_generator.state}

@@ -39,27 +39,16 @@ from . import layers as L
 from . import validate
 from .experts import softmax_backward, softmax_forward
 from .losses import bce_with_logits, l2_penalty
-from .model import (ESMM, check_batch_stats, check_tower_units, fold_running_stats, init_tower,
-                    tower_backward, tower_forward)
+from .model import ESMM, check_tower_units
+from .tower import (ACTIVATION_BACKWARD, ACTIVATION_FORWARD, HiddenCache, TowerCache,
+                    check_batch_stats, fold_running_stats, init_tower, tower_backward,
+                    tower_forward)
 
 #: Where the CVR loss lives (see the module docstring).
 SPACES = ("entire", "clicked")
 
-_ACT_FORWARD = {"relu": L.relu_forward, "sigmoid": L.sigmoid_forward, "tanh": L.tanh_forward}
-_ACT_BACKWARD = {"relu": L.relu_backward, "sigmoid": L.sigmoid_backward, "tanh": L.tanh_backward}
-
 #: What a family model's forward keeps: the input path's cache, the body's, each tower's.
 ForwardCache = namedtuple("ForwardCache", ["embed", "body", "towers"])
-
-#: One hidden layer of a stack, as a tower's keeps it: the affine layer's cache, batch
-#: norm's cache and batch statistics (None without batch norm), the activation's cache,
-#: the dropout mask (None when no dropout ran). The tower's batch-norm helpers
-#: (check_batch_stats, fold_running_stats) read a stack's ``hidden`` list as a tower's.
-LayerCache = namedtuple("LayerCache", ["affine", "batchnorm", "batch_stats", "activation",
-                                       "dropout"])
-
-#: A hidden stack's cache: one LayerCache per layer (a tower's cache without its logit layer).
-StackCache = namedtuple("StackCache", ["hidden"])
 
 
 # ------------------------------------------------- a stack of hidden layers
@@ -67,7 +56,7 @@ StackCache = namedtuple("StackCache", ["hidden"])
 def init_stack(rng, prefix, d_in, units, activation, batch_norm, dtype):
     """Parameters of a tower's hidden layers alone (a bottom, an expert, AITM's info layer).
 
-    :func:`esmm_np.model.init_tower` without its logit layer (which it draws
+    :func:`esmm_np.tower.init_tower` without its logit layer (which it draws
     and this drops), so a stack and a tower of the same widths start alike.
     """
     params, state = init_tower(rng, prefix, d_in, units, activation, batch_norm, dtype)
@@ -78,17 +67,17 @@ def init_stack(rng, prefix, d_in, units, activation, batch_norm, dtype):
 def stack_forward(params, state, prefix, h, cfg, train, rng=None):
     """Hidden layers, each affine -> [batch norm] -> activation -> [dropout].
 
-    :func:`esmm_np.model.tower_forward` without the logit layer.
+    :func:`esmm_np.tower.tower_forward` without the logit layer.
 
     Parameters
     ----------
     h : ndarray of shape (n, d_in)
-    cfg : esmm_np.model.TowerConfig (``cfg.units`` at least one width)
+    cfg : esmm_np.tower.TowerConfig (``cfg.units`` at least one width)
 
     Returns
     -------
     h : ndarray of shape (n, units[-1])
-    cache : StackCache
+    cache : TowerCache with ``out=None`` (no logit layer)
     """
     hidden = []
     for i in range(len(cfg.units)):
@@ -101,12 +90,12 @@ def stack_forward(params, state, prefix, h, cfg, train, rng=None):
         if cfg.activation == "prelu":
             h, act = L.prelu_forward(u, params[f"{prefix}.alpha{i}"])                    # (n, u_i)
         else:
-            h, act = _ACT_FORWARD[cfg.activation](u)                                     # (n, u_i)
+            h, act = ACTIVATION_FORWARD[cfg.activation](u)                                     # (n, u_i)
         mask = None
         if train and cfg.dropout > 0:
             h, mask = L.dropout_forward(h, cfg.dropout, rng=rng)                         # (n, u_i)
-        hidden.append(LayerCache(affine, bn, stats, act, mask))
-    return h, StackCache(hidden)
+        hidden.append(HiddenCache(affine, bn, stats, act, mask))
+    return h, TowerCache(hidden, None)
 
 
 def stack_backward(dh, cache, prefix, cfg, grads):
@@ -127,7 +116,7 @@ def stack_backward(dh, cache, prefix, cfg, grads):
         if cfg.activation == "prelu":
             du, grads[f"{prefix}.alpha{i}"] = L.prelu_backward(dh, c.activation)         # (n, u_i)
         else:
-            du = _ACT_BACKWARD[cfg.activation](dh, c.activation)                         # (n, u_i)
+            du = ACTIVATION_BACKWARD[cfg.activation](dh, c.activation)                         # (n, u_i)
         if c.batchnorm is not None:
             du, grads[f"{prefix}.gamma{i}"], grads[f"{prefix}.beta{i}"] = \
                 L.batchnorm_backward(du, c.batchnorm)                                    # (n, u_i)
@@ -179,7 +168,7 @@ class MultiTaskModel(ESMM):
     :meth:`_build_towers` with the body's output width) and defines
     ``_body_forward(h0, train, rng) -> ({"ctr": tower_in_ctr, "cvr": tower_in_cvr}, cache)``,
     ``_body_backward(dtower_in, cache, grads) -> dh0`` and ``_body_stacks(cache)``,
-    the ``(prefix, StackCache)`` pairs whose batch norm the training loop folds.
+    the ``(prefix, TowerCache)`` pairs whose batch norm the training loop folds.
     """
 
     def __init__(self, field_dims, embed_dim, tower_units, *, space="entire",

@@ -20,7 +20,9 @@ which builds the arrays above in ``file_arrays``); this module reads. It
 imports the model classes, never the other way round. A new model class
 joins by being imported into :data:`MODEL_CLASSES` here, named in
 ``esmm_np.model.FILE_CLASSES``, and reporting its constructor arguments in
-``get_config``; new options are new keys of that dict.
+``get_config``; new options are new keys of that dict. The multi-task family
+(Shared-Bottom, MMoE, PLE, AITM) is listed apart, in :data:`FAMILY_CLASSES`
+and ``esmm_np.model.FAMILY_FILE_CLASSES``.
 """
 
 import json
@@ -40,8 +42,10 @@ from .validate import check_bool, is_int
 FORMAT_VERSION = FILE_FORMAT_VERSION
 
 #: The classes a file may name, imported explicitly (no registry written at import time).
-MODEL_CLASSES = {"ESMM": ESMM, "ESCM2": ESCM2, "TowerModel": TowerModel,
-                 "SharedBottom": SharedBottom, "MMoE": MMoE, "PLE": PLE, "AITM": AITM}
+MODEL_CLASSES = {"ESMM": ESMM, "ESCM2": ESCM2, "TowerModel": TowerModel}
+
+#: The multi-task family's classes (model.FAMILY_FILE_CLASSES), imported explicitly too.
+FAMILY_CLASSES = {"SharedBottom": SharedBottom, "MMoE": MMoE, "PLE": PLE, "AITM": AITM}
 
 OPTIMIZER_CLASSES = {"SGD": SGD, "Adam": Adam}
 
@@ -51,7 +55,7 @@ def save_model(model, path, optimizer=None):
 
     Parameters
     ----------
-    model : a model whose class is in :data:`MODEL_CLASSES`
+    model : a model whose class is in :data:`MODEL_CLASSES` or :data:`FAMILY_CLASSES`
     path : str or os.PathLike
         Written as given (``.npz`` is the customary extension), atomically.
     optimizer : SGD or Adam serving ``model``, optional
@@ -62,8 +66,9 @@ def save_model(model, path, optimizer=None):
     str, the path written
     """
     name = type(model).__name__
-    if MODEL_CLASSES.get(name) is not type(model):
-        raise TypeError(f"cannot save a {name}: known model classes are {sorted(MODEL_CLASSES)}")
+    known = {**MODEL_CLASSES, **FAMILY_CLASSES}
+    if known.get(name) is not type(model):
+        raise TypeError(f"cannot save a {name}: known model classes are {sorted(known)}")
     return model.save(path, optimizer=optimizer)
 
 
@@ -91,10 +96,11 @@ def load_model(path, with_optimizer=False):
     with_optimizer = check_bool(with_optimizer, "with_optimizer")
     arrays = _read_arrays(path)
     meta = _read_meta(path, arrays.pop("meta", None))
-    cls = MODEL_CLASSES.get(meta.get("class"))
+    known = {**MODEL_CLASSES, **FAMILY_CLASSES}
+    cls = known.get(meta.get("class"))
     if cls is None:
         raise ValueError(f"{path}: unknown model class {meta.get('class')!r} "
-                         f"(known: {sorted(MODEL_CLASSES)})")
+                         f"(known: {sorted(known)})")
     config = meta.get("config")
     if not isinstance(config, dict):
         raise ValueError(f"{path}: the model configuration is missing")

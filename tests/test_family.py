@@ -1,9 +1,9 @@
 """Shared-Bottom, MMoE, PLE and AITM: whole-model gradient checks, what each loss is,
 the gates, saving, and every option refused with a sentence.
 
-Tolerance: MODEL_TOL = 1e-6 relative error per tensor, the whole-model bar of every
-other model (tests/test_model.py explains the number; it is gradcheck.MODEL_TOL on
-i16-core). A correct backward lands near 1e-9 here; a wrong one at 1e-3 or worse.
+Tolerance: gradcheck.MODEL_TOL (1e-6 relative error per tensor), the whole-model bar of
+every other model (gradcheck.py explains the number). A correct backward lands near 1e-9
+here; a wrong one at 1e-3 or worse.
 """
 
 import numpy as np
@@ -14,7 +14,7 @@ from esmm_np import aitm, cli, familycheck, gated, multitask
 from esmm_np import gradcheck as G
 from esmm_np.losses import bce_with_logits
 
-MODEL_TOL = 1e-6
+MODEL_TOL = G.MODEL_TOL
 FAMILY = ("sb", "mmoe", "ple", "aitm")
 SPACED = [(m, s) for m in ("sb", "mmoe", "ple") for s in multitask.SPACES] + [("aitm", "entire")]
 BAG_DIMS = {"tags": 6}
