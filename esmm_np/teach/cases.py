@@ -255,10 +255,10 @@ def _cases_ctcvr_bce_logspace(rng):
                        f, (np.array([800.0, 710.0, 40.0]), np.array([800.0, 710.0, 40.0]),
                            np.array([0, 0, 0])), [0, 1], out, hint_one, fd=False, entrywise=True),
             _loss_case("both labels, to overflow",
-                       "a, b each +-800 or +-710 (all four sign pairs), each with z = 0 and z = 1",
+                       "a, b = +-800 or +-710, all four sign pairs, each with z = 0 and z = 1",
                        f, (a_o, b_o, z_o), [0, 1], out, hint_ext + "; " + hint_one, fd=False,
                        entrywise=True),
-            _loss_case("z = 0, p rounds to 1, float32", "float32, z = 0 with a = b = 100",
+            _loss_case("p rounds to 1, float32", "float32, z = 0 with a = b = 100",
                        f, (np.array([100.0]), np.array([100.0]), np.array([0])), [0, 1], out,
                        hint_one, np.float32, entrywise=True)]
 

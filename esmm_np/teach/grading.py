@@ -17,6 +17,10 @@ from .. import layers as L
 from .guard import TIME_LIMIT, PackageSnapshot, Recorder, TimedOut, call_with_time_limit
 
 OURS_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
+#: How close a learner's outputs must be to a known mistake's for the hint to name it: far
+#: looser than OURS_TOL (the two may be written differently, float32 rounds at 1e-7 per
+#: operation), far tighter than the 1e-3 and more by which a mistake differs from the answer.
+MATCH_TOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-4}
 
 
 def _copy_args(args):
@@ -258,7 +262,7 @@ def _matches(flat, other, names, dtype, entrywise=False):
         return False
     floor = np.finfo(dtype).tiny
     return all(a.shape == b.shape and np.all(np.isfinite(b))
-               and _error(a, b, entrywise, floor) <= 1e-6
+               and _error(a, b, entrywise, floor) <= MATCH_TOL[np.dtype(dtype)]
                for (_, a), (_, b) in zip(flat, theirs))
 
 
@@ -269,7 +273,7 @@ def _where(flat, ours, name, floor):
     if a.size < 2:
         return ""
     _, i = _rel_entries(a, b, floor)
-    idx = np.unravel_index(i, a.shape)
+    idx = tuple(int(j) for j in np.unravel_index(i, a.shape))
     idx = idx[0] if len(idx) == 1 else idx
     return f" (entry {idx}: {a.ravel()[i]:.3g}, ours {b.ravel()[i]:.3g})"
 
