@@ -16,7 +16,17 @@ expected kind, shape and dtype, every entry finite, no floating-point
 warning was raised, no input the caller still needs was written into (a
 backward may reuse its upstream gradient's memory), and the relative errors
 are within the bars below. A NaN, a broadcast shape, a silently changed
-dtype or an overwritten cache never passes.
+dtype or an overwritten cache never passes. In the extreme cases (logits
+out to +-800, past where exp overflows, with both labels) outputs are
+compared with ours entry by entry, so sigmoid(-40) = 4.2e-18 must come out
+as 4.2e-18, not 0 and not a clip's 1e-11.
+
+What a function may not do. Each call has a time limit (:data:`TIME_LIMIT`,
+10 s; a loop that never ends fails its case, and the remaining cases are not
+run). A whole-model answer gets a copy of the model: changing its options or
+parameters fails, and so does calling ``model.loss``, the answer itself. A
+function that patches the checker, the package or NumPy while it runs fails,
+and what it changed is put back.
 
 Bars. Against finite differences (float64, h = 1e-5): 1e-9 for one layer or
 loss (gradcheck.LAYER_TOL), 1e-7 for the whole model (gradcheck.py). Against
@@ -37,12 +47,12 @@ from . import reference as _plain   # the plain ESMM: our answer to esmm_loss
 from .optim import Adam
 from .teach.cases import CASES, MODEL_TOL, Case
 from .teach.grading import OURS_TOL, grade
-from .teach.guard import TIME_LIMIT, check_time_limit
 from .teach.grading import format_results as _format_table
+from .teach.guard import TIME_LIMIT, check_time_limit
 from .teach.mistakes import MISTAKES
 
-__all__ = ["NAMES", "SIGNATURES", "MODEL_TOL", "OURS_TOL", "Case", "check", "esmm_loss",
-           "fill_blanks", "format_results", "reference", "run_case", "train"]
+__all__ = ["NAMES", "SIGNATURES", "MODEL_TOL", "OURS_TOL", "TIME_LIMIT", "Case", "check",
+           "esmm_loss", "fill_blanks", "format_results", "reference", "run_case", "train"]
 
 NAMES = ("sigmoid", "sigmoid_backward", "relu_backward", "affine_backward",
          "batchnorm_backward", "embedding_backward", "ctcvr_backward",
@@ -122,6 +132,7 @@ def run_case(name, fn, case, time_limit=TIME_LIMIT):
     :func:`esmm_np.teach.grading.grade`.
     """
     _check_name(name)
+    time_limit = check_time_limit(time_limit)
     return grade(fn, case, _REFERENCE[name], MISTAKES[name],
                  consumed=int(name.endswith("_backward")), time_limit=time_limit)
 

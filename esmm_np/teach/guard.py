@@ -20,6 +20,7 @@ Two things a grader must survive, whatever the function does:
 """
 
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -133,8 +134,6 @@ _CONTAINERS = (dict, list, set)
 
 def _watched_modules():
     """The namespaces a patch could hide in: every loaded esmm_np module, NumPy's main ones."""
-    import sys
-
     mods = {name: m for name, m in list(sys.modules.items())
             if m is not None and (name == "esmm_np" or name.startswith("esmm_np."))}
     for name in ("numpy", "numpy.linalg", "math", "copy"):
@@ -262,6 +261,6 @@ class Recorder:
         for owner, attr, own, value in reversed(self._saved):
             if own:
                 setattr(owner, attr, value)
-            else:
+            elif attr in vars(owner):          # (unless the function deleted it itself)
                 delattr(owner, attr)           # uncovers the class's method again
         return False
