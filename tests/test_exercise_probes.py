@@ -86,6 +86,22 @@ def test_esmm_loss_that_calls_model_loss_fails(capsys):
                 capsys, "calls model.loss")
 
 
+def test_esmm_loss_that_calls_the_class_or_a_fresh_model_fails(capsys):
+    from esmm_np import ESMM
+
+    def via_class(model, X, click, conversion):
+        return type(model).loss(model, X, click, conversion)
+
+    def via_fresh(model, X, click, conversion):
+        other = ESMM(model.field_dims, model.embed_dim, model.tower_units,
+                     loss_weights=model.loss_weights, dtype=model.dtype)
+        other.params = model.params
+        return other.loss(X, click, conversion)
+    _fails_with("esmm_loss", via_class, capsys, "calls model.loss")
+    _fails_with("esmm_loss", via_fresh, capsys, "calls model.loss")
+    assert ESMM.loss.__name__ == "loss"                   # the recorder is gone again
+
+
 def test_esmm_loss_that_changes_the_loss_weights_fails(capsys):
     def wrong(model, X, click, conversion):
         model.loss_weights = (1.0, 1.0)        # "the weights confuse me": left changed

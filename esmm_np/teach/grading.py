@@ -76,7 +76,7 @@ def _differs(a, b):
 
 def _model_change(before, model):
     """A sentence naming how ``model`` differs from the snapshot ``before``, or None."""
-    now = {k: v for k, v in vars(model).items() if k not in _MODEL_ANSWERS}
+    now = vars(model)
     params, params0 = now.get("params", {}), before.get("params", {})
     if isinstance(params, dict) and isinstance(params0, dict):
         added, removed = sorted(set(params) - set(params0)), sorted(set(params0) - set(params))
@@ -112,15 +112,18 @@ def _call(fn, args, consumed=0, time_limit=TIME_LIMIT):
     The call has a time limit (``exc`` is then a :class:`~esmm_np.teach.guard.TimedOut`);
     ``patched`` lists what it changed in the package or NumPy (put back
     since); ``model_change`` says how it changed the model it was given;
-    ``calls`` lists its calls of the model's :data:`_MODEL_ANSWERS` (the
-    answer a whole-model exercise asks for).
+    ``calls`` lists its calls of the model class's :data:`_MODEL_ANSWERS`
+    (the answer a whole-model exercise asks for), on this model or any other.
     """
     given = _copy_args(args)
     model = _model_of(given)
     targets, before = [], None
     if model is not None:
-        targets = [(model, a, f"model.{a}") for a in _MODEL_ANSWERS]
-        before = copy.deepcopy({k: v for k, v in vars(model).items() if k not in _MODEL_ANSWERS})
+        # Recorded on the classes, so that ESMM.loss(model, ...) or a fresh ESMM's loss
+        # counts as well as model.loss(...).
+        targets = [(cls, a, f"model.{a}") for cls in type(model).__mro__
+                   for a in _MODEL_ANSWERS if a in vars(cls)]
+        before = copy.deepcopy(vars(model))
     out, exc, patched = None, None, []
     with warnings.catch_warnings(record=True) as caught, \
             np.errstate(over="warn", invalid="warn", divide="warn", under="ignore"), \
