@@ -11,11 +11,13 @@
 
 import numpy as np
 
-from .validate import check_binary, check_int, check_seed
+from .validate import check_binary, check_float, check_int, check_seed
 
 
-def _as_float_vector(x, name):
-    """Return ``x`` as a non-empty 1-d float64 array without NaN (booleans become 0/1)."""
+def _as_float_vector(x, name, finite=False):
+    """Return ``x`` as a non-empty 1-d float64 array without NaN (booleans become 0/1).
+
+    ``finite=True`` refuses inf as well."""
     x = np.asarray(x)
     if x.dtype == bool:
         x = x.astype(np.int8)
@@ -30,31 +32,16 @@ def _as_float_vector(x, name):
     if nan.any():
         raise ValueError(f"{name} has {int(nan.sum())} NaN value(s), first at row "
                          f"{int(np.argmax(nan))}")
+    inf = np.isinf(x) if finite else nan
+    if inf.any():
+        raise ValueError(f"{name} has {int(inf.sum())} infinite value(s), first at row "
+                         f"{int(np.argmax(inf))}")
     return x
-
-
-def _check_number(value, what):
-    """Refuse a string, None, a bool or an array where one number belongs."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
-                                                                     np.floating)):
-        raise TypeError(f"{what}, got {value!r} ({type(value).__name__})")
 
 
 def _check_level(level):
     """A coverage level: a number in (0, 1); a sentence for anything else (a string too)."""
-    _check_number(level, "level must be a number in (0, 1), such as 0.95")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    return float(level)
-
-
-def _check_finite(x, name):
-    """Refuse inf in a float vector (NaN is refused by :func:`_as_float_vector`)."""
-    bad = ~np.isfinite(x)
-    if bad.any():
-        raise ValueError(f"{name} has {int(bad.sum())} infinite value(s), first at row "
-                         f"{int(np.argmax(bad))}")
-    return x
+    return check_float(level, "level", 0, 1, low_open=True, high_open=True)
 
 
 def _check_same_length(a, b, name_a, name_b):
@@ -162,9 +149,7 @@ def log_loss(y, p, eps=1e-12):
     """
     y, p = _check_labels_and_scores(y, p, score_name="p")
     _check_probability(p, "p")
-    _check_number(eps, "eps must be a number in (0, 0.5)")
-    if not 0 < eps < 0.5:
-        raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+    eps = check_float(eps, "eps", 0, 0.5, low_open=True, high_open=True)
     p = np.clip(p, eps, 1.0 - eps)                                     # (n,)
     return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
 
@@ -447,13 +432,13 @@ def seed_interval(values, row_se=None, level=0.95):
     dict with ``mean``, ``low``, ``high``, ``n`` (seeds); all finite (values so
     large that the mean or the spread overflows float64 are refused)
     """
-    v = _check_finite(_as_float_vector(values, "values"), "values")
+    v = _as_float_vector(values, "values", finite=True)
     if v.shape[0] < 2:
         raise ValueError(f"an interval over seeds needs at least 2 values, got {v.shape[0]}")
     u = 0.5 + _check_level(level) / 2
     se = None
     if row_se is not None:
-        se = _check_finite(_as_float_vector(row_se, "row_se"), "row_se")
+        se = _as_float_vector(row_se, "row_se", finite=True)
         _check_same_length(v, se, "values", "row_se")
         if (se < 0).any():
             raise ValueError(f"row_se are standard errors, >= 0; {int((se < 0).sum())} "
@@ -696,9 +681,7 @@ def paired_bootstrap(target, scores, reference, n_boot=200, seed=0, level=0.95):
             # happens with probability <= 1/2 (two rows), so the cap only stops a loop.
             redrawn += 1
             if redrawn > 10 * int(n_boot):
-                raise ValueError(f"too few positives or negatives to bootstrap: over "
-                                 f"{redrawn} replicates drew no positive-negative pair "
-                                 f"(target has {n} rows)")
+                raise ValueError(f"{redrawn} replicates drew no positive-negative pair")
         for name, v in replicate.items():
             draws[name][b] = v
     tail = 100 * (1 - level) / 2
