@@ -230,6 +230,19 @@ def test_time_limit_outside_the_main_thread(capsys):
     assert result == {"ok": False}
 
 
+def test_the_thread_fallback_grades_like_the_alarm(capsys):
+    """Outside the main thread (no SIGALRM) a right answer passes and an overflow still fails."""
+    result = {}
+
+    def run():
+        result["right"] = ex.check("sigmoid", L.sigmoid, verbose=False)
+        result["overflow"] = ex.check("sigmoid", lambda x: 1 / (1 + np.exp(-x)), verbose=False)
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(120)
+    assert result == {"right": True, "overflow": False}
+
+
 def test_guard_returns_and_raises_like_the_function():
     assert guard.call_with_time_limit(lambda a, b: a + b, (1, 2), 5) == 3
     with pytest.raises(ZeroDivisionError):
