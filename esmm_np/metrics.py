@@ -358,8 +358,9 @@ def gap_interval(p, target, mask=None, level=0.95):
 
     Returns
     -------
-    dict with ``bias``, ``se``, ``low``, ``high`` (float; NaN for an empty
-    group) and ``n`` (rows)
+    dict with ``bias``, ``se``, ``low``, ``high`` (float) and ``n`` (rows).
+    By design, not by accident: all four are NaN for an empty group, and
+    ``se``, ``low``, ``high`` for a group of one row (no spread to measure).
 
     Notes
     -----
@@ -492,7 +493,8 @@ def binned_gap(p, target, by, n_bins=10):
     Returns
     -------
     dict with ``edges`` (n_bins + 1,), ``mid`` (median of ``by`` per bin),
-    ``gap`` and ``se`` (mean of ``p - target`` per bin and its standard error), ``count``
+    ``gap`` and ``se`` (mean of ``p - target`` per bin and its standard error; NaN, with
+    ``mid``, for a bin of fewer than 2 rows), ``count``
     """
     p = _as_float_vector(p, "p")
     target = _as_float_vector(target, "target")
