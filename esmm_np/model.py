@@ -155,7 +155,6 @@ class _EmbeddingMLP:
         """The :class:`TowerConfig` of a tower with hidden widths ``units``."""
         return TowerConfig(units, self.activation, self.batch_norm, self.dropout)
 
-    _tower_cfg = tower_config     # the former name (tests/test_exercises.py still calls it)
 
     def check_rows(self, X, dense):
         """Validate ``X`` and ``dense``; return table rows (n, F) and dense (n, d) or None."""
