@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from . import validate as V
-from .data.bags import check_ids_in_blocks, in_blocks, slice_bags, take_bags
+from .data.bags import check_ids_in_blocks, in_blocks, slice_bags, stored_arrays, take_bags
 from .data.dataset import clean_dataset
 from .optim import Adam, _Optimizer
 from .threads import blas_limited
@@ -101,8 +101,7 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     # Every option is checked before anything changes (the model, the optimizer).
     V.check_choice(invalid, "invalid", ("raise", "drop"))
     V.check_choice(shuffle, "shuffle", ("auto", "full", "blocks"))
-    mapped = any(isinstance(a, np.memmap) for a in
-                 (X, dense, *labels, *(a for t in (bags or {}).values() for a in t)))
+    mapped = any(isinstance(a, np.memmap) for a in (X, dense, *labels, *stored_arrays(bags)))
     blocks = shuffle == "blocks" or (shuffle == "auto" and mapped)
     epochs = V.check_int(epochs, "epochs", low=1)
     batch_size = V.check_int(batch_size, "batch_size", low=1)

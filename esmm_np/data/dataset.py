@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .bags import check_bags, check_ids_in_blocks, in_blocks, take_bags
+from .bags import SharedBag, check_bags, check_ids_in_blocks, in_blocks, take_bags
 from ..validate import (check_binary, check_click_conversion, check_dense, check_field_dims,
                        check_ids, check_int, check_labels)
 
@@ -152,7 +152,8 @@ class Dataset:
         if not self.bags and not self.bag_dims:
             self.bags = self.bag_dims = None                              # no multi-valued fields
         if self.bags is not None and self.bag_dims is None:
-            self.bag_dims = {f: max(int(np.max(t[1], initial=-1)) + 1, 1)      # 1 when all empty
+            self.bag_dims = {f: max((t.max_id() if isinstance(t, SharedBag)          # 1 when
+                                     else int(np.max(t[1], initial=-1))) + 1, 1)    # all empty
                              for f, t in self.bags.items()}
         if self.bag_dims is not None:
             self.bag_dims = {str(f): check_int(d, f"bag_dims[{f!r}]", low=1)
@@ -171,7 +172,8 @@ class Dataset:
         for name in _CHECKED:
             object.__setattr__(self, name, read_only(getattr(self, name)))
         if self.bags is not None:
-            object.__setattr__(self, "bags", {f: tuple(read_only(a) for a in t)
+            object.__setattr__(self, "bags", {f: t.map_arrays(read_only) if isinstance(t, SharedBag)
+                                              else tuple(read_only(a) for a in t)
                                               for f, t in self.bags.items()})
         object.__setattr__(self, "_sealed", True)
 
