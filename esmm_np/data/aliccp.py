@@ -37,7 +37,7 @@ from .aliccp_parse import (COMMON, ID_BITS, MAX_FIELDS, SKELETON, SPLITS, FieldC
                            MalformedLine, read_chunks)
 from .aliccp_sim import MARK as SIMULATED_MARK, write_raw
 from .bags import SharedBag
-from .columns import Column, Counter, NpyWriter
+from .columns import Column, IdTable, NpyWriter
 from .dataset import Dataset
 from ..validate import check_bool, check_int
 
@@ -46,7 +46,7 @@ from ..validate import check_bool, check_int
 FORMAT = "esmm_np.aliccp/2"
 #: The file that marks ``OUT.partial`` as esmm_np's own work folder.
 PARTIAL_MARK = ".esmm_np_partial"
-_JOIN_ROWS = 8192         # at most this many rows (or common lines) are joined at once ...
+_JOIN_ROWS = 32768        # at most this many rows (or common lines) are joined at once ...
 _JOIN_IDS = 1 << 20       # ... and at most about this many ids (a row can carry hundreds)
 _NAME = re.compile(r"[A-Za-z0-9_]+")     # a cache file's name: no folder, no "..", no "/"
 
@@ -104,11 +104,13 @@ class KeyIndex:
 
 # ------------------------------------------------------------------ pass 1
 
-def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
+def _read_split(src, split, tmp, fields, table, skip_malformed, progress, stats):
     """Parse one split's two files into temporary columns (valid rows only).
 
     Returns a dict of columns and per-field counts; ``stats`` gets the line
-    counts of the report.
+    counts of the report. Features are stored as ids of ``table`` (an
+    :class:`~esmm_np.data.columns.IdTable` of ``field << ID_BITS | raw id``
+    keys); the training split's occurrences are counted there.
     """
     cols = {}
     # Common features: one entry per request, looked up by its index string.
@@ -117,7 +119,7 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
         return Column(tmp / f"{split}.{name}", dtype)
 
     c_len, c_field = column("c_len", np.int32), column("c_field", np.int16)
-    c_raw, c_val = column("c_raw", np.int64), column("c_val", np.float32)
+    c_pid, c_val = column("c_pid", np.int32), column("c_val", np.float32)
     cstats = {"lines_read": 0, "malformed_lines": 0}
     ones_c = np.zeros(MAX_FIELDS, dtype=np.int64)   # common lines with exactly one id of a field
     not_one_value = np.zeros(MAX_FIELDS, dtype=bool)
@@ -126,7 +128,7 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
         index.add(keys)
         c_len.append(counts)
         c_field.append(field)
-        c_raw.append(raw)
+        c_pid.append(table.ids_of(field.astype(np.int64) << ID_BITS | raw, count=False))
         c_val.append(value)
         nf = len(fields.names)
         line = np.repeat(np.arange(len(counts)), counts)
@@ -143,13 +145,12 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
 
     s_click, s_buy = column("click", np.int8), column("buy", np.int8)
     s_common, s_len = column("common", np.int64), column("s_len", np.int32)
-    s_field, s_raw = column("s_field", np.int16), column("s_raw", np.int64)
+    s_field, s_pid = column("s_field", np.int16), column("s_pid", np.int32)
     s_val = column("s_val", np.float32)
     sstats = {"lines_read": 0, "malformed_lines": 0}
     refcount = np.zeros(n_common, dtype=np.int64)
     ones_s = np.zeros(MAX_FIELDS, dtype=np.int64)   # kept rows with exactly one id of a field
     nnz_s = np.zeros(MAX_FIELDS, dtype=np.int64)
-    counter = Counter()
     invalid = missing = 0
     for (click, buy, ckeys), counts, (field, raw, value) in read_chunks(
             src / SKELETON.format(split), "skeleton", fields, skip_malformed, sstats, progress):
@@ -167,7 +168,8 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
         s_common.append(code[keep])
         s_len.append(counts[keep])
         s_field.append(field)
-        s_raw.append(raw)
+        s_pid.append(table.ids_of(field.astype(np.int64) << ID_BITS | raw,
+                                  count=split == "train"))
         s_val.append(value)
         refcount += np.bincount(code[keep], minlength=n_common)
         rows = np.cumsum(keep) - 1                 # kept-row number of each line
@@ -177,12 +179,10 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
             ones_s[:nf] += (per.reshape(-1, nf) == 1).sum(axis=0)
         nnz_s += np.bincount(field, minlength=MAX_FIELDS)
         not_one_value[np.unique(field[value != 1])] = True
-        if split == "train":
-            counter.add(field.astype(np.int64) << ID_BITS | raw)
-    cols.update(c_len=c_len.read(), c_field=c_field.read(), c_raw=c_raw.read(),
+    cols.update(c_len=c_len.read(), c_field=c_field.read(), c_pid=c_pid.read(),
                 c_val=c_val.read(), click=s_click.read(), buy=s_buy.read(),
                 common=s_common.read(), s_len=s_len.read(), s_field=s_field.read(),
-                s_raw=s_raw.read(), s_val=s_val.read())
+                s_pid=s_pid.read(), s_val=s_val.read())
     n_rows = len(cols["click"])
     # Each common feature occurs once in every kept row of its request; walk the
     # common lines in blocks so that no array spans all their features.
@@ -196,8 +196,7 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
         nnz_c += np.bincount(f, weights=w, minlength=MAX_FIELDS).astype(np.int64)
         table_nnz += np.bincount(f, minlength=MAX_FIELDS)
         if split == "train":
-            counter.add(f.astype(np.int64) << ID_BITS | cols["c_raw"][c_pos:c_pos + len(w)],
-                        weights=w)
+            table.add(cols["c_pid"][c_pos:c_pos + len(w)], weights=w)
         c_pos += len(w)
     stats[split] = {
         "skeleton_lines_read": sstats["lines_read"], "common_lines_read": cstats["lines_read"],
@@ -212,18 +211,10 @@ def _read_split(src, split, tmp, fields, skip_malformed, progress, stats):
     single |= in_common & ~in_skeleton & (ones_c == n_common)
     single &= ~not_one_value
     return cols, {"nnz": nnz_s + nnz_c, "nnz_skeleton": nnz_s, "nnz_table": table_nnz,
-                  "single": single, "counter": counter}
+                  "single": single}
 
 
 # ------------------------------------------------------------------ pass 2
-
-def _encode(keys, vkeys, vcodes):
-    """Vocabulary codes of int64 keys (``field << 40 | raw id``); 0 when out of vocabulary."""
-    if len(vkeys) == 0:
-        return np.zeros(len(keys), dtype=np.int32)
-    at = np.minimum(np.searchsorted(vkeys, keys), len(vkeys) - 1)
-    return np.where(vkeys[at] == keys, vcodes[at], 0).astype(np.int32)
-
 
 def _sort_common(cols, schema, tmp, split):
     """Encode every common feature once, and order each line's features by field.
@@ -245,8 +236,7 @@ def _sort_common(cols, schema, tmp, split):
         line = np.repeat(np.arange(len(lens)), lens)                  # (features,)
         field = cols["c_field"][pos:pos + total].astype(np.int64)
         order = np.lexsort((field, line))                             # by line, then field; stable
-        keys = field[order] << ID_BITS | cols["c_raw"][pos:pos + total][order]
-        codes.append(_encode(keys, schema["vkeys"], schema["vcodes"]))
+        codes.append(schema["code_of_id"][cols["c_pid"][pos:pos + total][order]])
         values.append(cols["c_val"][pos:pos + total][order])
         counts = np.bincount(line * nf + field, minlength=len(lens) * nf).reshape(len(lens), nf)
         first = np.zeros((len(lens), nf + 1), dtype=np.int32)
@@ -268,7 +258,7 @@ def _encode_split(cols, out, schema, stats, tmp):
     n = len(cols["click"])
     nf = len(schema["names"])
     single, bag = schema["single"], schema["bag"]          # lists of field codes
-    vkeys, vcodes = schema["vkeys"], schema["vcodes"]
+    code_of_id = schema["code_of_id"]
     nnz_s, nnz_t = schema["nnz_skeleton"], schema["nnz_table"]
     shared = [f for f in bag if nnz_t[f] > 0]              # in this split's common lines
     own = [f for f in bag if nnz_s[f] > 0 or nnz_t[f] == 0]
@@ -295,23 +285,36 @@ def _encode_split(cols, out, schema, stats, tmp):
             w[k].append(np.zeros(1))
     c_start = np.cumsum(c_lens) - c_lens                                 # (m,) line starts
 
-    # The tables: each common line's run of a field, once.
+    # Each common line once: its runs of the bag fields go to the tables; its single-valued
+    # fields' codes and counts are kept (one small row per request) for the rows below.
+    known = np.zeros(nf, dtype=bool)
+    known[single + bag] = True
+    line_x = np.zeros((m, len(single)), dtype=np.int32)                 # (m, S) 0: none
+    line_n = np.zeros((m, len(single)), dtype=np.int32)                 # (m, S) ids per field
+    line_unknown = np.zeros(m, dtype=np.int64)                          # (m,)
     pos = {f: 0 for f in shared}
-    for q0, q1 in _blocks(lambda a, b: c_lens[a:b], m) if shared else ():
+    for q0, q1 in _blocks(lambda a, b: c_lens[a:b], m):
         rel = cs_start[q0 * (nf + 1):q1 * (nf + 1)].reshape(q1 - q0, nf + 1).astype(np.int64)
+        n_field = rel[:, 1:] - rel[:, :-1]                                # (mq, nf)
+        base = c_start[q0:q1]                                             # (mq,)
+        for j, f in enumerate(single):
+            has = n_field[:, f] > 0
+            line_x[q0:q1][has, j] = cs_code[base[has] + rel[has, f]]      # the line's first id
+        line_n[q0:q1] = n_field[:, single]
+        line_unknown[q0:q1] = n_field[:, ~known].sum(axis=1)
         for f in shared:
             name = schema["names"][f]
-            cnt = rel[:, f + 1] - rel[:, f]                               # (mq,) ids per line
+            cnt = n_field[:, f]                                           # (mq,) ids per line
             rank = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-            src = np.repeat(c_start[q0:q1] + rel[:, f], cnt) + rank        # (ids,)
+            src = np.repeat(base + rel[:, f], cnt) + rank                 # (ids,)
             w[f"table_{name}_offsets"].append(pos[f] + np.cumsum(cnt))
             w[f"table_{name}_ids"].append(cs_code[src])
             w[f"table_{name}_weights"].append(cs_val[src])
             pos[f] += len(src)
 
     # The rows: X, the labels, the common line of each row, the skeleton's own bags.
-    known = np.zeros(nf, dtype=bool)
-    known[single + bag] = True
+    column_of = np.full(nf, -1, dtype=np.int64)
+    column_of[single] = np.arange(len(single))
     pos = {f: 0 for f in own}
     b = 0                                          # skeleton features read so far
     single_missing = single_extra = unknown = 0
@@ -324,30 +327,29 @@ def _encode_split(cols, out, schema, stats, tmp):
         code = cols["common"][r0:r1]                                      # (m,) request of each row
         if shared:
             w["common"].append(code)
-        rel = cs_start[(code[:, None] * (nf + 1) + np.arange(nf + 1)).ravel()]
-        rel = rel.reshape(m_rows, nf + 1).astype(np.int64)               # (m, nf + 1)
-        n_common = rel[:, 1:] - rel[:, :-1]                               # (m, nf) ids per field
-        base = c_start[code]                                              # (m,) line start
+        x_chunk = line_x[code]                                            # (m, S) common ids
+        total = line_n[code].astype(np.int64)                             # (m, S)
+        unknown += int(line_unknown[code].sum())
         s_row = np.repeat(np.arange(m_rows), s_len)
-        s_field = cols["s_field"][a:b].astype(np.int64)
-        s_code = _encode(s_field << ID_BITS | cols["s_raw"][a:b], vkeys, vcodes)
+        s_field = cols["s_field"][a:b]                                    # int16
+        s_code = code_of_id[cols["s_pid"][a:b]]
         s_val = cols["s_val"][a:b]
-        order = np.lexsort((s_row, s_field))                              # by field, then row
+        # By field, then row: rows are in order already, and a stable sort of int16 is a
+        # radix sort (np.lexsort((s_row, s_field)) gives the same order, slower).
+        order = np.argsort(s_field, kind="stable")
         s_row, s_field, s_code, s_val = s_row[order], s_field[order], s_code[order], s_val[order]
         s_bounds = np.searchsorted(s_field, np.arange(nf + 1))
-        unknown += int((~known[s_field]).sum()) + int(n_common[:, ~known].sum())
-        x_chunk = np.zeros((m_rows, len(single)), dtype=np.int32)        # missing: id 0
-        for j, f in enumerate(single):
-            lo, hi = s_bounds[f], s_bounds[f + 1]
-            r = s_row[lo:hi]
-            has_c = n_common[:, f] > 0
-            x_chunk[has_c, j] = cs_code[base[has_c] + rel[has_c, f]]
-            first = np.ones(hi - lo, dtype=bool)
-            first[1:] = r[1:] != r[:-1]
-            x_chunk[r[first], j] = s_code[lo:hi][first]                   # a skeleton id wins
-            total = np.bincount(r, minlength=m_rows) + n_common[:, f]
-            single_missing += int((total == 0).sum())
-            single_extra += int(np.maximum(total - 1, 0).sum())
+        unknown += int((~known[s_field]).sum())
+        col = column_of[s_field]                                          # (k,) -1: not single
+        one = col >= 0
+        r, c, sc = s_row[one], col[one], s_code[one]
+        first = np.ones(len(r), dtype=bool)                               # first id of its
+        first[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])                 # (row, field)
+        x_chunk[r[first], c[first]] = sc[first]                           # a skeleton id wins
+        total += np.bincount(r * len(single) + c,
+                             minlength=m_rows * len(single)).reshape(m_rows, len(single))
+        single_missing += int((total == 0).sum())
+        single_extra += int(np.maximum(total - 1, 0).sum())
         w["X"].append(x_chunk)
         for f in own:
             name = schema["names"][f]
@@ -462,11 +464,15 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
     partial = _make_partial(out)
     tmp = partial / "tmp"
     tmp.mkdir()
-    fields, stats, cols, per = FieldCodes(), {}, {}, {}
+    fields, table, stats, cols, per = FieldCodes(), IdTable(), {}, {}, {}
+    n_train_ids = 0
     for s in splits:
         if progress:
             print(f"reading the {s} split", file=sys.stderr, flush=True)
-        cols[s], per[s] = _read_split(src, s, tmp, fields, skip_malformed, progress, stats)
+        cols[s], per[s] = _read_split(src, s, tmp, fields, table, skip_malformed, progress,
+                                      stats)
+        if s == "train":
+            n_train_ids = len(table)              # ids from here on are seen in test only
     train = per["train"]
     names = [f.decode() for f in fields.names]
     # Fields in the order of their ids (101, 109_14, 110_14, 121, ...), whatever the files' order.
@@ -480,8 +486,10 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
         shutil.rmtree(partial)
         raise ValueError(f"{src / SKELETON.format('train')}: {problem}; report {stats['train']}")
     # Vocabularies: per field, the kept raw ids in ascending order get codes 1, 2, ...
-    keys, counts = train["counter"].result()
-    kept = keys[counts >= int(min_count)]
+    in_train = table.ids < n_train_ids                               # (K,) sorted keys
+    keys, ids = table.keys[in_train], table.ids[in_train]
+    counts = table.counts[ids]
+    kept, kept_ids = keys[counts >= int(min_count)], ids[counts >= int(min_count)]
     kept_field = kept >> ID_BITS
     vcodes = np.zeros(len(kept), dtype=np.int64)
     vocab = {}
@@ -492,7 +500,9 @@ def convert(src_dir, out_dir, min_count=10, *, skip_malformed=False, progress=Tr
         vocab[names[f]] = {"distinct_ids": distinct, "kept_ids": int(hi - lo),
                            "size": int(hi - lo) + 1}
         np.save(partial / f"vocab_{names[f]}.npy", kept[lo:hi] & ((1 << ID_BITS) - 1))
-    schema = {"single": single, "bag": bag, "names": names, "vkeys": kept, "vcodes": vcodes}
+    code_of_id = np.zeros(len(table), dtype=np.int32)                  # out of vocabulary: 0
+    code_of_id[kept_ids] = vcodes
+    schema = {"single": single, "bag": bag, "names": names, "code_of_id": code_of_id}
     manifest = {"format": FORMAT, "min_count": int(min_count), "splits": {},
                 "single_fields": [names[f] for f in single], "bag_fields": [names[f] for f in bag],
                 "vocabulary_sizes": {names[f]: vocab[names[f]]["size"] for f in seen}}

@@ -214,10 +214,14 @@ def _words(data):
     return np.ndarray((len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
 
 
+#: _MASKS[k] keeps the last k bytes of an 8-byte window (k = 0 .. 8).
+_MASKS = np.array([0] + [~((1 << (8 * (8 - k))) - 1) & (2**64 - 1) for k in range(1, 9)],
+                  dtype=np.uint64)
+
+
 def _top_mask(length):
     """Masks keeping the last ``length`` (1 to 8) bytes of an 8-byte window."""
-    shift = (8 * (8 - length)).astype(np.uint64)                  # (m,) bits to clear
-    return ~((np.uint64(1) << shift) - np.uint64(1))
+    return _MASKS[length]
 
 
 def _top_bytes(w, length):
@@ -248,7 +252,7 @@ def _numbers(words, end, length, max_digits=16):
         return np.zeros(0, dtype=np.int64)
     if length.min() < 1 or length.max() > max_digits:
         return None
-    low = _eight_digits(words[end - 8], np.minimum(length, 8))
+    low = _eight_digits(words[end - 8], np.minimum(length, 8) if length.max() > 8 else length)
     if low is None:
         return None
     long = np.flatnonzero(length > 8)
@@ -274,19 +278,22 @@ def parse_block(block, kind, fields):
     """Parse a block of whole lines (each ending in ``\\n``) at once; None: use :func:`parse_lines`.
 
     Returns what :func:`parse_lines` returns for ``block.split(b"\\n")[:-1]``.
+    Only blocks whose every line has at least one feature are taken.
     """
     ncol = 6 if kind == "skeleton" else 3
-    data = b" " * 16 + block                      # room for the 16-byte window of the first token
+    data = b"0" * 16 + block                      # room for the 16-byte window of the first token
     buf = np.frombuffer(data, dtype=np.uint8)                     # (B,)
     words = _words(data)
-    cls = _CLASS[buf]                                             # (B,)
-    at = np.flatnonzero(cls)                                      # (S,) special bytes, in order
-    what = cls[at]                                                # (S,)
-    if (what == 6).any():
+    # Every byte the format gives a meaning to is below 45 (","); digits, letters, "." and
+    # "_" are above. The few bytes below 45 are then classified.
+    at = np.flatnonzero(buf < 45)                                 # (S,) special bytes, in order
+    what = _CLASS[buf[at]]                                        # (S,)
+    if (what == 6).any() or (what == 0).any():
         return None
+    is_comma = what == 4
     nl = at[what == 5]                                            # (n,) line ends
     n = len(nl)
-    comma = at[what == 4]
+    comma = at[is_comma]
     if n == 0 or len(comma) != (ncol - 1) * n:
         return None
     comma = comma.reshape(n, ncol - 1)                            # (n, ncol - 1)
@@ -295,32 +302,27 @@ def parse_block(block, kind, fields):
     # line has exactly its own ncol - 1 commas.
     if not ((comma[:, 0] >= begin) & (comma[:, -1] < nl)).all():
         return None
-    lo, hi = comma[:, -1] + 1, nl                                 # (n,) feature lists
     counts = _numbers(words, comma[:, -1], comma[:, -1] - comma[:, -2] - 1, 8)
-    if counts is None:
+    if counts is None or counts.min() < 1:
         return None
-    sep = at[what <= 3]                                           # (3 * total - lines,)
-    kinds = what[what <= 3]
     total = int(counts.sum())
-    has = counts > 0
-    expect = 3 * counts - has                                     # separators per line
-    inside = np.searchsorted(sep, hi) - np.searchsorted(sep, lo)
-    if len(sep) != int(expect.sum()) or not (inside == expect).all() or (lo[~has] != hi[~has]).any():
+    # Without the commas, a line of k features reads (2 3 1) k times with its last 1 a
+    # newline: k rows of (\x02, \x03, end of the value) once reshaped.
+    sep = at[~is_comma]                                           # (3 * total,)
+    kinds = what[~is_comma]
+    if len(sep) != 3 * total:
         return None
-    last = np.cumsum(counts)[has] - 1                             # last feature of each line
-    pattern = np.delete(np.tile(np.array([2, 3, 1], dtype=np.uint8), total), 3 * last + 2)
-    if not np.array_equal(kinds, pattern):
+    kinds, sep = kinds.reshape(total, 3), sep.reshape(total, 3)   # (total, 3)
+    last = np.cumsum(counts) - 1                                  # (n,) last feature of each line
+    is_last = kinds[:, 2] == 5                                    # (total,)
+    if not ((kinds[:, 0] == 2).all() and (kinds[:, 1] == 3).all()
+            and (is_last | (kinds[:, 2] == 1)).all() and is_last[last].all()
+            and int(is_last.sum()) == n):
         return None
-    p2, p3, p1 = sep[kinds == 2], sep[kinds == 3], sep[kinds == 1]   # (total,) (total,) (..)
-    is_last = np.zeros(total, dtype=bool)
-    is_last[last] = True
-    is_first = np.zeros(total, dtype=bool)
-    is_first[last - counts[has] + 1] = True
+    p2, p3, end = sep[:, 0], sep[:, 1], sep[:, 2]                 # (total,) each
     start = np.empty(total, dtype=np.int64)                       # (total,) field token starts
-    start[is_first], start[~is_first] = lo[has], p1 + 1
-    end = np.empty(total, dtype=np.int64)                         # (total,) value token ends
-    end[is_last], end[~is_last] = hi[has], p1
-
+    start[1:] = end[:-1] + 1
+    start[last - counts + 1] = comma[:, -1] + 1                   # a line's first feature
     field_len = p2 - start
     if total and (field_len.min() < 1 or field_len.max() > 8):
         return None
@@ -390,10 +392,10 @@ def read_chunks(path, kind, fields, skip_malformed, stats, progress, fast=True):
     with open(path, "rb") as fh:
         for block in _blocks_of_lines(fh):
             first = line_no + 1
-            n = block.count(b"\n")
+            parsed = parse_block(block, kind, fields) if fast else None
+            n = len(parsed[1]) if parsed is not None else block.count(b"\n")
             line_no += n
             stats["lines_read"] += n
-            parsed = parse_block(block, kind, fields) if fast else None
             if parsed is not None:
                 yield parsed
             else:

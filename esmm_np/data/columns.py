@@ -3,8 +3,8 @@
 The Ali-CCP conversion (:mod:`esmm_np.data.aliccp`) streams raw files far
 larger than memory: what it parses goes to temporary columns on disk
 (:class:`Column`), the cache's ``.npy`` files are written front to back
-(:class:`NpyWriter`), and id occurrences are counted chunk by chunk
-(:class:`Counter`).
+(:class:`NpyWriter`), and ids are numbered and counted chunk by chunk
+(:class:`IdTable`).
 """
 
 import numpy as np
@@ -81,33 +81,44 @@ class NpyWriter:
             raise RuntimeError(f"{self.fh.name}: {self.left} values short of shape {self.shape}")
 
 
-class Counter:
-    """Occurrences of each int64 key, merged chunk by chunk; memory grows with distinct keys."""
+class IdTable:
+    """Every distinct int64 key seen, a small id for each (0, 1, 2, ... in order of first
+    sight) and a count per id; memory grows with the distinct keys, not the occurrences.
+
+    The conversion stores each feature's id (int32) instead of its key, so that
+    once the vocabulary is known a feature's code is one lookup in an array
+    indexed by id.
+    """
 
     def __init__(self):
-        self.keys = np.zeros(0, dtype=np.int64)
-        self.counts = np.zeros(0, dtype=np.int64)
-        self.pending, self.n_pending = [], 0
+        self.keys = np.zeros(0, dtype=np.int64)      # (K,) sorted
+        self.ids = np.zeros(0, dtype=np.int64)       # (K,) id of each sorted key
+        self.counts = np.zeros(0, dtype=np.int64)    # (K,) occurrences, by id
 
-    def add(self, keys, weights=None):
+    def __len__(self):
+        return len(self.counts)
+
+    def ids_of(self, keys, count=True):
+        """The ids of ``keys`` (new keys get new ids); ``count``: add one per occurrence."""
         if len(keys) == 0:
-            return
-        u, inv = np.unique(keys, return_inverse=True)
-        c = np.bincount(inv, weights=weights, minlength=len(u)).astype(np.int64)
-        self.pending.append((u, c))
-        self.n_pending += len(u)
-        if self.n_pending > max(len(self.keys), 1 << 18):   # merge when the pending part is large
-            self._merge()
+            return np.zeros(0, dtype=np.int32)
+        u, inv = np.unique(keys, return_inverse=True)                 # (u,), (len(keys),)
+        at = np.searchsorted(self.keys, u)
+        found = at < len(self.keys)
+        found[found] = self.keys[at[found]] == u[found]
+        uid = np.empty(len(u), dtype=np.int64)
+        uid[found] = self.ids[at[found]]
+        new = np.flatnonzero(~found)
+        if new.size:
+            uid[new] = np.arange(len(self.counts), len(self.counts) + new.size)
+            self.keys = np.insert(self.keys, at[new], u[new])         # stays sorted: u is
+            self.ids = np.insert(self.ids, at[new], uid[new])
+            self.counts = np.concatenate([self.counts, np.zeros(new.size, dtype=np.int64)])
+        if count:
+            self.counts[uid] += np.bincount(inv.ravel(), minlength=len(u))
+        return uid[inv.ravel()].astype(np.int32)
 
-    def _merge(self):
-        if not self.pending:
-            return
-        keys = np.concatenate([self.keys] + [u for u, _ in self.pending])
-        counts = np.concatenate([self.counts] + [c for _, c in self.pending])
-        self.keys, inv = np.unique(keys, return_inverse=True)
-        self.counts = np.bincount(inv, weights=counts, minlength=len(self.keys)).astype(np.int64)
-        self.pending, self.n_pending = [], 0
-
-    def result(self):
-        self._merge()
-        return self.keys, self.counts
+    def add(self, ids, weights):
+        """Add ``weights`` occurrences of each id in ``ids`` (ids known already)."""
+        self.counts += np.bincount(ids, weights=weights,
+                                   minlength=len(self.counts)).astype(np.int64)
