@@ -231,19 +231,35 @@ def _top_bytes(w, length):
 
 def _eight_digits(w, length):
     """The numbers written by the last ``length`` (1 to 8) bytes of each window, or None
-    when one of those bytes is not a digit. The cleared bytes become "0": a number of
-    fewer digits reads with leading zeros, so every window is an 8-digit number."""
+    when one of those bytes is not a digit.
+
+    The other bytes are cleared, so a number of fewer digits reads as an 8-digit
+    number with leading zeros. In memory order the first digit is the window's
+    lowest byte: pairs of digits, then fours, then all eight are combined with one
+    multiply each (multiplication wraps modulo 2**64; the masks keep what is exact).
+    """
     mask = _top_mask(length)
-    x = (w & mask) | (_ZEROS & ~mask)
+    x = w & mask
+    zeros = _ZEROS & mask
     # A digit is 0x30..0x39: high nibble 3, and adding 6 to the low nibble does not carry.
-    if not ((x & _HIGH) == _ZEROS).all() or not (((x + _SIX) & _HIGH) == _ZEROS).all():
+    high = x & _HIGH
+    if not np.array_equal(high, zeros):
         return None
-    x = x - _ZEROS                                                # (m,) one digit per byte
-    # Pairs, then fours, then eights: the first digit sits in the lowest byte.
-    x = ((x * np.uint64(10)) + (x >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
-    x = ((x * np.uint64(100)) + (x >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
-    x = ((x * np.uint64(10000)) + (x >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
-    return x.astype(np.int64)
+    x += _SIX
+    x &= _HIGH
+    if not np.array_equal(x, zeros):
+        return None
+    x = w & mask
+    x &= np.uint64(0x0F0F0F0F0F0F0F0F)                           # (m,) one digit per byte
+    x *= np.uint64(2561)                                          # 10 * 2**8 + 1
+    x >>= np.uint64(8)
+    x &= np.uint64(0x00FF00FF00FF00FF)                           # two digits per 16 bits
+    x *= np.uint64(6553601)                                       # 100 * 2**16 + 1
+    x >>= np.uint64(16)
+    x &= np.uint64(0x0000FFFF0000FFFF)                           # four digits per 32 bits
+    x *= np.uint64(42949672960001)                                # 10000 * 2**32 + 1
+    x >>= np.uint64(32)
+    return x.view(np.int64)
 
 
 def _numbers(words, end, length, max_digits=16):
@@ -272,6 +288,72 @@ def _strings(buf, start, length):
     mat = np.zeros((len(start), width), dtype=np.uint8)
     mat[keep] = buf[(start[:, None] + cols)[keep]]
     return mat.view(f"S{width}").ravel()
+
+
+#: _LOW_MASKS[k] keeps the first k bytes of an 8-byte window (k = 0 .. 8).
+_LOW_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
+
+
+def _short_strings(buf, words, start, length):
+    """:func:`_strings` for tokens of up to 24 bytes, read as three 8-byte windows.
+
+    A window read from ``words`` holds its bytes in memory order; stored back
+    as little-endian words they are the token's bytes again, zero-padded.
+    """
+    if len(start) == 0 or length.max() > 24:
+        return _strings(buf, start, length)
+    width = -(-int(length.max()) // 8) if length.max() > 0 else 1
+    out = np.zeros((len(start), width), dtype="<u8")                 # (m, width)
+    for k in range(width):
+        keep = np.clip(length - 8 * k, 0, 8)
+        out[:, k] = words[np.minimum(start + 8 * k, len(words) - 1)] & _LOW_MASKS[keep]
+    return out.view(f"S{8 * width}").ravel()
+
+
+def _decimals(buf, words, start, length):
+    """The values of decimal tokens (``123``, ``0.693147``), as float64.
+
+    A token of at most 15 digits with at most one ``.`` is ``N / 10**k`` with
+    ``N`` below 2**53 and ``10**k`` exact, so the one division is correctly
+    rounded: the same float64 as the plain form's ``astype(np.float64)``. Any
+    other token (a sign, an exponent, "nan", more digits) is read by that
+    plain conversion; one it cannot read gives NaN (the block is then left to
+    the plain form, which names the line).
+    """
+    value = np.full(len(start), np.nan)
+    dots = np.flatnonzero(buf == ord("."))
+    at = np.minimum(np.searchsorted(dots, start), max(len(dots) - 1, 0))
+    dot = dots[at] if len(dots) else np.full(len(start), -1)
+    stop = start + length
+    has_dot = (dot >= start) & (dot < stop)
+    if len(dots):                                    # a second dot in the token: not decimal
+        nxt = dots[np.minimum(at + 1, len(dots) - 1)]
+        two = has_dot & (at + 1 < len(dots)) & (nxt < stop)
+    else:
+        two = np.zeros(len(start), dtype=bool)
+    int_len = np.where(has_dot, dot - start, length)
+    frac_len = np.where(has_dot, stop - dot - 1, 0)
+    simple = ~two & (int_len >= 1) & (int_len + frac_len <= 15) & (~has_dot | (frac_len >= 1))
+    i = np.flatnonzero(simple)
+    if i.size:
+        whole = _numbers(words, np.where(has_dot[i], dot[i], stop[i]), int_len[i], 15)
+        frac_i = np.flatnonzero(has_dot[i])
+        frac = _numbers(words, stop[i][frac_i], frac_len[i][frac_i], 15)
+        if whole is not None and frac is not None:
+            k = frac_len[i][frac_i]
+            numer = whole.astype(np.float64)
+            numer[frac_i] = (whole[frac_i] * 10**k + frac).astype(np.float64)   # exact < 2**53
+            numer[frac_i] /= 10.0**k
+            value[i] = numer
+        else:
+            simple[:] = False
+    rest = np.flatnonzero(~simple)
+    if rest.size:
+        try:
+            value[rest] = _strings(buf, start[rest], length[rest]).astype(np.float64)
+        except ValueError:
+            pass                                     # stays NaN: the plain form names it
+    return value
 
 
 def parse_block(block, kind, fields):
@@ -338,16 +420,13 @@ def parse_block(block, kind, fields):
     value = np.ones(total)
     other = np.flatnonzero(~one)
     if other.size:
-        try:
-            value[other] = _strings(buf, p3[other] + 1, value_len[other]).astype(np.float64)
-        except ValueError:
-            return None
-        if not np.isfinite(value).all():
+        value[other] = _decimals(buf, words, p3[other] + 1, value_len[other])
+        if not np.isfinite(value[other]).all():
             return None
     feats = field.astype(np.int16), raw, value.astype(np.float32)
     key_at = comma[:, 2] if kind == "skeleton" else begin - 1
     key_end = comma[:, 3] if kind == "skeleton" else comma[:, 0]
-    keys = _strings(buf, key_at + 1, key_end - key_at - 1)
+    keys = _short_strings(buf, words, key_at + 1, key_end - key_at - 1)
     if kind == "common":
         return keys, counts, feats
     labels = []
