@@ -358,6 +358,14 @@ def clean_dataset(X, click, conversion, dense=None, *, field_dims=None, field_na
     return ds, report
 
 
+def _distinct(column, dim):
+    """Number of distinct ids in ``column``: by counting when ``dim`` is small, else by
+    sorting (a table of ``dim`` counters could need gigabytes for a few rows)."""
+    if dim <= 4 * len(column) + 1024:
+        return int(np.count_nonzero(np.bincount(column, minlength=dim)))
+    return int(len(np.unique(column)))
+
+
 def describe(dataset):
     """Counts and rates of the funnel, plus ground-truth means when present.
 
@@ -388,7 +396,7 @@ def describe(dataset):
         "ctr": n_clicks / n,
         "cvr": n_conv / n_clicks if n_clicks else float("nan"),
         "ctcvr": n_conv / n,
-        "ids_seen": {name: int(np.count_nonzero(np.bincount(dataset.X[:, f], minlength=dim)))
+        "ids_seen": {name: _distinct(dataset.X[:, f], dim)
                      for f, (name, dim) in enumerate(zip(dataset.field_names,
                                                          dataset.field_dims))},
     }

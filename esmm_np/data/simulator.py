@@ -35,6 +35,8 @@ and turning one knob (say ``rho``) leaves the users, items and random draws
 of the other parts of the world unchanged.
 """
 
+import os
+
 import numpy as np
 from numpy.polynomial.hermite import hermgauss
 
@@ -425,9 +427,48 @@ def _calibrate_intercepts(s_ctr, s_cvr, ctr, cvr, signal, confounder, guess=None
 
 # ------------------------------------------------------------------ simulate
 
+class TooLarge(MemoryError, ValueError):
+    """A world that cannot fit in this machine's memory, refused before any work."""
+
+
+def _check_number(v, name):
+    """A knob that is a rate, a weight or a correlation: a plain real number."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {v!r} ({type(v).__name__})")
+
+
+def memory_needed(n_impressions, n_users, n_items, n_categories, n_segments, latent_dim,
+                  n_dense, n_attribute_fields):
+    """Bytes :func:`simulate` needs at its peak, estimated from its largest arrays, and
+    the part that dominates (a short phrase naming the knobs)."""
+    d2 = 2 * latent_dim * 8                                            # one (2, d) float64 row
+    parts = {
+        "the latent vectors of the users and items (n_users, n_items x latent_dim)":
+            d2 * (5 * n_users + 5 * n_items + n_categories + n_segments),
+        "the latent vectors of the calibration and block impressions (latent_dim)":
+            d2 * 2 * (_N_CALIBRATION + _BLOCK),
+        "the popularity tables (n_users, n_items)": 8 * 3 * (n_users + n_items),
+        "the impressions themselves (n_impressions, n_dense, n_attribute_fields)":
+            n_impressions * (4 * (4 + n_attribute_fields) + 11 + 4 * n_dense)
+            + 4 * n_dense * (_N_CALIBRATION + _BLOCK) + 8 * n_attribute_fields * (n_users + n_items),
+    }
+    return sum(parts.values()), max(parts, key=parts.get)
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _check_knobs(n_impressions, seed, ctr, cvr, rho, confounder, n_users, n_items,
                  n_categories, n_segments, popularity_skew, group_share, latent_dim,
                  n_dense, signal):
+    for name, v in (("ctr", ctr), ("cvr", cvr), ("rho", rho), ("confounder", confounder),
+                    ("popularity_skew", popularity_skew), ("group_share", group_share),
+                    ("signal", signal)):
+        _check_number(v, name)
     for name, v in (("n_impressions", n_impressions), ("n_users", n_users),
                     ("n_items", n_items), ("n_categories", n_categories),
                     ("n_segments", n_segments), ("latent_dim", latent_dim)):
@@ -574,8 +615,9 @@ def simulate(n_impressions, *, seed=0, preset="default", ctr=None, cvr=None, rho
     click = 1, x), but the potential outcome of an unclicked impression
     converts less often than its ``true_cvr`` says (see docs/simulator.md).
     """
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}"
+                         + ("" if isinstance(preset, str) else f" (a {type(preset).__name__})"))
     knobs = dict(PRESETS[preset])
     given = dict(ctr=ctr, cvr=cvr, rho=rho, confounder=confounder, n_users=n_users,
                  n_items=n_items, n_categories=n_categories, n_segments=n_segments,
@@ -592,6 +634,19 @@ def simulate(n_impressions, *, seed=0, preset="default", ctr=None, cvr=None, rho
             or n_attribute_fields < 0):
         raise ValueError(f"n_attribute_fields must be a non-negative integer, got "
                          f"{n_attribute_fields!r}")
+    need, biggest = memory_needed(int(n_impressions), int(n_users), int(n_items),
+                                  int(n_categories), int(n_segments), int(latent_dim),
+                                  int(n_dense), int(n_attribute_fields))
+    have = _physical_memory()
+    if have is not None and need > have:
+        raise TooLarge(f"simulate would need about {need / 2**30:,.1f} GiB of memory, mostly "
+                          f"for {biggest}, and this machine has {have / 2**30:,.1f} GiB; "
+                          "lower those knobs")
+    for name, v in (("n_users", n_users), ("n_items", n_items), ("n_categories", n_categories),
+                    ("n_segments", n_segments)):
+        if v > np.iinfo(np.int32).max:
+            raise ValueError(f"{name}={v} does not fit the int32 ids of a Dataset "
+                             "(at most 2**31 - 1)")
     n, seed = int(n_impressions), int(seed)
     world = _make_world(seed, n_users, n_items, n_categories, n_segments, popularity_skew,
                         group_share, latent_dim, n_dense)
