@@ -20,6 +20,7 @@ import numpy as np
 from .aliccp_parse import COMMON, SKELETON, SPLITS
 from .bags import take_bags
 from .simulator import simulate
+from ..validate import check_bool, check_int
 
 #: The file that marks a folder of raw files as written by :func:`write_raw`.
 MARK = "esmm_np_simulated.json"
@@ -81,6 +82,22 @@ def write_raw(src_dir, n_train, n_test=0, *, seed=0, n_invalid=3, ctr=0.2, cvr=0
     only, file order), ``invalid`` (their count), ``single`` (field ->
     raw id per valid row) and ``bags`` (field -> (offsets, raw ids, values))
     """
+    n_train = check_int(n_train, "n_train", low=0)
+    n_test = check_int(n_test, "n_test", low=0)
+    if n_train + n_test == 0:
+        raise ValueError("n_train and n_test are both 0: there is nothing to write")
+    seed = check_int(seed, "seed", low=0)
+    n_invalid = check_int(n_invalid, "n_invalid", low=0)
+    n_user_bag_fields = check_int(n_user_bag_fields, "n_user_bag_fields", low=0, high=4)
+    n_extra_fields = check_int(n_extra_fields, "n_extra_fields", low=0, high=7)
+    for name, pair, low in (("user_bag_len", user_bag_len, 0), ("ad_bag_len", ad_bag_len, 0),
+                            ("request_size", request_size, 1)):
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                           for v in pair) or not low <= pair[0] <= pair[1]):
+            raise ValueError(f"{name} must be a pair (lo, hi) of integers with "
+                             f"{low} <= lo <= hi, got {pair!r}")
+    replace = check_bool(replace, "replace")
     src = Path(src_dir)
     earlier = _check_target(src, replace)
     src.mkdir(parents=True, exist_ok=True)
