@@ -13,7 +13,7 @@ import pytest
 
 import esmm_np
 from esmm_np.data import Dataset, describe
-from esmm_np.data.simulator import TooLarge, memory_needed
+from esmm_np.data.simulator import TooLarge, memory_needed   # re-exported from esmm_np.data.knobs
 
 
 @pytest.mark.parametrize("knob, value", [("ctr", "0.1"), ("rho", "0.5"), ("cvr", [0.1]),

@@ -35,7 +35,7 @@ import numpy as np
 
 from .aliccp_parse import (COMMON, ID_BITS, MAX_FIELDS, SKELETON, SPLITS, FieldCodes,
                            MalformedLine, read_chunks)
-from .aliccp_sim import MARK as SIMULATED_MARK, write_raw
+from .aliccp_sim import write_raw
 from .bags import SharedBag
 from .columns import Column, IdTable, NpyWriter
 from .dataset import Dataset

@@ -35,19 +35,18 @@ and turning one knob (say ``rho``) leaves the users, items and random draws
 of the other parts of the world unchanged.
 """
 
-import os
-
 import numpy as np
 from numpy.polynomial.hermite import hermgauss
 
 from .dataset import Dataset
+from .knobs import BLOCK, N_CALIBRATION, TooLarge, check_knobs, memory_needed, physical_memory
 
 #: Field order of ``X``. The user-side group (segment) comes last so that
 #: the first three columns are the familiar user / item / category triple.
 FIELD_NAMES = ("user_id", "item_id", "item_category", "user_segment")
 
-_BLOCK = 1 << 16          # impressions per random-stream block (also the memory unit)
-_N_CALIBRATION = 200_000  # impressions drawn once to fit the score map and intercepts
+_BLOCK = BLOCK            # impressions per random-stream block (also the memory unit)
+_N_CALIBRATION = N_CALIBRATION  # impressions drawn once to fit the score map and intercepts
 _INTERCEPT_BOUND = 30.0   # intercepts searched in [-30, 30] on the logit scale
 _MAX_SOLVER_STEPS = 200   # safeguarded secant; typically converges in under 10
 _TINY = 1e-12             # a score spread below this counts as a constant score
@@ -427,70 +426,6 @@ def _calibrate_intercepts(s_ctr, s_cvr, ctr, cvr, signal, confounder, guess=None
 
 # ------------------------------------------------------------------ simulate
 
-class TooLarge(MemoryError, ValueError):
-    """A world that cannot fit in this machine's memory, refused before any work."""
-
-
-def _check_number(v, name):
-    """A knob that is a rate, a weight or a correlation: a plain real number."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {v!r} ({type(v).__name__})")
-
-
-def memory_needed(n_impressions, n_users, n_items, n_categories, n_segments, latent_dim,
-                  n_dense, n_attribute_fields):
-    """Bytes :func:`simulate` needs at its peak, estimated from its largest arrays, and
-    the part that dominates (a short phrase naming the knobs)."""
-    d2 = 2 * latent_dim * 8                                            # one (2, d) float64 row
-    parts = {
-        "the latent vectors of the users and items (n_users, n_items x latent_dim)":
-            d2 * (5 * n_users + 5 * n_items + n_categories + n_segments),
-        "the latent vectors of the calibration and block impressions (latent_dim)":
-            d2 * 2 * (_N_CALIBRATION + _BLOCK),
-        "the popularity tables (n_users, n_items)": 8 * 3 * (n_users + n_items),
-        "the impressions themselves (n_impressions, n_dense, n_attribute_fields)":
-            n_impressions * (4 * (4 + n_attribute_fields) + 11 + 4 * n_dense)
-            + 4 * n_dense * (_N_CALIBRATION + _BLOCK) + 8 * n_attribute_fields * (n_users + n_items),
-    }
-    return sum(parts.values()), max(parts, key=parts.get)
-
-
-def _physical_memory():
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _check_knobs(n_impressions, seed, ctr, cvr, rho, confounder, n_users, n_items,
-                 n_categories, n_segments, popularity_skew, group_share, latent_dim,
-                 n_dense, signal):
-    for name, v in (("ctr", ctr), ("cvr", cvr), ("rho", rho), ("confounder", confounder),
-                    ("popularity_skew", popularity_skew), ("group_share", group_share),
-                    ("signal", signal)):
-        _check_number(v, name)
-    for name, v in (("n_impressions", n_impressions), ("n_users", n_users),
-                    ("n_items", n_items), ("n_categories", n_categories),
-                    ("n_segments", n_segments), ("latent_dim", latent_dim)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if not isinstance(n_dense, (int, np.integer)) or isinstance(n_dense, bool) or n_dense < 0:
-        raise ValueError(f"n_dense must be a non-negative integer, got {n_dense!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    for name, v in (("ctr", ctr), ("cvr", cvr)):
-        if not 0.0 < v < 1.0:
-            raise ValueError(f"{name} is a target rate and must be in (0, 1), got {v!r}")
-    if not -1.0 <= rho <= 1.0:
-        raise ValueError(f"rho is a correlation and must be in [-1, 1], got {rho!r}")
-    if not 0.0 <= group_share <= 1.0:
-        raise ValueError(f"group_share must be in [0, 1], got {group_share!r}")
-    for name, v in (("confounder", confounder), ("popularity_skew", popularity_skew),
-                    ("signal", signal)):
-        if not (np.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-
-
 #: Named worlds for :func:`simulate` (``preset=``); a knob passed explicitly wins.
 #: "default" is the world every earlier version simulated. "paper" is closer to
 #: the ESMM paper's public data (Ali-CCP: CTR about 4%, CVR given click about
@@ -627,7 +562,7 @@ def simulate(n_impressions, *, seed=0, preset="default", ctr=None, cvr=None, rho
     knobs.update({k: v for k, v in given.items() if v is not None})
     (ctr, cvr, rho, confounder, n_users, n_items, n_categories, n_segments, popularity_skew,
      group_share, latent_dim, n_dense, signal, n_attribute_fields) = (knobs[k] for k in given)
-    _check_knobs(n_impressions, seed, ctr, cvr, rho, confounder, n_users, n_items,
+    check_knobs(n_impressions, seed, ctr, cvr, rho, confounder, n_users, n_items,
                  n_categories, n_segments, popularity_skew, group_share, latent_dim,
                  n_dense, signal)
     if (not isinstance(n_attribute_fields, (int, np.integer)) or isinstance(n_attribute_fields, bool)
@@ -637,7 +572,7 @@ def simulate(n_impressions, *, seed=0, preset="default", ctr=None, cvr=None, rho
     need, biggest = memory_needed(int(n_impressions), int(n_users), int(n_items),
                                   int(n_categories), int(n_segments), int(latent_dim),
                                   int(n_dense), int(n_attribute_fields))
-    have = _physical_memory()
+    have = physical_memory()
     if have is not None and need > have:
         raise TooLarge(f"simulate would need about {need / 2**30:,.1f} GiB of memory, mostly "
                           f"for {biggest}, and this machine has {have / 2**30:,.1f} GiB; "
