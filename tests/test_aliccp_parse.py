@@ -87,7 +87,7 @@ def test_the_fast_parse_leaves_every_malformed_line_to_the_plain_form(line):
 
 def test_a_conversion_by_the_plain_form_alone_gives_the_same_cache(raw, tmp_path, monkeypatch):
     A.convert(raw, tmp_path / "fast", min_count=2, progress=False)
-    monkeypatch.setattr(P, "parse_block", lambda *args: None)
+    monkeypatch.setattr(P, "parse_block", lambda *args, **kw: None)
     A.convert(raw, tmp_path / "plain", min_count=2, progress=False)
     a, b = A.load(tmp_path / "fast"), A.load(tmp_path / "plain")
     np.testing.assert_array_equal(a.X, b.X)

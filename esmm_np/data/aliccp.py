@@ -96,10 +96,15 @@ class KeyIndex:
         return bytes(self.parts[0][line])
 
     def lookup(self, keys):
-        if len(self.keys) == 0:
+        if len(self.keys) == 0 or len(keys) == 0:
             return np.full(len(keys), -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return np.where(self.keys[at] == keys, self.line[at], -1).astype(np.int64)
+        # The impressions of a request are consecutive lines: look up each run once.
+        new_run = np.ones(len(keys), dtype=bool)
+        new_run[1:] = keys[1:] != keys[:-1]
+        first = keys[new_run]
+        at = np.minimum(np.searchsorted(self.keys, first), len(self.keys) - 1)
+        line = np.where(self.keys[at] == first, self.line[at], -1).astype(np.int64)
+        return line[np.cumsum(new_run) - 1]
 
 
 # ------------------------------------------------------------------ pass 1
@@ -161,8 +166,9 @@ def _read_split(src, split, tmp, fields, table, skip_malformed, progress, stats)
         missing += int((gone & ~bad).sum())
         keep = ~bad & ~gone
         line = np.repeat(np.arange(len(counts)), counts)
-        fkeep = keep[line]
-        field, raw, value, line = field[fkeep], raw[fkeep], value[fkeep], line[fkeep]
+        if not keep.all():                         # usually every line is kept
+            fkeep = keep[line]
+            field, raw, value, line = field[fkeep], raw[fkeep], value[fkeep], line[fkeep]
         s_click.append(click[keep])
         s_buy.append(buy[keep])
         s_common.append(code[keep])

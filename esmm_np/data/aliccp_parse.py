@@ -356,14 +356,19 @@ def _decimals(buf, words, start, length):
     return value
 
 
-def parse_block(block, kind, fields):
+#: What :func:`parse_block` puts before a block: room for the 16-byte window of its first token.
+PAD = b"0" * 16
+
+
+def parse_block(block, kind, fields, padded=False):
     """Parse a block of whole lines (each ending in ``\\n``) at once; None: use :func:`parse_lines`.
 
     Returns what :func:`parse_lines` returns for ``block.split(b"\\n")[:-1]``.
     Only blocks whose every line has at least one feature are taken.
+    ``padded``: ``block`` already starts with :data:`PAD` (saves a copy).
     """
     ncol = 6 if kind == "skeleton" else 3
-    data = b"0" * 16 + block                      # room for the 16-byte window of the first token
+    data = block if padded else PAD + block
     buf = np.frombuffer(data, dtype=np.uint8)                     # (B,)
     words = _words(data)
     # Every byte the format gives a meaning to is below 45 (","); digits, letters, "." and
@@ -443,21 +448,22 @@ def parse_block(block, kind, fields):
 # ------------------------------------------------------------- the reader
 
 def _blocks_of_lines(fh):
-    """Blocks of about CHUNK_BYTES of whole lines, each ending in ``\\n``."""
+    """Blocks of about CHUNK_BYTES of whole lines, each ending in ``\\n``, each
+    after :data:`PAD` (a memoryview: the block is not copied again)."""
     rest = b""
     while True:
         data = fh.read(CHUNK_BYTES)
         if not data:
             if rest:
-                yield rest + b"\n"                 # a last line without its newline
+                yield memoryview(PAD + rest + b"\n")   # a last line without its newline
             return
-        data = rest + data
+        data = b"".join((PAD, rest, data))
         cut = data.rfind(b"\n") + 1
         if cut == 0:
-            rest = data                            # one long line: read on
+            rest = data[len(PAD):]                 # one long line: read on
             continue
         rest = data[cut:]
-        yield data[:cut]
+        yield memoryview(data)[:cut]
 
 
 def read_chunks(path, kind, fields, skip_malformed, stats, progress, fast=True):
@@ -469,9 +475,10 @@ def read_chunks(path, kind, fields, skip_malformed, stats, progress, fast=True):
     start = last = time.perf_counter()
     line_no = 0
     with open(path, "rb") as fh:
-        for block in _blocks_of_lines(fh):
+        for padded in _blocks_of_lines(fh):
             first = line_no + 1
-            parsed = parse_block(block, kind, fields) if fast else None
+            parsed = parse_block(padded, kind, fields, padded=True) if fast else None
+            block = None if parsed is not None else bytes(padded[len(PAD):])
             n = len(parsed[1]) if parsed is not None else block.count(b"\n")
             line_no += n
             stats["lines_read"] += n
