@@ -295,18 +295,21 @@ def _encode_split(cols, out, schema, stats, tmp):
     # fields' codes and counts are kept (one small row per request) for the rows below.
     known = np.zeros(nf, dtype=bool)
     known[single + bag] = True
-    line_x = np.zeros((m, len(single)), dtype=np.int32)                 # (m, S) 0: none
-    line_n = np.zeros((m, len(single)), dtype=np.int32)                 # (m, S) ids per field
+    # Only the single-valued fields the common lines hold (C of the S): a few numbers a request.
+    c_single = [j for j, f in enumerate(single) if nnz_t[f] > 0]         # columns of X
+    line_x = np.zeros((m, len(c_single)), dtype=np.int32)               # (m, C) 0: none
+    line_n = np.zeros((m, len(c_single)), dtype=np.int32)               # (m, C) ids per field
     line_unknown = np.zeros(m, dtype=np.int64)                          # (m,)
     pos = {f: 0 for f in shared}
     for q0, q1 in _blocks(lambda a, b: c_lens[a:b], m):
         rel = cs_start[q0 * (nf + 1):q1 * (nf + 1)].reshape(q1 - q0, nf + 1).astype(np.int64)
         n_field = rel[:, 1:] - rel[:, :-1]                                # (mq, nf)
         base = c_start[q0:q1]                                             # (mq,)
-        for j, f in enumerate(single):
+        for c, j in enumerate(c_single):
+            f = single[j]
             has = n_field[:, f] > 0
-            line_x[q0:q1][has, j] = cs_code[base[has] + rel[has, f]]      # the line's first id
-        line_n[q0:q1] = n_field[:, single]
+            line_x[q0:q1][has, c] = cs_code[base[has] + rel[has, f]]      # the line's first id
+        line_n[q0:q1] = n_field[:, [single[j] for j in c_single]]
         line_unknown[q0:q1] = n_field[:, ~known].sum(axis=1)
         for f in shared:
             name = schema["names"][f]
@@ -333,8 +336,10 @@ def _encode_split(cols, out, schema, stats, tmp):
         code = cols["common"][r0:r1]                                      # (m,) request of each row
         if shared:
             w["common"].append(code)
-        x_chunk = line_x[code]                                            # (m, S) common ids
-        total = line_n[code].astype(np.int64)                             # (m, S)
+        x_chunk = np.zeros((m_rows, len(single)), dtype=np.int32)        # (m, S) 0: missing
+        x_chunk[:, c_single] = line_x[code]                               # the common ids
+        total = np.zeros((m_rows, len(single)), dtype=np.int64)          # (m, S) ids per field
+        total[:, c_single] = line_n[code]
         unknown += int(line_unknown[code].sum())
         s_row = np.repeat(np.arange(m_rows), s_len)
         s_field = cols["s_field"][a:b]                                    # int16
