@@ -15,7 +15,9 @@ Python and NumPy allocate, without the file pages.
    of 0 to 40 valued ids each; skeleton lines with 9 single-valued ad fields
    and an ad bag of 0 to 4 ids. The real files are not downloaded.
 2. Converts them (``esmm_np.aliccp.convert``, min_count 10) in a fresh
-   interpreter: wall time, CPU time, skeleton lines per second, peak memory.
+   interpreter: wall time, CPU time, skeleton lines per second, peak memory,
+   and the cache's size beside the raw text's (the cache stores each
+   request's common-feature bags once, as the raw files do).
 3. Trains a float32 ESMM (embedding 8, towers 64-32, mean pooling, lazy
    Adam, batch ``--batch``) for one epoch over the memory-mapped training
    split, in a fresh interpreter: time, impressions per second, peak memory.
@@ -146,7 +148,8 @@ def _one(aliccp, work, n_lines, batch, traced, join_ids):
           f"on {os.cpu_count()} cores)")
     start = time.perf_counter()
     aliccp.write_raw(src, n_lines, 0, seed=0, user_bag_len=(0, 40), ad_bag_len=(0, 4),
-                     n_user_bag_fields=4, request_size=(1, 100), n_extra_fields=7)
+                     n_user_bag_fields=4, request_size=(1, 100), n_extra_fields=7,
+                     replace=True)       # the files of an interrupted earlier run, if any
     raw_bytes = _size(src)
     print(f"generated {raw_bytes / 2**20:.0f} MiB of raw files ({raw_bytes / n_lines:.0f} bytes "
           f"per impression with its share of the common features) in "
@@ -162,7 +165,8 @@ def _one(aliccp, work, n_lines, batch, traced, join_ids):
           f"{n_lines / conv['cpu']:,.0f} per CPU second")
     print(f"  peak memory {peak:.0f} MiB; anonymous memory at the end {conv['anon']:.0f} MiB")
     print(f"  cache {cache_bytes / 2**20:.0f} MiB on disk ({cache_bytes / n_lines:.0f} bytes "
-          f"per impression); {len(rep['single_fields'])} single-valued fields, bags "
+          f"per impression, {100 * cache_bytes / raw_bytes:.0f}% of the raw text); "
+          f"{len(rep['single_fields'])} single-valued fields, bags "
           f"{' '.join(rep['bag_fields'])}")
     lines, peak = run_measured(_EPOCH.format(out=out, batch=batch, traced=False))
     ep = json.loads(lines[-1])

@@ -168,7 +168,11 @@ def _aliccp(args):
     from . import aliccp
 
     if args.action == "simulate":
-        aliccp.write_raw(args.src, args.train, args.test, seed=args.seed)
+        try:
+            aliccp.write_raw(args.src, args.train, args.test, seed=args.seed, replace=args.replace)
+        except (FileExistsError, NotADirectoryError, ValueError, TypeError) as e:
+            print(f"esmm-np aliccp simulate: {e}", file=sys.stderr)
+            return 2
         print(f"wrote raw Ali-CCP files for {args.train:,} training and {args.test:,} test "
               f"impressions of a simulated world to {args.src}")
         return 0
@@ -343,6 +347,8 @@ def main(argv=None):
     w.add_argument("--train", type=int, default=20000, help="training impressions (default 20000)")
     w.add_argument("--test", type=int, default=5000, help="test impressions (default 5000)")
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--replace", action="store_true",
+                   help="replace the raw files an earlier simulate wrote in SRC (all of them)")
     w.set_defaults(run=_aliccp)
     r = sub.add_parser("regime-map", help="ESMM - BASE across worlds (rho x CVR level), "
                        "with intervals", formatter_class=fmt)

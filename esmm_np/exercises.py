@@ -16,7 +16,17 @@ expected kind, shape and dtype, every entry finite, no floating-point
 warning was raised, no input the caller still needs was written into (a
 backward may reuse its upstream gradient's memory), and the relative errors
 are within the bars below. A NaN, a broadcast shape, a silently changed
-dtype or an overwritten cache never passes.
+dtype or an overwritten cache never passes. In the extreme cases (logits
+out to +-800, past where exp overflows, with both labels) outputs are
+compared with ours entry by entry, so sigmoid(-40) = 4.2e-18 must come out
+as 4.2e-18, not 0 and not a clip's 1e-11.
+
+What a function may not do. Each call has a time limit (:data:`TIME_LIMIT`,
+10 s; a loop that never ends fails its case, and the remaining cases are not
+run). A whole-model answer gets a copy of the model: changing its options or
+parameters fails, and so does calling ``model.loss``, the answer itself. A
+function that patches the checker, the package or NumPy while it runs fails,
+and what it changed is put back.
 
 Bars. Against finite differences (float64, h = 1e-5): 1e-9 for one layer or
 loss (gradcheck.LAYER_TOL), 1e-7 for the whole model (gradcheck.py). Against
@@ -33,14 +43,16 @@ import numpy as np
 
 from . import layers as L
 from . import losses
+from . import reference as _plain   # the plain ESMM: our answer to esmm_loss
 from .optim import Adam
 from .teach.cases import CASES, MODEL_TOL, Case
 from .teach.grading import OURS_TOL, grade
 from .teach.grading import format_results as _format_table
+from .teach.guard import TIME_LIMIT, check_time_limit
 from .teach.mistakes import MISTAKES
 
-__all__ = ["NAMES", "SIGNATURES", "MODEL_TOL", "OURS_TOL", "Case", "check", "esmm_loss",
-           "fill_blanks", "format_results", "reference", "run_case", "train"]
+__all__ = ["NAMES", "SIGNATURES", "MODEL_TOL", "OURS_TOL", "TIME_LIMIT", "Case", "check",
+           "esmm_loss", "fill_blanks", "format_results", "reference", "run_case", "train"]
 
 NAMES = ("sigmoid", "sigmoid_backward", "relu_backward", "affine_backward",
          "batchnorm_backward", "embedding_backward", "ctcvr_backward",
@@ -50,14 +62,23 @@ NAMES = ("sigmoid", "sigmoid_backward", "relu_backward", "affine_backward",
 # ------------------------------------------------------------ references
 
 def esmm_loss(model, X, click, conversion):
-    """Our answer to the last exercise: ``model.loss`` of a plain ESMM.
+    """Our answer to the last exercise: the loss and gradients of a plain ESMM.
 
-    The learner's version assembles the same from the parts: embedding lookup,
+    The learner's version assembles them from the parts: embedding lookup,
     both towers (affine and ReLU), the two losses at the logits, and the
-    backward of each step in reverse. Returns ``(loss, grads)`` with ``grads``
+    backward of each step in reverse. Ours is :func:`esmm_np.reference.loss`,
+    the plain ESMM written out in one file, which agrees with ``model.loss``
+    (tests/test_reference.py). Returns ``(loss, grads)`` with ``grads``
     keyed like ``model.params``.
     """
-    return model.loss(X, click, conversion)
+    plain = (model.activation == "relu" and model.share_embedding and not model.batch_norm
+             and model.dropout == 0 and model.l2_reg_embedding == 0 and model.l2_reg_dnn == 0
+             and model.n_dense == 0 and not model.bag_dims and model.ctcvr_loss == "logspace")
+    if not plain:
+        raise ValueError("the esmm_loss exercise is the plain ESMM: ReLU towers, one shared "
+                         "table, no dropout, batch norm, L2, dense features or bags, the "
+                         "log-space CTCVR loss")
+    return _plain.loss(model.params, X + model.offsets, click, conversion, model.loss_weights)
 
 
 _REFERENCE = {
@@ -103,14 +124,20 @@ def _check_name(name):
         raise ValueError(f"unknown exercise {name!r}; the exercises are {', '.join(NAMES)}")
 
 
-def run_case(name, fn, case):
-    """Run one case of exercise ``name``; return a dict: label, tried, rel_ours, rel_fd, ok, hint."""
+def run_case(name, fn, case, time_limit=TIME_LIMIT):
+    """Run one case of exercise ``name``; return a dict: label, tried, rel_ours, rel_fd, ok, hint.
+
+    ``fn`` gets copies of the case's inputs, at most ``time_limit`` seconds
+    (None: no limit), and no way to change the checker: see
+    :func:`esmm_np.teach.grading.grade`.
+    """
     _check_name(name)
+    time_limit = check_time_limit(time_limit)
     return grade(fn, case, _REFERENCE[name], MISTAKES[name],
-                 consumed=int(name.endswith("_backward")))
+                 consumed=int(name.endswith("_backward")), time_limit=time_limit)
 
 
-def check(name, fn, verbose=True):
+def check(name, fn, verbose=True, time_limit=TIME_LIMIT):
     """Check the learner's ``fn`` for exercise ``name``; print a table, return True/False.
 
     Parameters
@@ -119,14 +146,31 @@ def check(name, fn, verbose=True):
     fn : callable with the signature of ours (:data:`SIGNATURES`)
     verbose : bool
         Print one line per case and, on a failure, its hint.
+    time_limit : float or None
+        Seconds each call of ``fn`` may take before the case fails as "did
+        not return" (default :data:`esmm_np.teach.guard.TIME_LIMIT`); None: no limit.
 
     Returns
     -------
     bool : True when every case passes.
     """
     _check_name(name)
+    if not callable(fn):
+        raise TypeError(f"check({name!r}, fn) needs your function as fn, got "
+                        f"{type(fn).__name__}")
+    if not isinstance(verbose, bool):
+        raise TypeError(f"verbose must be True or False, got {verbose!r}")
+    time_limit = check_time_limit(time_limit)
     rng = np.random.default_rng(sum(map(ord, name)))   # the same cases on every call
-    results = [run_case(name, fn, case) for case in CASES[name](rng)]
+    results = []
+    for case in CASES[name](rng):
+        if results and results[-1]["hint"].startswith(("did not return", "not run:")):
+            # one endless call is enough: do not wait for it again on every case
+            results.append({"label": case.label, "tried": case.tried, "rel_ours": np.nan,
+                            "rel_fd": np.nan, "ok": False,
+                            "hint": "not run: an earlier case did not return"})
+            continue
+        results.append(run_case(name, fn, case, time_limit))
     if verbose:
         print(format_results(name, results))
     return all(r["ok"] for r in results)
@@ -147,20 +191,52 @@ def train(loss_fn, model, X, click, conversion, *, epochs=1, batch_size=512, opt
     ``seed``, one optimiser step per minibatch), with the gradients coming
     from ``loss_fn``. So a correct ``loss_fn`` trains the same model as
     ``fit`` does, up to rounding. Returns the list of minibatch losses.
+
+    Each step's loss and gradients are checked before the optimiser uses
+    them: a gradient that is not keyed like ``model.params``, has the wrong
+    shape, or holds a NaN or inf (or a NaN or inf loss) stops training with
+    an error naming the minibatch and the tensor; the parameters are then
+    those after the previous step, never NaN.
     """
     optimizer = Adam() if optimizer is None else optimizer
     rng = np.random.default_rng(seed)
     n, batch_loss = X.shape[0], []
-    for _ in range(int(epochs)):
+    for epoch in range(int(epochs)):
         order = rng.permutation(n)
         for s in range(0, n, batch_size):
             idx = order[s:s + batch_size]
             loss, grads = loss_fn(model, X[idx], click[idx], conversion[idx])
-            if set(grads) != set(model.params):
-                raise ValueError("loss_fn must return gradients keyed like model.params")
+            _check_step(loss, grads, model, f"epoch {epoch + 1}, minibatch {s // batch_size + 1}")
             optimizer.step(model.params, grads)
             batch_loss.append(float(loss))
     return batch_loss
+
+
+def _check_step(loss, grads, model, where):
+    """Refuse a step whose loss or gradients the optimiser must not use (see :func:`train`)."""
+    if not isinstance(grads, dict) or set(grads) != set(model.params):
+        raise ValueError("loss_fn must return gradients keyed like model.params")
+    stop = (f"exercises.train stopped at {where}, before the optimiser step; the parameters "
+            "are those after the step before. Check the function with "
+            "exercises.check('esmm_loss', loss_fn)")
+    try:
+        value = float(loss)
+    except (TypeError, ValueError):
+        raise TypeError(f"loss_fn's loss must be a number, got {type(loss).__name__}; "
+                        f"{stop}") from None
+    if not np.isfinite(value):
+        raise FloatingPointError(f"loss_fn returned the loss {value}: {stop}")
+    for name, w in model.params.items():
+        g = grads[name]
+        values = g.values if isinstance(g, L.SparseRows) else g
+        shape = (g.n_rows,) + g.values.shape[1:] if isinstance(g, L.SparseRows) else np.shape(g)
+        if not isinstance(values, np.ndarray) or tuple(shape) != w.shape:
+            raise ValueError(f"loss_fn's gradient of {name!r} has shape {tuple(shape)}, the "
+                             f"parameter {w.shape}: {stop}")
+        if not np.all(np.isfinite(values)):
+            n_bad = int(np.count_nonzero(~np.isfinite(values)))
+            raise FloatingPointError(f"loss_fn's gradient of {name!r} has {n_bad} NaN or inf "
+                                     f"entries: {stop}")
 
 
 def fill_blanks(nb):

@@ -11,11 +11,13 @@
 
 import numpy as np
 
-from .validate import check_binary, check_int
+from .validate import check_binary, check_float, check_int, check_seed
 
 
-def _as_float_vector(x, name):
-    """Return ``x`` as a non-empty 1-d float64 array without NaN (booleans become 0/1)."""
+def _as_float_vector(x, name, finite=False):
+    """Return ``x`` as a non-empty 1-d float64 array without NaN (booleans become 0/1).
+
+    ``finite=True`` refuses inf as well."""
     x = np.asarray(x)
     if x.dtype == bool:
         x = x.astype(np.int8)
@@ -30,7 +32,16 @@ def _as_float_vector(x, name):
     if nan.any():
         raise ValueError(f"{name} has {int(nan.sum())} NaN value(s), first at row "
                          f"{int(np.argmax(nan))}")
+    inf = np.isinf(x) if finite else nan
+    if inf.any():
+        raise ValueError(f"{name} has {int(inf.sum())} infinite value(s), first at row "
+                         f"{int(np.argmax(inf))}")
     return x
+
+
+def _check_level(level):
+    """A coverage level: a number in (0, 1); a sentence for anything else (a string too)."""
+    return check_float(level, "level", 0, 1, low_open=True, high_open=True)
 
 
 def _check_same_length(a, b, name_a, name_b):
@@ -138,8 +149,7 @@ def log_loss(y, p, eps=1e-12):
     """
     y, p = _check_labels_and_scores(y, p, score_name="p")
     _check_probability(p, "p")
-    if not 0 < eps < 0.5:
-        raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+    eps = check_float(eps, "eps", 0, 0.5, low_open=True, high_open=True)
     p = np.clip(p, eps, 1.0 - eps)                                     # (n,)
     return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
 
@@ -348,8 +358,9 @@ def gap_interval(p, target, mask=None, level=0.95):
 
     Returns
     -------
-    dict with ``bias``, ``se``, ``low``, ``high`` (float; NaN for an empty
-    group) and ``n`` (rows)
+    dict with ``bias``, ``se``, ``low``, ``high`` (float) and ``n`` (rows).
+    By design, not by accident: all four are NaN for an empty group, and
+    ``se``, ``low``, ``high`` for a group of one row (no spread to measure).
 
     Notes
     -----
@@ -364,8 +375,7 @@ def gap_interval(p, target, mask=None, level=0.95):
     _check_same_length(p, target, "p", "target")
     _check_probability(p, "p")
     _check_probability(target, "target")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_level(level)
     if mask is None:
         mask = np.ones(p.shape[0], dtype=bool)
     mask = np.asarray(mask)
@@ -414,29 +424,36 @@ def seed_interval(values, row_se=None, level=0.95):
 
     Parameters
     ----------
-    values : sequence of float, at least 2
-    row_se : sequence of float or None
+    values : sequence of finite floats, at least 2
+    row_se : sequence of finite floats >= 0, or None
     level : float in (0, 1)
 
     Returns
     -------
-    dict with ``mean``, ``low``, ``high``, ``n`` (seeds)
+    dict with ``mean``, ``low``, ``high``, ``n`` (seeds); all finite (values so
+    large that the mean or the spread overflows float64 are refused)
     """
-    v = _as_float_vector(values, "values")
+    v = _as_float_vector(values, "values", finite=True)
     if v.shape[0] < 2:
         raise ValueError(f"an interval over seeds needs at least 2 values, got {v.shape[0]}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    u = 0.5 + level / 2
-    seeds = _t_quantile(u, v.shape[0] - 1) * v.std(ddof=1) / np.sqrt(v.shape[0])
-    rows = 0.0
+    u = 0.5 + _check_level(level) / 2
+    se = None
     if row_se is not None:
-        se = _as_float_vector(row_se, "row_se")
+        se = _as_float_vector(row_se, "row_se", finite=True)
         _check_same_length(v, se, "values", "row_se")
-        rows = _normal_quantile(u) * float(se.mean())
-    half = float(np.hypot(seeds, rows))
-    mean = float(v.mean())
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": int(v.shape[0])}
+        if (se < 0).any():
+            raise ValueError(f"row_se are standard errors, >= 0; {int((se < 0).sum())} "
+                             f"negative value(s), first at row {int(np.argmax(se < 0))}")
+    with np.errstate(over="ignore", invalid="ignore"):     # checked just below
+        seeds = _t_quantile(u, v.shape[0] - 1) * v.std(ddof=1) / np.sqrt(v.shape[0])
+        rows = 0.0 if se is None else _normal_quantile(u) * float(se.mean())
+        half = float(np.hypot(seeds, rows))
+        mean = float(v.mean())
+        low, high = mean - half, mean + half
+    if not np.isfinite([mean, low, high]).all():
+        raise ValueError("the interval overflows float64: values (largest magnitude "
+                         f"{float(np.max(np.abs(v))):.3g}) or row_se are too large to average")
+    return {"mean": mean, "low": low, "high": high, "n": int(v.shape[0])}
 
 
 def _t_quantile(u, df):
@@ -476,14 +493,16 @@ def binned_gap(p, target, by, n_bins=10):
     Returns
     -------
     dict with ``edges`` (n_bins + 1,), ``mid`` (median of ``by`` per bin),
-    ``gap`` and ``se`` (mean of ``p - target`` per bin and its standard error), ``count``
+    ``gap`` and ``se`` (mean of ``p - target`` per bin and its standard error; NaN, with
+    ``mid``, for a bin of fewer than 2 rows), ``count``
     """
     p = _as_float_vector(p, "p")
     target = _as_float_vector(target, "target")
     by = _as_float_vector(by, "by")
     _check_same_length(p, target, "p", "target")
     _check_same_length(p, by, "p", "by")
-    edges = np.quantile(by, np.linspace(0.0, 1.0, int(n_bins) + 1))    # (B + 1,)
+    n_bins = check_int(n_bins, "n_bins", low=1)
+    edges = np.quantile(by, np.linspace(0.0, 1.0, n_bins + 1))         # (B + 1,)
     bin_of = np.clip(np.searchsorted(edges[1:-1], by, side="right"), 0, n_bins - 1)  # (n,)
     d = p - target                                                     # (n,)
     gap, se, mid, count = (np.full(n_bins, np.nan) for _ in range(4))
@@ -588,7 +607,7 @@ def paired_bootstrap(target, scores, reference, n_boot=200, seed=0, level=0.95):
     reference : str
         The key of ``scores`` every other scorer is compared with.
     n_boot : int
-    seed : int
+    seed : int, None or numpy.random.Generator
     level : float in (0, 1)
         Coverage of the percentile interval.
 
@@ -600,19 +619,34 @@ def paired_bootstrap(target, scores, reference, n_boot=200, seed=0, level=0.95):
         ``diff``: value minus the reference's value,
         ``diff_low``, ``diff_high``: percentile interval of the difference,
         ``diff_se``: bootstrap standard error of the difference.
+
+    A target without a positive and a negative (all 0, all 1, one row) has no
+    AUC and is refused. A replicate that happens to draw no such pair (possible
+    only with very few positives or negatives) has no AUC either; it is drawn
+    again, so the interval is that of replicates that can be scored. Every
+    returned number is finite.
     """
     y = _as_float_vector(target, "target")                             # (n,)
     _check_probability(y, "target")
+    if not isinstance(scores, dict):
+        raise TypeError(f"scores must be a dict name -> score array, got "
+                        f"{type(scores).__name__}")
     if reference not in scores:
         raise ValueError(f"reference {reference!r} is not among the scores {sorted(scores)}")
-    if int(n_boot) != n_boot or n_boot < 2:
+    if (isinstance(n_boot, (bool, np.bool_))
+            or not isinstance(n_boot, (int, float, np.integer, np.floating))
+            or int(n_boot) != n_boot or n_boot < 2):
         raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    _check_level(level)
+    seed = check_seed(seed)
     n = y.shape[0]
     sorted_scores = {}
     for name, s in scores.items():
-        s = np.asarray(s, dtype=np.float64)
+        try:
+            s = np.asarray(s, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"scores[{name!r}] must be numeric, got "
+                            f"{type(scores[name]).__name__}") from None
         s = s[None, :] if s.ndim == 1 else s                           # (k, n)
         if s.ndim != 2 or s.shape[1] != n:
             raise ValueError(f"scores[{name!r}] must have shape (n,) or (k, n) with n = {n}, "
@@ -632,11 +666,25 @@ def paired_bootstrap(target, scores, reference, n_boot=200, seed=0, level=0.95):
                 for name, groups in sorted_scores.items()}
 
     full = values(np.ones(n))
+    if any(np.isnan(v) for v in full.values()):
+        raise ValueError(f"the AUC is undefined on this target: its {n} row(s) give no pair of "
+                         "a positive and a negative (all 0, all 1, or a single row), so there "
+                         "is nothing to bootstrap")
     rng = np.random.default_rng(seed)
     draws = {name: np.empty(int(n_boot)) for name in scores}
+    redrawn = 0
     for b in range(int(n_boot)):
-        weight = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
-        for name, v in values(weight).items():
+        while True:
+            weight = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
+            replicate = values(weight)
+            if not any(np.isnan(v) for v in replicate.values()):
+                break
+            # No positive-negative pair among the rows drawn: no AUC; draw again. That
+            # happens with probability <= 1/2 (two rows), so the cap only stops a loop.
+            redrawn += 1
+            if redrawn > 10 * int(n_boot):
+                raise ValueError(f"{redrawn} replicates drew no positive-negative pair")
+        for name, v in replicate.items():
             draws[name][b] = v
     tail = 100 * (1 - level) / 2
     out = {}

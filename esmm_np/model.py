@@ -33,6 +33,7 @@ from . import layers as L
 from . import validate
 from .data.bags import check_bags, check_ids_in_blocks, in_blocks, slice_bags
 from .data.files import write_file
+from .data.knobs import TooLarge, physical_memory
 from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
 from .tower import (ACTIVATION_BACKWARD, TowerConfig, check_batch_stats, fold_running_stats,
                     init_tower, tower_backward, tower_forward)
@@ -152,13 +153,20 @@ class _EmbeddingMLP:
     def _new_table(self):
         """An embedding table with small random rows (N(0, 0.05^2))."""
         V = sum(self.field_dims) + sum(self.bag_dims.values())             # rows of the table
+        # Drawn in float64, then cast: refuse up front a table that cannot fit in memory.
+        need = V * self.embed_dim * (8 + np.dtype(self.dtype).itemsize)
+        have = physical_memory()
+        if have is not None and need > have:
+            raise TooLarge(f"the embedding table would have {V:,} rows x {self.embed_dim} "
+                           f"(field_dims and bag_dims sum to {V:,}) and needs about "
+                           f"{need / 2**30:,.1f} GiB to create, more than this machine's "
+                           f"{have / 2**30:,.1f} GiB")
         return (0.05 * self.rng.standard_normal((V, self.embed_dim))).astype(self.dtype)
 
     def tower_config(self, units):
         """The :class:`TowerConfig` of a tower with hidden widths ``units``."""
         return TowerConfig(units, self.activation, self.batch_norm, self.dropout)
 
-    _tower_cfg = tower_config     # the former name (tests/test_exercises.py still calls it)
 
     def check_rows(self, X, dense):
         """Validate ``X`` and ``dense``; return table rows (n, F) and dense (n, d) or None."""

@@ -13,7 +13,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import validate
-from .data.bags import check_ids_in_blocks, in_blocks, slice_bags, take_bags
+from .data.bags import check_ids_in_blocks, in_blocks, slice_bags, stored_arrays, take_bags
 from .data.dataset import clean_dataset
 from .optim import Adam, Optimizer
 from .threads import blas_limited
@@ -214,8 +214,7 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     # ---- check: every option, then the data, before anything changes
     validate.check_choice(invalid, "invalid", ("raise", "drop"))
     validate.check_choice(shuffle, "shuffle", ("auto", "full", "blocks"))
-    mapped = any(isinstance(a, np.memmap) for a in
-                 (X, dense, *labels, *(a for t in (bags or {}).values() for a in t)))
+    mapped = any(isinstance(a, np.memmap) for a in (X, dense, *labels, *stored_arrays(bags)))
     blocks = shuffle == "blocks" or (shuffle == "auto" and mapped)
     epochs = validate.check_int(epochs, "epochs", low=1)
     batch_size = validate.check_int(batch_size, "batch_size", low=1)

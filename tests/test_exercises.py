@@ -202,12 +202,12 @@ def test_esmm_loss_with_one_tower_into_the_table(capsys):
         logits, caches = {}, {}
         for t, u in zip(model.towers, model.tower_units):
             logits[t], caches[t] = tower_forward(model.params, model.state, t, e,
-                                                 model._tower_cfg(u), True)
+                                                 model.tower_config(u), True)
         w_ctr, w_ctcvr = model.loss_weights
         l1, d1 = losses.bce_with_logits(logits["ctr"], click)
         l2, da, db = losses.ctcvr_bce_logspace(logits["ctr"], logits["cvr"], click * conversion)
         grads = {}
-        dh = {t: tower_backward(d, caches[t], t, model._tower_cfg(u), grads)
+        dh = {t: tower_backward(d, caches[t], t, model.tower_config(u), grads)
               for (t, u), d in zip(zip(model.towers, model.tower_units),
                                    (w_ctr * d1 + w_ctcvr * da, w_ctcvr * db))}
         grads["embedding"] = L.sparse_to_dense(L.embedding_backward(dh["ctr"], emb_cache))

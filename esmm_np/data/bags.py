@@ -12,6 +12,13 @@ impressions a field's bags are one triple ``(offsets, ids, weights)``:
 This is the layout ``torch.nn.EmbeddingBag`` takes. A dict maps each field
 name to its triple (``dataset.bags``, ``model.loss(..., bags=)``).
 
+When many rows share one bag (Ali-CCP's user features, the same for every
+impression of a request), a :class:`SharedBag` stores each shared bag once,
+in a table, and each row the number of its table row; :func:`take_bags`
+and :func:`slice_bags` gather a batch's bags from it when the batch is
+drawn, so the full triple of all rows is never built. Unpacked
+(``offsets, ids, weights = shared``), it gives that full triple.
+
 The checks here follow :mod:`esmm_np.validate`: they return clean arrays or
 raise an error naming the field, the problem and where it is. Arrays may be
 memory-mapped; the checks read them block by block so that checking a split
@@ -55,6 +62,103 @@ def check_ids_in_blocks(X, field_dims, name="X"):
     X = X if isinstance(X, np.ndarray) else np.asarray(X)
     in_blocks(lambda x: check_ids(x, field_dims, name), (X,))
     return X.astype(np.int64) if X.dtype == np.uint64 else X
+
+
+class SharedBag:
+    """The bags of ``n`` rows, where rows share bags: row ``i``'s bag is its own bag
+    (``own``, a CSR triple over the ``n`` rows, or None for none) followed by row
+    ``ref[i]`` of ``table`` (a CSR triple over the table's ``m`` rows).
+
+    Parameters
+    ----------
+    ref : ndarray of int, shape (n,), values in ``[0, m)``
+    table : (offsets (m + 1,), ids (nnz_t,), weights (nnz_t,) or None)
+    own : (offsets (n + 1,), ids (nnz_o,), weights (nnz_o,) or None), or None
+
+    The arrays may be memory-mapped; :meth:`take` and :meth:`slice` read only
+    the rows asked for. Iterating or indexing (``offsets, ids, weights =
+    bag``, ``bag[1]``) builds the plain triple of all ``n`` rows in memory.
+    """
+
+    def __init__(self, ref, table, own=None):
+        self.ref, self.table = ref, tuple(table)
+        self.own = None if own is None else tuple(own)
+
+    @property
+    def n(self):
+        return len(self.ref)
+
+    def arrays(self):
+        """Every stored array (the ones on disk for a loaded cache), Nones left out."""
+        return [a for a in (self.ref, *self.table, *(self.own or ())) if a is not None]
+
+    def map_arrays(self, fn):
+        """A SharedBag whose every stored array is ``fn(array)``."""
+        def each(t):
+            return None if t is None else tuple(None if a is None else fn(a) for a in t)
+        return SharedBag(fn(self.ref), each(self.table), each(self.own))
+
+    def take(self, idx):
+        """The plain triple of rows ``idx`` (int array, any order, repeats allowed)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        shared = take_bags({"t": self.table}, np.asarray(self.ref[idx], dtype=np.int64))["t"]
+        if self.own is None:
+            return shared
+        return interleave(take_bags({"o": self.own}, idx)["o"], shared)
+
+    def slice(self, start, stop):
+        """The rows ``start:stop`` as a SharedBag whose row part is read into memory."""
+        own = None if self.own is None else slice_bags({"o": self.own}, start, stop)["o"]
+        return SharedBag(np.asarray(self.ref[start:stop]), self.table, own)
+
+    def max_id(self):
+        """The largest id any row's bag holds (-1 when all are empty)."""
+        parts = [self.table[1]] + ([] if self.own is None else [self.own[1]])
+        return max(int(np.max(a, initial=-1)) for a in parts)
+
+    def materialize(self):
+        """The plain triple of all rows, in memory."""
+        return self.take(np.arange(self.n))
+
+    def __iter__(self):
+        return iter(self.materialize())
+
+    def __getitem__(self, i):
+        return self.materialize()[i]
+
+    def __repr__(self):
+        return (f"SharedBag(n={self.n}, table_rows={len(self.table[0]) - 1}, "
+                f"own={'yes' if self.own is not None else 'no'})")
+
+
+def interleave(first, second):
+    """Row by row, the bag of ``first`` followed by the bag of ``second`` (two CSR triples
+    over the same rows); weights of a None side count as ones."""
+    (o1, i1, w1), (o2, i2, w2) = first, second
+    n1, n2 = np.diff(o1), np.diff(o2)                                    # (m,), (m,)
+    new = np.zeros(len(n1) + 1, dtype=np.int64)                          # (m + 1,)
+    np.cumsum(n1 + n2, out=new[1:])
+    ids = np.empty(int(new[-1]), dtype=np.result_type(i1.dtype, i2.dtype))
+    both = w1 is not None or w2 is not None
+    if both:
+        wdt = np.result_type(*(w.dtype for w in (w1, w2) if w is not None))
+        weights = np.empty(len(ids), dtype=wdt)
+    for (o, i, w, n, shift) in ((o1, i1, w1, n1, 0), (o2, i2, w2, n2, n1)):
+        # Output position: the row's new start (+ the first side's length) + rank in the bag.
+        at = np.repeat(new[:-1] + shift - o[:-1], n) + np.arange(int(n.sum()))   # (nnz,)
+        ids[at] = i
+        if both:
+            weights[at] = 1 if w is None else w
+    return new, ids, weights if both else None
+
+
+def stored_arrays(bags):
+    """The arrays a bag dict stores (a SharedBag's stored ones, not its expanded triple)."""
+    for t in (bags or {}).values():
+        if isinstance(t, SharedBag):
+            yield from t.arrays()
+        else:
+            yield from t
 
 
 def check_bags(bags, bag_dims, n, dtype=None, name="bags", finite_in=None):
@@ -104,7 +208,9 @@ def check_bags(bags, bag_dims, n, dtype=None, name="bags", finite_in=None):
 
 
 def check_bag(triple, dim, n, dtype=None, name="bag", finite_in=None):
-    """Check one field's ``(offsets, ids, weights)``; see :func:`check_bags`."""
+    """Check one field's ``(offsets, ids, weights)`` or :class:`SharedBag`; see :func:`check_bags`."""
+    if isinstance(triple, SharedBag):
+        return check_shared_bag(triple, dim, n, dtype, name, finite_in)
     if not isinstance(triple, (tuple, list)) or len(triple) != 3:
         raise TypeError(f"{name} must be a triple (offsets, ids, weights), got {type(triple).__name__}"
                         + (f" of length {len(triple)}" if isinstance(triple, (tuple, list)) else ""))
@@ -167,6 +273,26 @@ def check_bag(triple, dim, n, dtype=None, name="bag", finite_in=None):
     return offsets.astype(np.int64, copy=False), ids, weights
 
 
+def check_shared_bag(bag, dim, n, dtype=None, name="bag", finite_in=None):
+    """Check a :class:`SharedBag` of ``n`` rows: its table, its own part, and every ``ref``."""
+    ref = bag.ref if isinstance(bag.ref, np.ndarray) else np.asarray(bag.ref)
+    if ref.dtype == bool or not np.issubdtype(ref.dtype, np.integer) or ref.ndim != 1:
+        raise TypeError(f"{name} ref must be a 1-d integer array, got dtype {ref.dtype} and "
+                        f"shape {ref.shape}")
+    if ref.shape[0] != n:
+        raise ValueError(f"{name} ref must have one entry per row ({n}), got {ref.shape[0]}")
+    table = check_bag(bag.table, dim, len(bag.table[0]) - 1, dtype, f"{name} table", finite_in)
+    m = len(table[0]) - 1
+    for s in range(0, n, BLOCK):
+        part = ref[s:s + BLOCK]
+        if int(part.min()) < 0 or int(part.max()) >= m:
+            bad = s + np.flatnonzero((part < 0) | (part >= m))
+            raise ValueError(f"{name} ref must lie in [0, {m}) (the table's rows); row "
+                             f"{int(bad[0])} has {int(ref[bad[0]])}")
+    own = None if bag.own is None else check_bag(bag.own, dim, n, dtype, f"{name} own", finite_in)
+    return SharedBag(ref, table, own)
+
+
 def take_bags(bags, idx):
     """The bags of rows ``idx`` (int array, any order, repeats allowed), copied.
 
@@ -176,7 +302,11 @@ def take_bags(bags, idx):
         return None
     idx = np.asarray(idx, dtype=np.int64)
     out = {}
-    for f, (offsets, ids, weights) in bags.items():
+    for f, t in bags.items():
+        if isinstance(t, SharedBag):
+            out[f] = t.take(idx)
+            continue
+        offsets, ids, weights = t
         starts = np.asarray(offsets[idx])                                # (m,)
         lengths = np.asarray(offsets[idx + 1]) - starts                  # (m,)
         new = np.zeros(idx.shape[0] + 1, dtype=np.int64)                 # (m + 1,)
@@ -189,11 +319,16 @@ def take_bags(bags, idx):
 
 
 def slice_bags(bags, start, stop):
-    """The bags of the contiguous rows ``start:stop``, read into memory."""
+    """The bags of the contiguous rows ``start:stop``, read into memory (a SharedBag's
+    row part; its table stays where it is)."""
     if bags is None:
         return None
     out = {}
-    for f, (offsets, ids, weights) in bags.items():
+    for f, t in bags.items():
+        if isinstance(t, SharedBag):
+            out[f] = t.slice(start, stop)
+            continue
+        offsets, ids, weights = t
         o = np.asarray(offsets[start:stop + 1], dtype=np.int64)
         a, b = int(o[0]), int(o[-1])
         out[f] = (o - a, np.asarray(ids[a:b]), None if weights is None else np.asarray(weights[a:b]))

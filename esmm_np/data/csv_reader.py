@@ -17,9 +17,51 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import Dataset
-from ..validate import check_int
+from ..validate import check_bool, check_int
 
 _CHUNK = 65536
+
+
+def _what_it_is(path):
+    """A guess, from the first bytes, at what a file that is not UTF-8 text holds."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head[:2] == b"\x1f\x8b":
+        return "a gzip-compressed file (decompress it first, e.g. gunzip)"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or head[1:200:2].count(0) > 50:
+        return "UTF-16 text (save it as UTF-8)"
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (extract the CSV first)"
+    if head.count(0):
+        return "a binary file, not CSV text"
+    return "not UTF-8 text (Latin-1 or another encoding? save it as UTF-8)"
+
+
+def _first_bad_utf8_line(path):
+    """The number of the first line that is not valid UTF-8 (1 for the first line)."""
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError:
+                return line_no
+    return line_no
+
+
+def _text_lines(fh, path):
+    """The lines of ``fh`` for the csv reader; a NUL byte or a byte that is not UTF-8
+    stops the reading with a sentence naming the file, the line and what it looks like."""
+    line_no = 0
+    try:
+        for line in fh:
+            line_no += 1
+            if "\x00" in line:
+                raise ValueError(f"{path}:{line_no}: the line holds a NUL byte; the file is "
+                                 f"{_what_it_is(path)}")
+            yield line
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}:{_first_bad_utf8_line(path)}: the file is "
+                         f"{_what_it_is(path)}") from None
 
 
 def read_csv(path, click="click", conversion="conversion", sparse=None, dense=(), *,
@@ -28,7 +70,9 @@ def read_csv(path, click="click", conversion="conversion", sparse=None, dense=()
 
     Parameters
     ----------
-    path : path of a UTF-8 CSV file with a header line (a byte-order mark is skipped)
+    path : path of a UTF-8 CSV file with a header line (a byte-order mark is skipped);
+        a file in another encoding, compressed, or holding NUL bytes is refused
+        with its line number
     click, conversion : str
         Names of the 0/1 label columns (flattened Ali-CCP calls the second
         ``purchase``).
@@ -57,12 +101,18 @@ def read_csv(path, click="click", conversion="conversion", sparse=None, dense=()
     """
     path = Path(path)
     min_count = check_int(min_count, "min_count", low=1)
+    skip_malformed = check_bool(skip_malformed, "skip_malformed")
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise TypeError(f"delimiter must be one character, got {delimiter!r}")
+    for option, name in (("click", click), ("conversion", conversion)):
+        if not isinstance(name, str):
+            raise TypeError(f"{option} must be a column name (a str), got {name!r}")
     for option, names in (("sparse", sparse), ("dense", dense)):
         # A string would be read letter by letter as column names.
         if isinstance(names, (str, bytes)) or (names is None and option == "dense"):
             raise TypeError(f"{option} must be a list of column names, got {names!r}")
     with open(path, newline="", encoding="utf-8-sig") as fh:      # UTF-8 whatever the locale
-        reader = csv.reader(fh, delimiter=delimiter)
+        reader = csv.reader(_text_lines(fh, path), delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:

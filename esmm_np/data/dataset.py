@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .bags import check_bags, check_ids_in_blocks, in_blocks, take_bags
+from .bags import SharedBag, check_bags, check_ids_in_blocks, in_blocks, take_bags
 from ..validate import (check_binary, check_click_conversion, check_dense, check_field_dims,
                        check_ids, check_int, check_labels)
 
@@ -152,7 +152,8 @@ class Dataset:
         if not self.bags and not self.bag_dims:
             self.bags = self.bag_dims = None                              # no multi-valued fields
         if self.bags is not None and self.bag_dims is None:
-            self.bag_dims = {f: max(int(np.max(t[1], initial=-1)) + 1, 1)      # 1 when all empty
+            self.bag_dims = {f: max((t.max_id() if isinstance(t, SharedBag)          # 1 when
+                                     else int(np.max(t[1], initial=-1))) + 1, 1)    # all empty
                              for f, t in self.bags.items()}
         if self.bag_dims is not None:
             self.bag_dims = {str(f): check_int(d, f"bag_dims[{f!r}]", low=1)
@@ -171,7 +172,8 @@ class Dataset:
         for name in _CHECKED:
             object.__setattr__(self, name, read_only(getattr(self, name)))
         if self.bags is not None:
-            object.__setattr__(self, "bags", {f: tuple(read_only(a) for a in t)
+            object.__setattr__(self, "bags", {f: t.map_arrays(read_only) if isinstance(t, SharedBag)
+                                              else tuple(read_only(a) for a in t)
                                               for f, t in self.bags.items()})
         object.__setattr__(self, "_sealed", True)
 
@@ -356,6 +358,14 @@ def clean_dataset(X, click, conversion, dense=None, *, field_dims=None, field_na
     return ds, report
 
 
+def _distinct(column, dim):
+    """Number of distinct ids in ``column``: by counting when ``dim`` is small, else by
+    sorting (a table of ``dim`` counters could need gigabytes for a few rows)."""
+    if dim <= 4 * len(column) + 1024:
+        return int(np.count_nonzero(np.bincount(column, minlength=dim)))
+    return int(len(np.unique(column)))
+
+
 def describe(dataset):
     """Counts and rates of the funnel, plus ground-truth means when present.
 
@@ -386,7 +396,7 @@ def describe(dataset):
         "ctr": n_clicks / n,
         "cvr": n_conv / n_clicks if n_clicks else float("nan"),
         "ctcvr": n_conv / n,
-        "ids_seen": {name: int(np.count_nonzero(np.bincount(dataset.X[:, f], minlength=dim)))
+        "ids_seen": {name: _distinct(dataset.X[:, f], dim)
                      for f, (name, dim) in enumerate(zip(dataset.field_names,
                                                          dataset.field_dims))},
     }

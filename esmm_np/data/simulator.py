@@ -39,13 +39,14 @@ import numpy as np
 from numpy.polynomial.hermite import hermgauss
 
 from .dataset import Dataset
+from .knobs import BLOCK, N_CALIBRATION, TooLarge, check_knobs, memory_needed, physical_memory
 
 #: Field order of ``X``. The user-side group (segment) comes last so that
 #: the first three columns are the familiar user / item / category triple.
 FIELD_NAMES = ("user_id", "item_id", "item_category", "user_segment")
 
-_BLOCK = 1 << 16          # impressions per random-stream block (also the memory unit)
-_N_CALIBRATION = 200_000  # impressions drawn once to fit the score map and intercepts
+_BLOCK = BLOCK            # impressions per random-stream block (also the memory unit)
+_N_CALIBRATION = N_CALIBRATION  # impressions drawn once to fit the score map and intercepts
 _INTERCEPT_BOUND = 30.0   # intercepts searched in [-30, 30] on the logit scale
 _MAX_SOLVER_STEPS = 200   # safeguarded secant; typically converges in under 10
 _TINY = 1e-12             # a score spread below this counts as a constant score
@@ -425,31 +426,6 @@ def _calibrate_intercepts(s_ctr, s_cvr, ctr, cvr, signal, confounder, guess=None
 
 # ------------------------------------------------------------------ simulate
 
-def _check_knobs(n_impressions, seed, ctr, cvr, rho, confounder, n_users, n_items,
-                 n_categories, n_segments, popularity_skew, group_share, latent_dim,
-                 n_dense, signal):
-    for name, v in (("n_impressions", n_impressions), ("n_users", n_users),
-                    ("n_items", n_items), ("n_categories", n_categories),
-                    ("n_segments", n_segments), ("latent_dim", latent_dim)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if not isinstance(n_dense, (int, np.integer)) or isinstance(n_dense, bool) or n_dense < 0:
-        raise ValueError(f"n_dense must be a non-negative integer, got {n_dense!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    for name, v in (("ctr", ctr), ("cvr", cvr)):
-        if not 0.0 < v < 1.0:
-            raise ValueError(f"{name} is a target rate and must be in (0, 1), got {v!r}")
-    if not -1.0 <= rho <= 1.0:
-        raise ValueError(f"rho is a correlation and must be in [-1, 1], got {rho!r}")
-    if not 0.0 <= group_share <= 1.0:
-        raise ValueError(f"group_share must be in [0, 1], got {group_share!r}")
-    for name, v in (("confounder", confounder), ("popularity_skew", popularity_skew),
-                    ("signal", signal)):
-        if not (np.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-
-
 #: Named worlds for :func:`simulate` (``preset=``); a knob passed explicitly wins.
 #: "default" is the world every earlier version simulated. "paper" is closer to
 #: the ESMM paper's public data (Ali-CCP: CTR about 4%, CVR given click about
@@ -574,8 +550,9 @@ def simulate(n_impressions, *, seed=0, preset="default", ctr=None, cvr=None, rho
     click = 1, x), but the potential outcome of an unclicked impression
     converts less often than its ``true_cvr`` says (see docs/simulator.md).
     """
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}"
+                         + ("" if isinstance(preset, str) else f" (a {type(preset).__name__})"))
     knobs = dict(PRESETS[preset])
     given = dict(ctr=ctr, cvr=cvr, rho=rho, confounder=confounder, n_users=n_users,
                  n_items=n_items, n_categories=n_categories, n_segments=n_segments,
@@ -585,13 +562,26 @@ def simulate(n_impressions, *, seed=0, preset="default", ctr=None, cvr=None, rho
     knobs.update({k: v for k, v in given.items() if v is not None})
     (ctr, cvr, rho, confounder, n_users, n_items, n_categories, n_segments, popularity_skew,
      group_share, latent_dim, n_dense, signal, n_attribute_fields) = (knobs[k] for k in given)
-    _check_knobs(n_impressions, seed, ctr, cvr, rho, confounder, n_users, n_items,
+    check_knobs(n_impressions, seed, ctr, cvr, rho, confounder, n_users, n_items,
                  n_categories, n_segments, popularity_skew, group_share, latent_dim,
                  n_dense, signal)
     if (not isinstance(n_attribute_fields, (int, np.integer)) or isinstance(n_attribute_fields, bool)
             or n_attribute_fields < 0):
         raise ValueError(f"n_attribute_fields must be a non-negative integer, got "
                          f"{n_attribute_fields!r}")
+    need, biggest = memory_needed(int(n_impressions), int(n_users), int(n_items),
+                                  int(n_categories), int(n_segments), int(latent_dim),
+                                  int(n_dense), int(n_attribute_fields))
+    have = physical_memory()
+    if have is not None and need > have:
+        raise TooLarge(f"simulate would need about {need / 2**30:,.1f} GiB of memory, mostly "
+                          f"for {biggest}, and this machine has {have / 2**30:,.1f} GiB; "
+                          "lower those knobs")
+    for name, v in (("n_users", n_users), ("n_items", n_items), ("n_categories", n_categories),
+                    ("n_segments", n_segments)):
+        if v > np.iinfo(np.int32).max:
+            raise ValueError(f"{name}={v} does not fit the int32 ids of a Dataset "
+                             "(at most 2**31 - 1)")
     n, seed = int(n_impressions), int(seed)
     world = _make_world(seed, n_users, n_items, n_categories, n_segments, popularity_skew,
                         group_share, latent_dim, n_dense)

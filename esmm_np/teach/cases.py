@@ -18,8 +18,12 @@ MODEL_TOL = 1e-7                       # whole model against finite differences
 
 #: One case: a label, what it tries (a sentence), the arguments, the names of
 #: the outputs, the finite-difference gradients (one per output, None where
-#: there is none), and a hint for what this case is there to catch.
-Case = namedtuple("Case", ["label", "tried", "args", "outputs", "numeric", "hint", "fd_tol"])
+#: there is none), a hint for what this case is there to catch, the bar
+#: against finite differences, and whether outputs are compared with ours
+#: entry by entry (the extreme cases, where the entries that matter can be
+#: 1e-18 beside entries of 1: one norm over the array would not see them).
+Case = namedtuple("Case", ["label", "tried", "args", "outputs", "numeric", "hint", "fd_tol",
+                           "entrywise"], defaults=(False,))
 
 
 def _away_from_zero(x, margin=0.1):
@@ -61,16 +65,22 @@ def _loss_numeric(loss_fn, args, diff):
 def _cases_sigmoid(rng):
     x = rng.normal(0, 3, size=(4, 3))
     ext = np.array([-800.0, -40.0, -1e-3, 0.0, 1e-3, 40.0, 800.0])
+    # exp overflows just above 709.78; sigmoid(-745) is the smallest float64 above 0
+    edge = np.array([-745.0, -710.0, -709.0, -100.0, -37.0, 37.0, 100.0, 709.0, 710.0, 745.0])
     hint_ext = ("for very negative x, exp(-x) overflows; exponentiate only numbers <= 0 "
-                "(split by the sign of x)")
+                "(split by the sign of x), and keep the tiny values: sigmoid(-40) is 4.2e-18, "
+                "not 0 and not sigmoid(-25)")
     return [
         Case("moderate, float64", "x ~ N(0, 3^2), shape (4, 3)", (x,), ("s",), [None], "", None),
-        Case("extreme, float64", "x = -800, -40, 0, 40, 800", (ext,), ("s",), [None], hint_ext, None),
+        Case("extreme, float64", "x = -800, -40, 0, 40, 800", (ext,), ("s",), [None], hint_ext,
+             None, True),
         Case("float32", "x ~ N(0, 3^2) in float32", (x.astype(np.float32),), ("s",), [None],
              "keep the input's dtype", None),
         Case("extreme, float32", "x = -100, -30, 30, 100 in float32 (exp(89) overflows)",
              (np.array([-100.0, -30.0, 30.0, 100.0], dtype=np.float32),), ("s",), [None],
-             hint_ext, None),
+             hint_ext, None, True),
+        Case("overflow edge, float64", "x = -745, -710, -709, -100, -37 and their negatives",
+             (edge,), ("s",), [None], hint_ext, None, True),
     ]
 
 
@@ -173,14 +183,15 @@ def _cases_ctcvr_backward(rng):
                            rng, "keep the dtype", np.float32)]
 
 
-def _loss_case(label, tried, loss_fn, args, diff, outputs, hint="", dtype=np.float64, fd=True):
+def _loss_case(label, tried, loss_fn, args, diff, outputs, hint="", dtype=np.float64, fd=True,
+               entrywise=False):
     """A case for a loss: value compared with ours, gradients also with finite differences."""
     args = tuple(a.astype(dtype) if a.dtype.kind == "f" else a for a in args)
     numeric = [None] * len(outputs)
     if fd and dtype == np.float64:
         for i, g in zip(diff, _loss_numeric(loss_fn, args, diff)):
             numeric[1 + diff.index(i)] = g
-    return Case(label, tried, args, outputs, numeric, hint, LAYER_TOL)
+    return Case(label, tried, args, outputs, numeric, hint, LAYER_TOL, entrywise)
 
 
 def _cases_bce_with_logits(rng):
@@ -194,14 +205,18 @@ def _cases_bce_with_logits(rng):
     out = ("loss", "dlogit")
     return [_loss_case("float64", "logits ~ N(0, 2^2), n = 8, both labels", f, (logit, y), [0], out),
             _loss_case("extreme logits", "logits -800, 800, -40, 40, each with the wrong label",
-                       f, (ext, y_ext), [0], out, hint_ext, fd=False),
+                       f, (ext, y_ext), [0], out, hint_ext, fd=False, entrywise=True),
             _loss_case("one row", "n = 1", f, (np.array([0.7]), np.array([1])), [0], out),
             _loss_case("float32", "n = 8 in float32", f, (logit, y), [0], out,
                        "keep the dtype (an int or float64 array in the formula upcasts)",
                        np.float32),
             _loss_case("extreme, float32", "logits -100, 100 in float32, wrong labels", f,
                        (np.array([-100.0, 100.0, 3.0]), np.array([1, 0, 1])), [0], out, hint_ext,
-                       np.float32)]
+                       np.float32, entrywise=True),
+            _loss_case("both labels, to overflow",
+                       "logits -800, 800, -710, 710, -40, 40, each with label 1 and with label 0",
+                       f, (np.repeat([-800.0, 800.0, -710.0, 710.0, -40.0, 40.0], 2),
+                           np.tile([1, 0], 6)), [0], out, hint_ext, fd=False, entrywise=True)]
 
 
 def _cases_ctcvr_bce_logspace(rng):
@@ -214,18 +229,38 @@ def _cases_ctcvr_bce_logspace(rng):
     hint_ext = ("the product sigmoid(a) * sigmoid(b) underflows to 0 or rounds to 1 here, so "
                 "log(p) or log(1 - p) of the product is -inf, or capped by a clip; take logs "
                 "first and work from the logits")
+    hint_one = ("with both logits large, p = sigmoid(a) * sigmoid(b) rounds to 1, so 1 - p "
+                "formed from p (1 - p, log1p(-p), -expm1(log p)) is 0 and its log -inf: write "
+                "1 - p from the logits, (e^-a + e^-b + e^-(a+b)) / ((1 + e^-a)(1 + e^-b)), and "
+                "take its log with logaddexp")
+    # every sign pair of (a, b) at +-800 and +-710 (exp overflows above 709.78), z = 0 and 1
+    big = np.array([800.0, 710.0])
+    a_o = np.concatenate([np.repeat(sa * big, 2) for sa in (1, 1, -1, -1)])
+    b_o = np.concatenate([np.repeat(sb * big, 2) for sb in (1, -1, 1, -1)])
+    z_o = np.tile([0, 1], 8)
     out = ("loss", "da", "db")
     return [_loss_case("float64", "logits ~ N(0, 2^2), n = 8, both labels", f, (a, b, z), [0, 1],
                        out),
-            _loss_case("extreme logits", "(a,b) z=1: (-20,-5) (-400,-400) (-3,800); z=0: (20,20) (40,40) (40,-40)", f, (a_x, b_x, z_x), [0, 1], out,
-                       hint_ext, fd=False),
+            _loss_case("extreme logits", "(a,b) z=1: (-20,-5) (-400,-400) (-3,800); z=0: (20,20) "
+                       "(40,40) (40,-40)", f, (a_x, b_x, z_x), [0, 1], out,
+                       hint_ext, fd=False, entrywise=True),
             _loss_case("one row", "n = 1, z = 0", f, (np.array([0.4]), np.array([-1.2]),
                                                          np.array([0])), [0, 1], out),
             _loss_case("float32", "n = 8 in float32", f, (a, b, z), [0, 1], out,
                        "keep the dtype", np.float32),
             _loss_case("extreme, float32", "float32, z=1: a = b = -60; z=0: a = b = 20",
                        f, (np.array([-60.0, 20.0]), np.array([-60.0, 20.0]), np.array([1, 0])),
-                       [0, 1], out, hint_ext, np.float32)]
+                       [0, 1], out, hint_ext, np.float32, entrywise=True),
+            _loss_case("z = 0, p rounds to 1", "z = 0 with a = b = 800, 710, 40",
+                       f, (np.array([800.0, 710.0, 40.0]), np.array([800.0, 710.0, 40.0]),
+                           np.array([0, 0, 0])), [0, 1], out, hint_one, fd=False, entrywise=True),
+            _loss_case("both labels, to overflow",
+                       "a, b = +-800 or +-710, all four sign pairs, each with z = 0 and z = 1",
+                       f, (a_o, b_o, z_o), [0, 1], out, hint_ext + "; " + hint_one, fd=False,
+                       entrywise=True),
+            _loss_case("p rounds to 1, float32", "float32, z = 0 with a = b = 100",
+                       f, (np.array([100.0]), np.array([100.0]), np.array([0])), [0, 1], out,
+                       hint_one, np.float32, entrywise=True)]
 
 
 def tiny_esmm(field_dims=(5, 4, 3), units=(6, 3), loss_weights=(1.0, 1.0), dtype=np.float64,

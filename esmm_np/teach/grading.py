@@ -9,12 +9,18 @@ with finite differences, and on a failure names the likely mistake.
 
 import copy
 import warnings
+from collections import namedtuple
 
 import numpy as np
 
 from .. import layers as L
+from .guard import TIME_LIMIT, PackageSnapshot, Recorder, TimedOut, call_with_time_limit
 
 OURS_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
+#: How close a learner's outputs must be to a known mistake's for the hint to name it: far
+#: looser than OURS_TOL (the two may be written differently, float32 rounds at 1e-7 per
+#: operation), far tighter than the 1e-3 and more by which a mistake differs from the answer.
+MATCH_TOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-4}
 
 
 def _copy_args(args):
@@ -34,8 +40,66 @@ def _arrays(obj, name):
     return []
 
 
-def _call(fn, args, consumed=0):
-    """Run ``fn(*args)``; return (output, floating-point warnings, exception or None, written).
+#: What a learner's run produced (see :func:`_call`).
+Run = namedtuple("Run", ["out", "fp", "exc", "written", "patched", "model_change", "calls"])
+
+#: The model's methods that compute the answer of a whole-model exercise.
+_MODEL_ANSWERS = ("loss", "train_loss")
+
+
+def _model_of(args):
+    """The model among the arguments (a whole-model exercise), or None."""
+    first = args[0] if args else None
+    return first if isinstance(getattr(first, "params", None), dict) else None
+
+
+def _differs(a, b):
+    """Do two snapshots of a model attribute differ (arrays by value, containers entry by entry)?"""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                    and a.shape == b.shape and a.dtype == b.dtype
+                    and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+    if isinstance(a, dict) or isinstance(b, dict):
+        return (type(a) is not type(b) or a.keys() != b.keys()
+                or any(_differs(a[k], b[k]) for k in a))
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return (type(a) is not type(b) or len(a) != len(b)
+                or any(_differs(x, y) for x, y in zip(a, b)))
+    if isinstance(a, np.random.Generator) or isinstance(b, np.random.Generator):
+        return (type(a) is not type(b)
+                or _differs(a.bit_generator.state, b.bit_generator.state))
+    try:
+        return bool(a != b)
+    except Exception:       # an object without a usable comparison: identity
+        return a is not b
+
+
+def _model_change(before, model):
+    """A sentence naming how ``model`` differs from the snapshot ``before``, or None."""
+    now = vars(model)
+    params, params0 = now.get("params", {}), before.get("params", {})
+    if isinstance(params, dict) and isinstance(params0, dict):
+        added, removed = sorted(set(params) - set(params0)), sorted(set(params0) - set(params))
+        if added:
+            return (f"added a parameter, model.params[{added[0]!r}]: the gradients must be "
+                    "those of the parameters the model was given, and the model left as it was")
+        if removed:
+            return f"removed model.params[{removed[0]!r}]: leave the model as it was given"
+    for key in sorted(set(now) - set(before)):
+        return f"added model.{key}: an answer reads the model, it must not change it"
+    for key in sorted(before):
+        if key not in now:
+            return f"deleted model.{key}: an answer reads the model, it must not change it"
+        if _differs(before[key], now[key]):
+            shown = "" if isinstance(now[key], (dict, np.ndarray)) else \
+                f" (from {before[key]!r} to {now[key]!r})"
+            return (f"changed model.{key}{shown}: an answer reads the model's options and "
+                    "parameters, it must not change them")
+    return None
+
+
+def _call(fn, args, consumed=0, time_limit=TIME_LIMIT):
+    """Run ``fn(*args)`` on copies, guarded; return a :data:`Run`.
 
     ``written`` names the first input the function wrote into (None if none),
     ignoring the first ``consumed`` arguments. The caller still needs the
@@ -44,26 +108,46 @@ def _call(fn, args, consumed=0):
     returned; the model), so a function that overwrites them is wrong even
     when what it returns is right. A backward's upstream gradient is consumed:
     computing into it in place is fine.
+
+    The call has a time limit (``exc`` is then a :class:`~esmm_np.teach.guard.TimedOut`);
+    ``patched`` lists what it changed in the package or NumPy (put back
+    since); ``model_change`` says how it changed the model it was given;
+    ``calls`` lists its calls of the model class's :data:`_MODEL_ANSWERS`
+    (the answer a whole-model exercise asks for), on this model or any other.
     """
     given = _copy_args(args)
+    model = _model_of(given)
+    targets, before = [], None
+    if model is not None:
+        # Recorded on the classes, so that ESMM.loss(model, ...) or a fresh ESMM's loss
+        # counts as well as model.loss(...).
+        targets = [(cls, a, f"model.{a}") for cls in type(model).__mro__
+                   for a in _MODEL_ANSWERS if a in vars(cls)]
+        before = copy.deepcopy(vars(model))
+    out, exc, patched = None, None, []
     with warnings.catch_warnings(record=True) as caught, \
-            np.errstate(over="warn", invalid="warn", divide="warn", under="ignore"):
+            np.errstate(over="warn", invalid="warn", divide="warn", under="ignore"), \
+            Recorder(targets) as calls:
         warnings.simplefilter("always")
+        snapshot = PackageSnapshot()
         try:
-            out = fn(*given)
-        except Exception as exc:  # a learner's bug is a result to report, not a crash
-            return None, [], exc, None
+            out = call_with_time_limit(fn, given, time_limit)
+        except (Exception, SystemExit) as err:  # a learner's bug is a result, not a crash
+            exc = err
+        finally:
+            patched = snapshot.restore()
     fp = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     written = None
     for i, (a, b) in enumerate(zip(args[consumed:], given[consumed:]), start=consumed):
-        for (nm, before), (_, after) in zip(_arrays(a, f"argument {i + 1}"),
-                                            _arrays(b, f"argument {i + 1}")):
-            if not np.array_equal(before, after, equal_nan=before.dtype.kind == "f"):
+        for (nm, was), (_, now) in zip(_arrays(a, f"argument {i + 1}"),
+                                       _arrays(b, f"argument {i + 1}")):
+            if not np.array_equal(was, now, equal_nan=was.dtype.kind == "f"):
                 written = nm
                 break
         if written:
             break
-    return out, fp, None, written
+    change = _model_change(before, model) if model is not None and exc is None else None
+    return Run(out, fp, exc, written, patched, change, list(calls))
 
 
 def _flatten(out, names, expected_dtype, like):
@@ -134,6 +218,30 @@ def _rel(a, b):
     return 0.0 if denom == 0 else float(np.linalg.norm(a - b) / denom)
 
 
+def _rel_entries(a, b, floor):
+    """The worst entry's ``(|a - b| - floor) / (|a| + |b|)`` and its index; 0 where both agree.
+
+    Relative error entry by entry, for the extreme cases: there an entry of
+    4e-18 matters beside entries of 1. ``floor`` (the dtype's smallest normal
+    number) forgives differences below what the dtype represents at full
+    precision, so a value that underflows to 0 instead of a subnormal passes.
+    """
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.size == 0:
+        return 0.0, 0
+    with np.errstate(all="ignore"):
+        excess = np.maximum(np.abs(a - b) - floor, 0.0)
+        denom = np.abs(a) + np.abs(b)
+        rel = np.where(excess > 0, excess / np.where(denom > 0, denom, 1.0), 0.0)
+    i = int(np.argmax(rel))
+    return float(rel[i]), i
+
+
+def _error(a, b, entrywise, floor):
+    """The error a case judges by: one norm over the array, or the worst entry."""
+    return _rel_entries(a, b, floor)[0] if entrywise else _rel(a, b)
+
+
 def _numeric_flat(names, numeric, like):
     """Finite-difference gradients aligned with the flattened output names (None: none)."""
     if len(names) == 1:
@@ -147,7 +255,7 @@ def _numeric_flat(names, numeric, like):
     return flat
 
 
-def _matches(flat, other, names, dtype):
+def _matches(flat, other, names, dtype, entrywise=False):
     """Does the learner's flattened output equal ``other``'s (a known mistake)?"""
     try:
         theirs = _flatten(other, names, dtype, other)
@@ -155,11 +263,25 @@ def _matches(flat, other, names, dtype):
         return False
     if len(theirs) != len(flat):
         return False
-    return all(a.shape == b.shape and np.all(np.isfinite(b)) and _rel(a, b) <= 1e-6
+    floor = np.finfo(dtype).tiny
+    return all(a.shape == b.shape and np.all(np.isfinite(b))
+               and _error(a, b, entrywise, floor) <= MATCH_TOL[np.dtype(dtype)]
                for (_, a), (_, b) in zip(flat, theirs))
 
 
-def grade(fn, case, ours, mistakes, consumed=0):
+def _where(flat, ours, name, floor):
+    """``" (entry i: theirs, ours)"`` for the worst entry of output ``name``, or ``""``."""
+    a = dict(flat)[name]
+    b = dict(ours)[name]
+    if a.size < 2:
+        return ""
+    _, i = _rel_entries(a, b, floor)
+    idx = tuple(int(j) for j in np.unravel_index(i, a.shape))
+    idx = idx[0] if len(idx) == 1 else idx
+    return f" (entry {idx}: {a.ravel()[i]:.3g}, ours {b.ravel()[i]:.3g})"
+
+
+def grade(fn, case, ours, mistakes, consumed=0, time_limit=TIME_LIMIT):
     """Run ``fn`` on one case; return a dict: label, tried, rel_ours, rel_fd, ok, hint.
 
     Parameters
@@ -170,36 +292,55 @@ def grade(fn, case, ours, mistakes, consumed=0):
     mistakes : list of (wrong function, hint), tried in order on a failure
     consumed : how many leading arguments ``fn`` may overwrite (a backward's
         upstream gradient)
+    time_limit : seconds ``fn`` may take (None: no limit)
+
+    A whole-model answer (the first argument has ``.params``) gets a copy of
+    the model; it fails if it changes the copy's options or parameters, or
+    if it calls the model's own ``loss`` (the answer it is asked to write).
     """
     expected = ours(*_copy_args(case.args))
     dtype = case.args[0].dtype           # of the first array, or of the model
     result = {"label": case.label, "tried": case.tried, "rel_ours": np.nan, "rel_fd": np.nan,
               "ok": False, "hint": ""}
-    out, fp, exc, written = _call(fn, case.args, consumed=consumed)
-    if exc is not None:
+    run = _call(fn, case.args, consumed=consumed, time_limit=time_limit)
+    if run.patched:
+        more = f" and {len(run.patched) - 1} more" if len(run.patched) > 1 else ""
+        result["hint"] = (f"changed {run.patched[0]}{more} while it ran: an answer computes "
+                          "its outputs, it must not patch the checker, the package or NumPy "
+                          "(all of it has been put back)")
+        return result
+    if run.exc is not None:
+        exc = run.exc
         msg = str(exc).splitlines()[0] if str(exc) else ""
         result["hint"] = f"raised {type(exc).__name__}: {msg}"[:160]
+        if isinstance(exc, TimedOut):
+            result["hint"] = str(exc)
         if isinstance(exc, NotImplementedError):
             result["hint"] = "not written yet (raises NotImplementedError)"
         return result
-    if written is not None:
-        result["hint"] = (f"wrote into its input ({written}): the caller still needs it; "
+    if run.written is not None:
+        result["hint"] = (f"wrote into its input ({run.written}): the caller still needs it; "
                           "compute into new arrays (y = x * s, not x *= s)")
         return result
+    if run.model_change is not None:
+        result["hint"] = run.model_change
+        return result
     try:
-        flat = _flatten(out, case.outputs, dtype, expected)
+        flat = _flatten(run.out, case.outputs, dtype, expected)
     except ValueError as err:
         result["hint"] = str(err)
         return result
     ours = _flatten(expected, case.outputs, dtype, expected)
     bad = [nm for nm, a in flat if not np.all(np.isfinite(a))]
-    if fp or bad:
-        what = (f"{', '.join(bad)} has NaN or inf entries" if bad
-                else f"floating-point warning: {fp[0]}")
+    if run.fp or bad:
+        verb = "has" if len(bad) == 1 else "have"
+        what = (f"{', '.join(bad)} {verb} NaN or inf entries" if bad
+                else f"floating-point warning: {run.fp[0]}")
         result["hint"] = what + (f"; {case.hint}" if case.hint else "")
         return result
     tol_ours = OURS_TOL[np.dtype(dtype)]
-    errs = [(_rel(a, b), nm) for (nm, a), (_, b) in zip(flat, ours)]
+    floor = np.finfo(dtype).tiny
+    errs = [(_error(a, b, case.entrywise, floor), nm) for (nm, a), (_, b) in zip(flat, ours)]
     rel_ours, worst = max(errs)
     result["rel_ours"] = rel_ours
     numeric = _numeric_flat(case.outputs, case.numeric, expected)
@@ -207,6 +348,11 @@ def grade(fn, case, ours, mistakes, consumed=0):
     rel_fd, worst_fd = max(fd_errs) if fd_errs else (np.nan, None)
     result["rel_fd"] = rel_fd
     ok = rel_ours <= tol_ours and (not fd_errs or rel_fd <= case.fd_tol)
+    if ok and run.calls:
+        result["hint"] = (f"calls {run.calls[0]}, the package's own answer: assemble "
+                          "the loss from the parts (the lookup, each tower's layers, the two "
+                          "losses) and walk their backwards in reverse")
+        return result
     result["ok"] = bool(ok)
     if not ok:
         for wrong, hint in mistakes:
@@ -217,14 +363,16 @@ def grade(fn, case, ours, mistakes, consumed=0):
                 except Exception:
                     continue
             # Name a mistake only if this case can tell it from the right answer.
-            if _matches(flat, other, case.outputs, dtype) and not _matches(
-                    ours, other, case.outputs, dtype):
+            if _matches(flat, other, case.outputs, dtype, case.entrywise) and not _matches(
+                    ours, other, case.outputs, dtype, case.entrywise):
                 result["hint"] = hint
                 return result
-        off = worst if rel_ours > tol_ours else worst_fd
-        result["hint"] = f"{off} is off" + (f"; {case.hint}" if case.hint else "")
+        if rel_ours > tol_ours:
+            off = f"{worst} is off" + _where(flat, ours, worst, floor)
+        else:
+            off = f"{worst_fd} is off (against finite differences)"
+        result["hint"] = off + (f"; {case.hint}" if case.hint else "")
     return result
-
 
 
 def format_results(name, signature, results):

@@ -3,18 +3,29 @@
 When a learner's function fails a case, the grader runs each of these on the
 same case; if the learner's outputs equal one of them (and the right answer
 does not), the hint names that mistake. They are written from the
-package's own layers and losses, changed in one place each.
+package's own layers and losses (the whole-model ones from
+:mod:`esmm_np.reference`, the plain ESMM), changed in one place each.
 """
 
 import numpy as np
 
 from .. import layers as L
 from .. import losses
-from ..model import tower_backward, tower_forward
+from .. import reference
 
 
 def _sig_swap_sign(x):
     return L.sigmoid(-x)
+
+
+def _sig_clipped_at(limit):
+    def clipped(x):
+        return L.sigmoid(np.clip(x, -limit, limit))
+    return clipped
+
+
+def _sig_tanh(x):
+    return (0.5 * (1 + np.tanh(x / 2))).astype(x.dtype, copy=False)
 
 
 def _sigb_plus(dout, s):
@@ -137,44 +148,67 @@ def _ctcvr_no_mean(a, b, z):
     return loss, da * n, db * n
 
 
-def _plain_esmm(model, X, click, conversion, *, weights=True, both_towers=True,
-                ctr_gets_ctcvr=True):
-    """A plain ESMM assembly with switches that reproduce typical mistakes."""
-    rows = X + model.offsets
-    e, emb_cache = L.embedding_forward(model.params["embedding"], rows)
-    logits, caches = {}, {}
-    for t, units in zip(model.towers, model.tower_units):
-        cfg = model.tower_config(units)
-        logits[t], caches[t] = tower_forward(model.params, model.state, t, e, cfg, True)
-    w_ctr, w_ctcvr = model.loss_weights if weights else (1.0, 1.0)
-    z = click * conversion
-    loss_ctr, da_ctr = losses.bce_with_logits(logits["ctr"], click)
-    loss_ctcvr, da, db = losses.ctcvr_bce_logspace(logits["ctr"], logits["cvr"], z)
-    dlogit = {"ctr": w_ctr * da_ctr + (w_ctcvr * da if ctr_gets_ctcvr else 0),
-              "cvr": w_ctcvr * db}
-    grads, dh0 = {}, 0
-    for t, units in zip(model.towers, model.tower_units):
-        d = tower_backward(dlogit[t], caches[t], t, model.tower_config(units), grads)
-        if both_towers or t == "ctr":
-            dh0 = dh0 + d
-    grads["embedding"] = L.sparse_to_dense(L.embedding_backward(dh0, emb_cache))
-    return w_ctr * loss_ctr + w_ctcvr * loss_ctcvr, grads
+def _tower_input_grad(params, d, t):
+    """``dL/de`` through tower ``t`` alone, from the intermediates of ``reference.backward``."""
+    if f"{t}.u0" in d:                                                   # the first hidden layer
+        return d[f"{t}.u0"] @ params[f"{t}.W0"].T                        # (n, F*k)
+    return d[f"logit_{t}"][:, None] @ params[f"{t}.W_out"].T             # (n, F*k) no hidden layer
+
+
+def _table_grad(E, rows, de):
+    """The scatter-add of ``de`` (n, F*k) into a table like ``E`` at ``rows`` (n, F)."""
+    n, F = rows.shape
+    dE = np.zeros_like(E)                                                # (V, k)
+    np.add.at(dE, rows, de.reshape(n, F, E.shape[1]))
+    return dE
 
 
 def _esmm_no_weights(model, X, click, conversion):
-    return _plain_esmm(model, X, click, conversion, weights=False)
+    return reference.loss(model.params, X + model.offsets, click, conversion, (1.0, 1.0))
+
+
+def _esmm_no_offsets(model, X, click, conversion):
+    return reference.loss(model.params, X, click, conversion, model.loss_weights)
 
 
 def _esmm_one_tower_table(model, X, click, conversion):
-    return _plain_esmm(model, X, click, conversion, both_towers=False)
+    rows = X + model.offsets
+    _, _, _, v = reference.forward(model.params, rows)
+    loss = reference.data_loss(v, click, conversion, model.loss_weights)
+    grads, d = reference.backward(model.params, v, model.loss_weights)
+    dh0_ctr = _tower_input_grad(model.params, d, "ctr")                  # the CVR tower's is lost
+    grads["embedding"] = _table_grad(model.params["embedding"], rows, dh0_ctr)
+    return loss, grads
 
 
 def _esmm_ctr_only_bce(model, X, click, conversion):
-    return _plain_esmm(model, X, click, conversion, ctr_gets_ctcvr=False)
+    rows = X + model.offsets
+    w_ctr, w_ctcvr = model.loss_weights
+    _, _, _, v = reference.forward(model.params, rows)
+    loss = reference.data_loss(v, click, conversion, model.loss_weights)
+    right, d = reference.backward(model.params, v, model.loss_weights)
+    # The CTR tower sees only the CTR loss: the gradients of w_ctcvr = 0 (the CVR tower's are 0).
+    ctr_only, _ = reference.backward(model.params, v, (w_ctr, 0.0))
+    grads = {k: (ctr_only[k] if k.startswith("ctr.") else right[k]) for k in right}
+    dh0_cvr = _tower_input_grad(model.params, d, "cvr")
+    grads["embedding"] = ctr_only["embedding"] + _table_grad(model.params["embedding"], rows,
+                                                             dh0_cvr)
+    return loss, grads
 
+
+_CLIP_HINT = ("the input is clipped to +-{0}: sigmoid(-40) is 4.2e-18, but the clip returns "
+              "sigmoid(-{0}) for it, far too large, and every log of it is wrong; do not clip, "
+              "split by the sign of x so that only numbers <= 0 are exponentiated")
 
 MISTAKES = {
-    "sigmoid": [(_sig_swap_sign, "this is sigmoid(-x): check the sign in the exponent")],
+    "sigmoid": [
+        (_sig_swap_sign, "this is sigmoid(-x): check the sign in the exponent"),
+        (_sig_clipped_at(25), _CLIP_HINT.format(25)),
+        (_sig_clipped_at(30), _CLIP_HINT.format(30)),
+        (_sig_tanh, "this is 0.5 * (1 + tanh(x / 2)): equal on paper, but 1 + tanh(x / 2) "
+                    "cancels to 0 below x = -37 or so, so sigmoid(-40) (4.2e-18) comes out 0 "
+                    "and its log is -inf; for x < 0 use exp(x) / (1 + exp(x))"),
+    ],
     "sigmoid_backward": [
         (_sigb_plus, "this looks like s * (1 + s): the derivative of the sigmoid must vanish "
                      "as s approaches 1, check the sign of the second factor"),
@@ -227,6 +261,8 @@ MISTAKES = {
         (_ctcvr_no_mean, "the gradients are n times too large: the loss is the mean over the batch"),
     ],
     "esmm_loss": [
+        (_esmm_no_offsets, "the table rows are X + model.offsets: without model.offsets every "
+                           "field reads the first field's rows of the shared table"),
         (_esmm_no_weights, "the loss weights (model.loss_weights) are not applied"),
         (_esmm_one_tower_table, "the shared table gets only the CTR tower's gradient: both "
                                 "towers read h0, so their gradients add before the lookup"),
