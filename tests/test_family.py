@@ -294,3 +294,16 @@ def test_fixed_masks_are_refused_in_favour_of_a_seed(name):
     model, (X, click, conversion, dense) = familycheck.everything_on_example(name)
     with pytest.raises(ValueError, match="seed="):
         model.loss(X, click, conversion, dense=dense, masks={"ctr": None})
+
+
+def test_aitm_predictions_go_straight_into_the_evaluation_protocol():
+    """README's `evaluate_esmm(model.predict(X), test)` works for AITM too, whose predict
+    also returns the unclipped ratio p_cvr_raw: the protocol scores the clipped p_cvr."""
+    data = esmm_np.simulate(4000, seed=0)
+    train, test = data.split(0.25, seed=0)
+    model = esmm_np.AITM(train.field_dims, embed_dim=4, tower_units=(8,), seed=0)
+    pred = model.predict(test.X)
+    assert "p_cvr_raw" in pred
+    scores = esmm_np.metrics.evaluate_esmm(pred, test)
+    three = {k: pred[k] for k in ("p_ctr", "p_cvr", "p_ctcvr")}
+    assert scores == esmm_np.metrics.evaluate_esmm(three, test)
