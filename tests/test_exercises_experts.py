@@ -56,7 +56,8 @@ def test_softmax_without_the_max_shift_fails(capsys):
         return psi, psi
     out = _fails_with("softmax_forward", wrong, capsys, "subtract each row's max")
     # moderate logits do not need the shift: those cases pass
-    assert "moderate, float64" in out and out.split("moderate, float64")[1].split("\n")[0].endswith("yes")
+    moderate = out.split("moderate, float64")[1].split("\n")[0]
+    assert moderate.endswith("yes"), out
 
 
 def test_softmax_over_the_batch_axis_fails(capsys):
@@ -192,3 +193,12 @@ def test_attention_backward_that_keeps_float32(capsys):
     tau, cache = transfer.attention_forward(cand, *W)
     assert tau.dtype == np.float32
     assert all(g.dtype == np.float32 for g in transfer.attention_backward(tau.copy(), cache))
+
+
+def test_every_listed_mistake_is_told_apart_by_some_case(capsys):
+    # Each known mistake, handed in as an answer, fails, and some case names it by its own
+    # hint (the cases can tell it from the right answer and from the other mistakes).
+    from esmm_np.teach.mistakes_experts import MISTAKES
+    for name in E3:
+        for wrong, hint in MISTAKES[name]:
+            _fails_with(name, wrong, capsys, hint)

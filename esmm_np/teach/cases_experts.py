@@ -68,8 +68,9 @@ def cases_softmax_forward(rng):
              [None, None], "", None),
         Case("extreme, float64", "rows (800, 0, -800), (1000, 999, 998), (-800, -800, -801), "
              "(710, 709, 0)", (_EXTREME,), out, [None, None], SHIFT_HINT, None, True),
-        Case("one expert dominates", "rows (30, 0, 0, 0), (0, -2, 25, 1): weights of 1e-13 stay 1e-13", (_DOMINANT,), out, [None, None], SHIFT_HINT,
-             None, True),
+        Case("one expert dominates",
+             "rows (30, 0, 0, 0), (0, -2, 25, 1): weights of 1e-13 stay 1e-13",
+             (_DOMINANT,), out, [None, None], SHIFT_HINT, None, True),
         Case("K = 1", "one expert: every weight is 1, whatever the logit", (g[:, :1] * 100,),
              out, [None, None], "with one expert every weight is 1; " + SHIFT_HINT, None, True),
         Case("float32", "gate logits ~ N(0, 3^2) in float32", (g.astype(np.float32),), out,
