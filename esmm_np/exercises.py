@@ -34,29 +34,40 @@ our implementation: 1e-10 in float64 (two correct formulas differ by rounding,
 ~1e-15) and 1e-5 in float32 (rounding ~1e-7 per operation, a few hundred
 operations at most); a wrong formula is off by 1e-3 or more.
 
-The cases live in :mod:`esmm_np.teach.cases`, the typical mistakes the hints
-name in :mod:`esmm_np.teach.mistakes`, and the grading of one case in
+The cases live in :mod:`esmm_np.teach.cases` (the experts exercises of E3,
+softmax, mixture and AITM's attention, in :mod:`esmm_np.teach.cases_experts`),
+the typical mistakes the hints name in :mod:`esmm_np.teach.mistakes` (and
+:mod:`esmm_np.teach.mistakes_experts`), and the grading of one case in
 :mod:`esmm_np.teach.grading`; this module is what a learner calls.
 """
 
 import numpy as np
 
+from . import experts
 from . import layers as L
 from . import losses
+from . import transfer
 from . import reference as _plain   # the plain ESMM: our answer to esmm_loss
 from .optim import Adam
-from .teach.cases import CASES, MODEL_TOL, Case
+from .teach.cases import CASES as _LAYER_CASES
+from .teach.cases import MODEL_TOL, Case
+from .teach.cases_experts import CASES as _EXPERT_CASES
 from .teach.grading import OURS_TOL, grade
 from .teach.grading import format_results as _format_table
 from .teach.guard import TIME_LIMIT, check_time_limit
-from .teach.mistakes import MISTAKES
+from .teach.mistakes import MISTAKES as _LAYER_MISTAKES
+from .teach.mistakes_experts import MISTAKES as _EXPERT_MISTAKES
+
+CASES = {**_LAYER_CASES, **_EXPERT_CASES}              # E1 and E2, then E3
+MISTAKES = {**_LAYER_MISTAKES, **_EXPERT_MISTAKES}
 
 __all__ = ["NAMES", "SIGNATURES", "MODEL_TOL", "OURS_TOL", "TIME_LIMIT", "Case", "check",
            "esmm_loss", "fill_blanks", "format_results", "reference", "run_case", "train"]
 
 NAMES = ("sigmoid", "sigmoid_backward", "relu_backward", "affine_backward",
          "batchnorm_backward", "embedding_backward", "ctcvr_backward",
-         "bce_with_logits", "ctcvr_bce_logspace", "esmm_loss")
+         "bce_with_logits", "ctcvr_bce_logspace", "esmm_loss",
+         "softmax_forward", "softmax_backward", "mixture_backward", "attention_backward")
 
 
 # ------------------------------------------------------------ references
@@ -92,6 +103,10 @@ _REFERENCE = {
     "bce_with_logits": losses.bce_with_logits,
     "ctcvr_bce_logspace": losses.ctcvr_bce_logspace,
     "esmm_loss": esmm_loss,
+    "softmax_forward": experts.softmax_forward,
+    "softmax_backward": experts.softmax_backward,
+    "mixture_backward": experts.mixture_backward,
+    "attention_backward": transfer.attention_backward,
 }
 
 SIGNATURES = {
@@ -110,6 +125,13 @@ SIGNATURES = {
                           "sigmoid(a) * sigmoid(b) against z, from the logits",
     "esmm_loss": "esmm_loss(model, X, click, conversion) -> (loss, grads), grads keyed like "
                  "model.params (ReLU towers, shared embedding, no dropout, batch norm or L2)",
+    "softmax_forward": "softmax_forward(gate_logit) -> (psi, cache), a softmax over each row "
+                       "(n, K), no overflow for any finite logit, with cache = psi",
+    "softmax_backward": "softmax_backward(dpsi, cache) -> dgate_logit (n, K), with cache = psi",
+    "mixture_backward": "mixture_backward(dm, cache) -> (do, dpsi), with cache = (o (n, K, d), "
+                        "psi (n, K)) and m = sum_k psi_k o_k",
+    "attention_backward": "attention_backward(dtau, cache) -> (dcand, dW_v, dW_k, dW_q), with "
+                          "cache = (cand, W_v, W_k, W_q, key, qry, att, (val, att))",
 }
 
 

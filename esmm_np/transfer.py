@@ -46,7 +46,9 @@ def attention_forward(cand, W_v, W_k, W_q):
     val = cand @ W_v                               # (n, J, d) @ (d, d_att) -> (n, J, d_att)
     key = cand @ W_k                               # (n, J, d_att)
     qry = cand @ W_q                               # (n, J, d_att)
-    score = np.sum(key * qry, axis=2) / np.sqrt(d_att)  # (n, J): one score per candidate
+    # d_att ** 0.5 is a Python float, which keeps float32 float32 (np.sqrt(d_att), a
+    # float64 scalar, would promote every array it touches to float64).
+    score = np.sum(key * qry, axis=2) / d_att ** 0.5  # (n, J): one score per candidate
     att, softmax_cache = softmax_forward(score)    # (n, J)
     tau, mixture_cache = mixture_forward(val, att)  # (n, d_att)
     return tau, (cand, W_v, W_k, W_q, key, qry, softmax_cache, mixture_cache)
@@ -71,8 +73,8 @@ def attention_backward(dtau, cache):
     dval, datt = mixture_backward(dtau, mixture_cache)  # (n, J, d_att), (n, J)
     dscore = softmax_backward(datt, softmax_cache)  # att = softmax(score): (n, J)
     # score = <key, qry> / sqrt(d_att)
-    dkey = dscore[:, :, None] * qry / np.sqrt(d_att)  # (n, J, d_att)
-    dqry = dscore[:, :, None] * key / np.sqrt(d_att)  # (n, J, d_att)
+    dkey = dscore[:, :, None] * qry / d_att ** 0.5  # (n, J, d_att)
+    dqry = dscore[:, :, None] * key / d_att ** 0.5  # (n, J, d_att)
     # val = cand W_v, and the same for key and qry: each weight's gradient sums
     # over rows and candidates; each candidate gets back all three paths.
     dW_v = np.einsum("njd,nja->da", cand, dval)    # (d, d_att)

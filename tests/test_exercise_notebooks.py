@@ -3,7 +3,8 @@
 Filled: ``esmm_np.exercises.fill_blanks`` puts our reference functions into
 the blanks (cells whose metadata names an exercise); every check cell must
 then report a pass, and E2's training cell must train the "learner's" ESMM
-to the same predictions as ``esmm_np.fit``. Blank: the notebook still runs
+to the same predictions as ``esmm_np.fit``. E3 (experts, gates, AITM's
+attention) runs the same two ways. Blank: the notebook still runs
 top to bottom (Run All never stops), reporting each exercise as not written.
 """
 
@@ -37,6 +38,14 @@ def test_every_exercise_has_a_blank():
         names += [c.metadata.get("exercise") for c in nbformat.read(path, as_version=4).cells
                   if c.metadata.get("exercise")]
     assert sorted(names) == sorted(ex.NAMES)
+
+
+def test_e3_holds_the_experts_exercises():
+    # E3 is run blank and filled by the tests below; its blanks are the experts exercises
+    assert "E3_experts.ipynb" in IDS
+    nb = nbformat.read(NOTEBOOKS[IDS.index("E3_experts.ipynb")], as_version=4)
+    assert [c.metadata.get("exercise") for c in nb.cells if c.metadata.get("exercise")] == [
+        "softmax_forward", "softmax_backward", "mixture_backward", "attention_backward"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)

@@ -328,7 +328,10 @@ def grade(fn, case, ours, mistakes, consumed=0, time_limit=TIME_LIMIT):
     try:
         flat = _flatten(run.out, case.outputs, dtype, expected)
     except ValueError as err:
-        result["hint"] = str(err)
+        # A wrong shape can still be a known mistake (a gradient summed over the batch):
+        # then the hint names it after the shape.
+        named = _shaped_like_mistake(run.out, case, mistakes, dtype)
+        result["hint"] = str(err) + (f"; {named}" if named else "")
         return result
     ours = _flatten(expected, case.outputs, dtype, expected)
     bad = [nm for nm, a in flat if not np.all(np.isfinite(a))]
@@ -373,6 +376,21 @@ def grade(fn, case, ours, mistakes, consumed=0, time_limit=TIME_LIMIT):
             off = f"{worst_fd} is off (against finite differences)"
         result["hint"] = off + (f"; {case.hint}" if case.hint else "")
     return result
+
+
+def _shaped_like_mistake(out, case, mistakes, dtype):
+    """The hint of the known mistake whose outputs (shapes included) equal ``out``, or None."""
+    for wrong, hint in mistakes:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                other = wrong(*_copy_args(case.args))
+                flat = _flatten(out, case.outputs, dtype, other)
+            except Exception:
+                continue
+        if _matches(flat, other, case.outputs, dtype, case.entrywise):
+            return hint
+    return None
 
 
 def format_results(name, signature, results):
