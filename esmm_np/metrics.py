@@ -278,9 +278,7 @@ def evaluate_esmm(pred, dataset):
     if not isinstance(pred, dict):
         raise TypeError(f"pred must be a dict with keys among {_PRED_KEYS}, got "
                         f"{type(pred).__name__}")
-    # p_cvr_raw: the unclipped pCTCVR / pCTR that DIVISION and AITM return beside
-    # their p_cvr; the protocol scores the clipped p_cvr, so it is read past.
-    unknown = sorted(set(pred) - set(_PRED_KEYS) - {"p_cvr_raw"})
+    unknown = sorted(set(pred) - set(_PRED_KEYS) - {"p_cvr_raw"})   # DIVISION's, AITM's raw ratio
     if unknown:
         raise ValueError(f"pred has unknown key(s) {unknown}; expected keys among {_PRED_KEYS}")
     if not pred:
