@@ -21,9 +21,9 @@ from .optim import SGD, Adam
 from .persist import load_model
 from .data.simulator import simulate
 from .train import fit
+from .version import __version__
 
 __all__ = ["ESMM", "ESCM2", "TowerModel", "SGD", "Adam", "fit", "simulate", "Dataset", "clean_dataset",
            "CleanReport", "describe", "load_model", "data", "files", "gradcheck", "layers",
            "losses", "metrics", "optim", "simulator", "threads", "validate",
            "aliccp", "bags", "read_csv"]
-__version__ = "0.1.0"

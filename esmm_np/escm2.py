@@ -38,10 +38,10 @@ imputation tower's ``imp.W{i}``, ``imp.b{i}``, ... ``imp.W_out``, ``imp.b_out``
 import numpy as np
 
 from . import layers as L
-from . import validate as V
+from . import validate
+from .gradcheck import EXAMPLE_FIELD_DIMS, EXAMPLE_OPTIONS, check_model, perturb_and_draw
 from .losses import softplus
-from .model import ESMM, _as_units, init_tower
-from .persist import MODEL_CLASSES
+from .model import ESMM, check_tower_units, init_tower
 
 VARIANTS = ("ips", "dr")
 
@@ -237,15 +237,15 @@ class ESCM2(ESMM):
                  counterfactual_weight=1.0, propensity_floor=0.01, propensity_grad=False,
                  imputation_units=None, dr_gradient="separate", validation_loss="observed",
                  **options):
-        variant = V.check_choice(variant, "variant", VARIANTS)
-        counterfactual_weight = V.check_float(counterfactual_weight, "counterfactual_weight", low=0)
-        propensity_floor = V.check_float(propensity_floor, "propensity_floor", low=0, high=1,
+        variant = validate.check_choice(variant, "variant", VARIANTS)
+        counterfactual_weight = validate.check_float(counterfactual_weight, "counterfactual_weight", low=0)
+        propensity_floor = validate.check_float(propensity_floor, "propensity_floor", low=0, high=1,
                                          high_open=True)
-        propensity_grad = V.check_bool(propensity_grad, "propensity_grad")
+        propensity_grad = validate.check_bool(propensity_grad, "propensity_grad")
         if variant == "ips" and imputation_units is not None:
             raise ValueError("imputation_units is for variant='dr' only")
-        validation_loss = V.check_choice(validation_loss, "validation_loss", ("observed", "full"))
-        dr_gradient = V.check_choice(dr_gradient, "dr_gradient", ("separate", "joint"))
+        validation_loss = validate.check_choice(validation_loss, "validation_loss", ("observed", "full"))
+        dr_gradient = validate.check_choice(dr_gradient, "dr_gradient", ("separate", "joint"))
         super().__init__(field_dims, embed_dim, tower_units, **options)
         self.variant = variant
         self.counterfactual_weight = counterfactual_weight
@@ -257,7 +257,7 @@ class ESCM2(ESMM):
         self._observed_only = False
         if variant == "dr":
             units = self.tower_units[1] if imputation_units is None else \
-                _as_units(imputation_units, 1)[0]
+                check_tower_units(imputation_units, 1)[0]
             self.towers = ("ctr", "cvr", "imp")
             self.tower_units = self.tower_units + (units,)
             if not self.share_embedding:
@@ -331,8 +331,8 @@ class ESCM2(ESMM):
         Inference mode by default; ``train=True`` and ``seed`` as in
         :meth:`loss` give the propensity that call uses.
         """
-        rows, dense = self._rows(X, dense)
-        bags = self._bags(bags, rows.shape[0])
+        rows, dense = self.check_rows(X, dense)
+        bags = self.check_bags(bags, rows.shape[0])
         logits, _ = self._forward(rows, dense, train, self._rng_for(seed), bags=bags)
         return propensity_forward(logits["ctr"], self.propensity_floor)[0]
 
@@ -346,9 +346,9 @@ class ESCM2(ESMM):
         DR with ``dr_gradient="separate"`` also ``"err"`` and ``"err_hat"``. Pass it
         as ``loss(..., held=...)`` with the same ``train`` and ``seed``.
         """
-        rows, dense = self._rows(X, dense)
-        _, conversion = self._check_labels((click, conversion), rows.shape[0])
-        bags = self._bags(bags, rows.shape[0])
+        rows, dense = self.check_rows(X, dense)
+        _, conversion = self.check_labels((click, conversion), rows.shape[0])
+        bags = self.check_bags(bags, rows.shape[0])
         logits, _ = self._forward(rows, dense, train, self._rng_for(seed), bags=bags)
         out = {}
         if not self.propensity_grad:
@@ -384,9 +384,6 @@ class ESCM2(ESMM):
         return loss + lam * cf, dlogit
 
 
-MODEL_CLASSES["ESCM2"] = ESCM2     # save_model / load_model know it
-
-
 # ------------------------------------------------------------ gradient check
 
 class _Held:
@@ -415,8 +412,6 @@ def check_gradients(model, X, click, conversion, dense=None, h=1e-5, tol=1e-6, s
 
     Returns the rows of :func:`esmm_np.gradcheck.check_model`.
     """
-    from .gradcheck import check_model
-
     held = model.detached_values(X, click, conversion, dense, train=True, seed=seed, bags=bags)
     target = _Held(model, held) if held else model
     return check_model(target, X, click, conversion, dense=dense, h=h, tol=tol, seed=seed,
@@ -436,8 +431,6 @@ def everything_on_example(variant, n=16, seed=0, propensity_grad=False, dr_gradi
     -------
     model, (X, click, conversion, dense)
     """
-    from .gradcheck import EXAMPLE_FIELD_DIMS, EXAMPLE_OPTIONS, perturb_and_draw
-
     extra = dict(imputation_units=(3,), dr_gradient=dr_gradient) if variant == "dr" else {}
     model = ESCM2(EXAMPLE_FIELD_DIMS, **EXAMPLE_OPTIONS, variant=variant,
                   counterfactual_weight=0.8, propensity_grad=propensity_grad, seed=seed, **extra)

@@ -506,7 +506,7 @@ def _plain_esmm(model, X, click, conversion, *, weights=True, both_towers=True,
     e, emb_cache = L.embedding_forward(model.params["embedding"], rows)
     logits, caches = {}, {}
     for t, units in zip(model.towers, model.tower_units):
-        cfg = model._tower_cfg(units)
+        cfg = model.tower_config(units)
         logits[t], caches[t] = tower_forward(model.params, model.state, t, e, cfg, True)
     w_ctr, w_ctcvr = model.loss_weights if weights else (1.0, 1.0)
     z = click * conversion
@@ -516,7 +516,7 @@ def _plain_esmm(model, X, click, conversion, *, weights=True, both_towers=True,
               "cvr": w_ctcvr * db}
     grads, dh0 = {}, 0
     for t, units in zip(model.towers, model.tower_units):
-        d = tower_backward(dlogit[t], caches[t], t, model._tower_cfg(units), grads)
+        d = tower_backward(dlogit[t], caches[t], t, model.tower_config(units), grads)
         if both_towers or t == "ctr":
             dh0 = dh0 + d
     grads["embedding"] = L.sparse_to_dense(L.embedding_backward(dh0, emb_cache))

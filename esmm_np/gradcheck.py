@@ -14,6 +14,9 @@ or worse.
 
 import numpy as np
 
+from .layers import SparseRows, sparse_to_dense
+from .model import ESMM
+
 
 def numerical_gradient(f, x, h=1e-5, index=None):
     """Centred-difference gradient of the scalar function ``f()`` with respect to ``x``.
@@ -215,8 +218,6 @@ def everything_on_example(n=16, seed=0):
     -------
     model, (X, click, conversion, dense)
     """
-    from .model import ESMM  # local: model imports nothing from here
-
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"the example needs n >= 2 rows (batch norm and both click "
                          f"classes), got {n!r}")
@@ -260,8 +261,6 @@ LAYER_TOL = 1e-9
 
 def _as_dense(g):
     """A layer gradient as an ndarray (a :class:`~esmm_np.layers.SparseRows` is expanded)."""
-    from .layers import SparseRows, sparse_to_dense  # local: layers is the thing checked
-
     return sparse_to_dense(g) if isinstance(g, SparseRows) else g
 
 
@@ -351,8 +350,7 @@ def check_layer(forward, backward, inputs, names=None, *, h=1e-5, tol=LAYER_TOL,
     # differences below must still see the original dout and inputs.
     given = [np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in inputs]
     analytic = backward(np.array(dout, copy=True), forward(*given)[1])
-    from .layers import SparseRows  # one gradient, although a namedtuple
-
+    # One gradient, although SparseRows is a namedtuple (a tuple).
     several = isinstance(analytic, (tuple, list)) and not isinstance(analytic, SparseRows)
     analytic = list(analytic) if several else [analytic]
     if len(analytic) != len(diff):

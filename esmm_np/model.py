@@ -18,17 +18,42 @@ Batch-norm running statistics are not trained by gradient; they live in
 ``model.state``.
 """
 
+import json
+from collections import namedtuple
+
 import numpy as np
 
 from . import layers as L
+from . import validate
 from .data.bags import check_bags, check_ids_in_blocks, in_blocks, slice_bags
-from . import validate as V
+from .data.files import write_file
 from .losses import bce_with_logits, ctcvr_bce_logspace, ctcvr_bce_naive, l2_penalty
-from .validate import (check_binary, check_choice, check_dense, check_field_dims, check_ids,
-                       check_labels)
+from .validate import check_binary, check_choice, check_dense, check_field_dims, check_ids
+from .version import __version__
+
+#: Version of the model file layout (``save``; esmm_np.persist reads it).
+FILE_FORMAT_VERSION = 1
+
+#: The classes a model file may name (esmm_np.persist maps each name to its class).
+FILE_CLASSES = ("ESMM", "ESCM2", "TowerModel")
 
 _ACT_FORWARD = {"relu": L.relu_forward, "sigmoid": L.sigmoid_forward, "tanh": L.tanh_forward}
 _ACT_BACKWARD = {"relu": L.relu_backward, "sigmoid": L.sigmoid_backward, "tanh": L.tanh_backward}
+
+#: A tower's options: hidden widths, activation name, batch norm on/off, dropout rate.
+TowerConfig = namedtuple("TowerConfig", ["units", "activation", "batch_norm", "dropout"])
+
+#: What one hidden layer's forward keeps for the backward: the affine layer's
+#: cache, batch norm's cache and batch statistics (None without batch norm),
+#: the activation's cache, the dropout mask (None when no dropout ran).
+HiddenCache = namedtuple("HiddenCache", ["affine", "batchnorm", "batch_stats", "activation",
+                                         "dropout"])
+
+#: A tower's cache: one HiddenCache per hidden layer, and the logit layer's affine cache.
+TowerCache = namedtuple("TowerCache", ["hidden", "out"])
+
+#: The input path's cache: the lookup's, the concatenation's, and one per bag field (or None).
+EmbedCache = namedtuple("EmbedCache", ["lookup", "concat", "bags"])
 
 
 # ----------------------------------------------------------------- one tower
@@ -48,19 +73,19 @@ def init_tower(rng, prefix, d_in, units, activation, batch_norm, dtype):
     d = d_in
     for i, u in enumerate(units):
         limit = np.sqrt(6.0 / d)
-        params[f"{prefix}.W{i}"] = rng.uniform(-limit, limit, size=(d, u)).astype(dtype)
-        params[f"{prefix}.b{i}"] = np.zeros(u, dtype=dtype)
+        params[f"{prefix}.W{i}"] = rng.uniform(-limit, limit, size=(d, u)).astype(dtype)  # (d, u)
+        params[f"{prefix}.b{i}"] = np.zeros(u, dtype=dtype)                              # (u,)
         if batch_norm:
-            params[f"{prefix}.gamma{i}"] = np.ones(u, dtype=dtype)
-            params[f"{prefix}.beta{i}"] = np.zeros(u, dtype=dtype)
-            state[f"{prefix}.bn_mean{i}"] = np.zeros(u, dtype=dtype)
-            state[f"{prefix}.bn_var{i}"] = np.ones(u, dtype=dtype)
+            params[f"{prefix}.gamma{i}"] = np.ones(u, dtype=dtype)                       # (u,)
+            params[f"{prefix}.beta{i}"] = np.zeros(u, dtype=dtype)                       # (u,)
+            state[f"{prefix}.bn_mean{i}"] = np.zeros(u, dtype=dtype)                     # (u,)
+            state[f"{prefix}.bn_var{i}"] = np.ones(u, dtype=dtype)                       # (u,)
         if activation == "prelu":
-            params[f"{prefix}.alpha{i}"] = np.full(u, 0.25, dtype=dtype)
+            params[f"{prefix}.alpha{i}"] = np.full(u, 0.25, dtype=dtype)                 # (u,)
         d = u
     limit = np.sqrt(6.0 / (d + 1))  # Glorot-uniform for the single-unit logit layer
-    params[f"{prefix}.W_out"] = rng.uniform(-limit, limit, size=(d, 1)).astype(dtype)
-    params[f"{prefix}.b_out"] = np.zeros(1, dtype=dtype)
+    params[f"{prefix}.W_out"] = rng.uniform(-limit, limit, size=(d, 1)).astype(dtype)    # (d, 1)
+    params[f"{prefix}.b_out"] = np.zeros(1, dtype=dtype)                                 # (1,)
     return params, state
 
 
@@ -72,7 +97,7 @@ def tower_forward(params, state, prefix, h, cfg, train, rng=None, masks=None):
     params, state : the model's dicts
     prefix : "ctr", "cvr", ...
     h : ndarray of shape (n, d_in), the tower input
-    cfg : dict with keys units, activation, batch_norm, dropout
+    cfg : TowerConfig
     train : bool; dropout and batch statistics only in training mode
     rng : numpy.random.Generator for the dropout masks
     masks : list of fixed dropout masks, one per hidden layer (gradient checks)
@@ -80,77 +105,78 @@ def tower_forward(params, state, prefix, h, cfg, train, rng=None, masks=None):
     Returns
     -------
     logit : ndarray of shape (n,)
-    cache : list of per-step caches, for :func:`tower_backward`
+    cache : TowerCache, for :func:`tower_backward`
     """
-    steps = []
-    for i in range(len(cfg["units"])):
-        h, c = L.affine_forward(h, params[f"{prefix}.W{i}"], params[f"{prefix}.b{i}"])
-        steps.append(("affine", i, c))
-        if cfg["batch_norm"]:
-            h, c, stats = L.batchnorm_forward(
-                h, params[f"{prefix}.gamma{i}"], params[f"{prefix}.beta{i}"],
+    hidden = []
+    for i in range(len(cfg.units)):
+        u, affine = L.affine_forward(h, params[f"{prefix}.W{i}"], params[f"{prefix}.b{i}"])  # (n, u_i)
+        bn = stats = None
+        if cfg.batch_norm:
+            u, bn, stats = L.batchnorm_forward(                                          # (n, u_i)
+                u, params[f"{prefix}.gamma{i}"], params[f"{prefix}.beta{i}"],
                 state[f"{prefix}.bn_mean{i}"], state[f"{prefix}.bn_var{i}"], train)
-            steps.append(("bn", i, (c, stats)))
-        if cfg["activation"] == "prelu":
-            h, c = L.prelu_forward(h, params[f"{prefix}.alpha{i}"])
+        if cfg.activation == "prelu":
+            h, act = L.prelu_forward(u, params[f"{prefix}.alpha{i}"])                    # (n, u_i)
         else:
-            h, c = _ACT_FORWARD[cfg["activation"]](h)
-        steps.append(("act", i, c))
-        if train and cfg["dropout"] > 0:
-            h, c = L.dropout_forward(h, cfg["dropout"], rng=rng,
-                                     mask=None if masks is None else masks[i])
-            steps.append(("dropout", i, c))
-    out, c = L.affine_forward(h, params[f"{prefix}.W_out"], params[f"{prefix}.b_out"])
-    steps.append(("affine", "_out", c))
-    return out[:, 0], steps
+            h, act = _ACT_FORWARD[cfg.activation](u)                               # (n, u_i)
+        mask = None
+        if train and cfg.dropout > 0:
+            h, mask = L.dropout_forward(h, cfg.dropout, rng=rng,                         # (n, u_i)
+                                        mask=None if masks is None else masks[i])
+        hidden.append(HiddenCache(affine, bn, stats, act, mask))
+    logit, out = L.affine_forward(h, params[f"{prefix}.W_out"], params[f"{prefix}.b_out"])  # (n, 1)
+    return logit[:, 0], TowerCache(hidden, out)
 
 
-def tower_backward(dlogit, steps, prefix, cfg, grads):
-    """Walk the tower's steps in reverse, writing parameter gradients into ``grads``.
+def tower_backward(dlogit, cache, prefix, cfg, grads):
+    """Walk the tower in reverse, writing parameter gradients into ``grads``.
 
     Parameters
     ----------
     dlogit : ndarray of shape (n,)
-    steps : the cache from :func:`tower_forward`
+    cache : TowerCache from :func:`tower_forward`
+    cfg : TowerConfig
     grads : dict, filled with ``prefix.W{i}`` etc.
 
     Returns
     -------
     dh : ndarray of shape (n, d_in), gradient of the tower input
     """
-    dh = dlogit[:, None]                                       # (n, 1)
-    for kind, i, c in reversed(steps):
-        if kind == "affine":
-            dh, grads[f"{prefix}.W{i}"], grads[f"{prefix}.b{i}"] = L.affine_backward(dh, c)
-        elif kind == "bn":
-            dh, grads[f"{prefix}.gamma{i}"], grads[f"{prefix}.beta{i}"] = \
-                L.batchnorm_backward(dh, c[0])
-        elif kind == "act" and cfg["activation"] == "prelu":
-            dh, grads[f"{prefix}.alpha{i}"] = L.prelu_backward(dh, c)
-        elif kind == "act":
-            dh = _ACT_BACKWARD[cfg["activation"]](dh, c)
-        else:  # dropout
-            dh = L.dropout_backward(dh, c)
-    return dh
+    dh, grads[f"{prefix}.W_out"], grads[f"{prefix}.b_out"] = L.affine_backward(
+        dlogit[:, None], cache.out)                                                      # (n, u_last)
+    for i in reversed(range(len(cache.hidden))):
+        c = cache.hidden[i]
+        if c.dropout is not None:
+            dh = L.dropout_backward(dh, c.dropout)                                       # (n, u_i)
+        if cfg.activation == "prelu":
+            du, grads[f"{prefix}.alpha{i}"] = L.prelu_backward(dh, c.activation)         # (n, u_i)
+        else:
+            du = _ACT_BACKWARD[cfg.activation](dh, c.activation)                   # (n, u_i)
+        if c.batchnorm is not None:
+            du, grads[f"{prefix}.gamma{i}"], grads[f"{prefix}.beta{i}"] = \
+                L.batchnorm_backward(du, c.batchnorm)                                    # (n, u_i)
+        dh, grads[f"{prefix}.W{i}"], grads[f"{prefix}.b{i}"] = L.affine_backward(du, c.affine)
+    return dh                                                                            # (n, d_in)
 
 
-def _check_batch_stats(prefix, steps):
+def check_batch_stats(prefix, cache):
     """Raise ``FloatingPointError`` if a batch's BN mean or variance is NaN or inf.
 
     A finite input can still have an inf variance (its square overflows)
     while the normalised output and the loss stay finite.
     """
-    for kind, i, c in steps:
-        if kind == "bn" and not (np.isfinite(c[1][0]).all() and np.isfinite(c[1][1]).all()):
+    for i, c in enumerate(cache.hidden):
+        if c.batch_stats is not None and not (np.isfinite(c.batch_stats[0]).all()
+                                              and np.isfinite(c.batch_stats[1]).all()):
             raise FloatingPointError(f"the batch statistics of {prefix}.bn_mean{i} / "
                                      f"{prefix}.bn_var{i} are NaN or inf")
 
 
-def _fold_running_stats(state, prefix, steps, momentum):
+def fold_running_stats(state, prefix, cache, momentum):
     """Move the running BN statistics toward this batch's (training loop only)."""
-    for kind, i, c in steps:
-        if kind == "bn":
-            mu, var = c[1]
+    for i, c in enumerate(cache.hidden):
+        if c.batch_stats is not None:
+            mu, var = c.batch_stats                                  # (u_i,), (u_i,)
             m = state[f"{prefix}.bn_mean{i}"]
             v = state[f"{prefix}.bn_var{i}"]
             m *= momentum
@@ -178,19 +204,37 @@ def check_finite_step(loss, grads):
             raise FloatingPointError(f"the gradient of {name!r} has {what}")
 
 
-def _as_units(units, n_towers):
+def check_logits(logits, start):
+    """Raise ``FloatingPointError`` if an inference logit is NaN (``predict`` never returns NaN).
+
+    Finite inputs can still overflow inside the towers (float32 dense
+    features near its largest value 3.4e38 give inf - inf = NaN in the first
+    affine layer); a NaN probability would then pass silently into a metric.
+    ``start`` is the chunk's first row, so the message counts rows from 0.
+    """
+    for t, logit in logits.items():
+        bad = np.isnan(logit)                                           # (n,)
+        if bad.any():
+            rows = np.flatnonzero(bad) + start
+            raise FloatingPointError(
+                f"the {t} tower's logit is NaN for {rows.size} row(s), e.g. row {rows[0]}: the "
+                f"forward pass overflowed (inputs or parameters too large for {logit.dtype}), "
+                "so no probability can be given")
+
+
+def check_tower_units(units, n_towers):
     """Normalise ``units``: one tuple for every tower, or one tuple per tower."""
     if isinstance(units, str) or not hasattr(units, "__iter__"):
         raise TypeError(f"tower_units must be a tuple of ints or {n_towers} such tuples, "
                         f"got {units!r}")
     units = tuple(units)
-    if all(V.is_int(u) for u in units):
+    if all(validate.is_int(u) for u in units):
         per = (units,) * n_towers
     elif len(units) == n_towers and all(isinstance(u, (tuple, list)) for u in units):
         per = units
     else:
         raise ValueError(f"tower_units must be a tuple of ints or {n_towers} such tuples, got {units!r}")
-    return tuple(tuple(V.check_int(v, "tower_units entry", low=1) for v in u) for u in per)
+    return tuple(tuple(validate.check_int(v, "tower_units entry", low=1) for v in u) for u in per)
 
 
 class _EmbeddingMLP:
@@ -202,20 +246,20 @@ class _EmbeddingMLP:
         self.field_dims = check_field_dims(field_dims)
         self._init_bags(bag_dims, bag_pooling)
         self.activation = check_choice(activation, "activation", L.ACTIVATIONS)
-        self.dropout = V.check_float(dropout, "dropout", 0, 1, high_open=True)
-        self.embed_dim = V.check_int(embed_dim, "embed_dim", low=1)
-        self.n_dense = V.check_int(n_dense, "n_dense", low=0)
-        self.l2_reg_embedding = V.check_float(l2_reg_embedding, "l2_reg_embedding", low=0)
-        self.l2_reg_dnn = V.check_float(l2_reg_dnn, "l2_reg_dnn", low=0)
-        self.batch_norm = V.check_bool(batch_norm, "batch_norm")
-        self.bn_momentum = V.check_float(bn_momentum, "bn_momentum", 0, 1, high_open=True)
+        self.dropout = validate.check_float(dropout, "dropout", 0, 1, high_open=True)
+        self.embed_dim = validate.check_int(embed_dim, "embed_dim", low=1)
+        self.n_dense = validate.check_int(n_dense, "n_dense", low=0)
+        self.l2_reg_embedding = validate.check_float(l2_reg_embedding, "l2_reg_embedding", low=0)
+        self.l2_reg_dnn = validate.check_float(l2_reg_dnn, "l2_reg_dnn", low=0)
+        self.batch_norm = validate.check_bool(batch_norm, "batch_norm")
+        self.bn_momentum = validate.check_float(bn_momentum, "bn_momentum", 0, 1, high_open=True)
         try:
             self.dtype = np.dtype(dtype)
         except TypeError:
             raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        self.seed = V.check_seed(seed)
+        self.seed = validate.check_seed(seed)
         self.rng = np.random.default_rng(seed)  # init now, dropout masks later
         # Row offset of each field in the stacked table: field f's id j is row offsets[f] + j.
         self.offsets = np.concatenate([[0], np.cumsum(self.field_dims)[:-1]]).astype(np.int64)
@@ -240,26 +284,37 @@ class _EmbeddingMLP:
         V = sum(self.field_dims) + sum(self.bag_dims.values())
         return (0.05 * self.rng.standard_normal((V, self.embed_dim))).astype(self.dtype)
 
-    def _tower_cfg(self, units):
-        return {"units": units, "activation": self.activation,
-                "batch_norm": self.batch_norm, "dropout": self.dropout}
+    def tower_config(self, units):
+        """The :class:`TowerConfig` of a tower with hidden widths ``units``."""
+        return TowerConfig(units, self.activation, self.batch_norm, self.dropout)
 
-    def _rows(self, X, dense):
+    _tower_cfg = tower_config     # the former name (tests/test_exercises.py still calls it)
+
+    def check_rows(self, X, dense):
         """Validate ``X`` and ``dense``; return table rows (n, F) and dense (n, d) or None."""
         X = check_ids(X, self.field_dims)
         dense = check_dense(dense, X.shape[0], self.n_dense, self.dtype)
         return X + self.offsets, dense  # (n, F) int64
 
-    def _inputs(self, X, dense):
+    def check_inputs(self, X, dense):
         """Validate ``X`` and ``dense`` for chunked use (predict, eval_loss).
 
         Checked block by block and not shifted, so a memory-mapped ``X`` is
         never copied whole; each chunk is shifted by ``offsets`` when used.
         """
+        if not isinstance(X, np.ndarray):
+            X = validate.as_array(X, "X")          # a ragged list gets a sentence
         X = check_ids_in_blocks(X, self.field_dims)
         return X, check_dense(dense, X.shape[0], self.n_dense, self.dtype)
 
-    def _bags(self, bags, n):
+    def check_labels_in_blocks(self, labels, n):
+        """:meth:`check_labels` block by block (memory-mapped labels stay on disk); returns them."""
+        if not labels or any(np.shape(y) != (n,) for y in labels):
+            self.check_labels(labels, n)                     # raises the usual message
+        in_blocks(lambda *ys: self.check_labels(ys, ys[0].shape[0]), labels)
+        return labels
+
+    def check_bags(self, bags, n):
         """Validate the bags of the multi-valued fields (None for a model without any).
 
         Weights keep their dtype (nothing is copied); ``bag_forward`` casts
@@ -290,7 +345,7 @@ class _EmbeddingMLP:
         e, emb_cache = L.embedding_forward(table, rows)                     # (n, F*k)
         if bags is None:
             h0, cat_cache = L.concat_forward(e, dense)                      # (n, d_in)
-            return h0, (emb_cache, cat_cache)
+            return h0, EmbedCache(emb_cache, cat_cache, None)
         pooled, bag_caches = [e], []
         for f, (offsets, ids, weights) in bags.items():
             rows_f = ids.astype(np.int64) + self.bag_offsets[f]             # (nnz,) table rows
@@ -298,18 +353,16 @@ class _EmbeddingMLP:
             pooled.append(p)
             bag_caches.append(c)
         h0, cat_cache = L.concat_forward(np.concatenate(pooled, axis=1), dense)  # (n, d_in)
-        return h0, (emb_cache, cat_cache, bag_caches)
+        return h0, EmbedCache(emb_cache, cat_cache, bag_caches)
 
     def _embed_backward(self, dh0, cache):
         """Gradient of the table from ``dh0``: the lookups' and every bag's scatter-adds, summed."""
-        if len(cache) == 2:                                                 # no bags
-            emb_cache, cat_cache = cache
-            return L.embedding_backward(L.concat_backward(dh0, cat_cache), emb_cache)
-        emb_cache, cat_cache, bag_caches = cache
-        de = L.concat_backward(dh0, cat_cache)                              # (n, (F+B)*k)
-        width = emb_cache[0].shape[1] * self.embed_dim                      # F*k
-        parts = [L.embedding_backward(de[:, :width], emb_cache)]
-        for b, c in enumerate(bag_caches):
+        de = L.concat_backward(dh0, cache.concat)                           # (n, (F+B)*k)
+        if cache.bags is None:
+            return L.embedding_backward(de, cache.lookup)
+        width = cache.lookup[0].shape[1] * self.embed_dim                   # F*k
+        parts = [L.embedding_backward(de[:, :width], cache.lookup)]
+        for b, c in enumerate(cache.bags):
             lo = width + b * self.embed_dim
             parts.append(L.bag_backward(de[:, lo:lo + self.embed_dim], c))  # (n, k) each
         return L.add_sparse_rows(*parts)
@@ -370,11 +423,11 @@ class _EmbeddingMLP:
         grads : dict[str, ndarray]
             Same keys and shapes as ``params``.
         """
-        train = V.check_bool(train, "train")
-        seed = V.check_seed(seed)
-        rows, dense = self._rows(X, dense)
-        labels = self._check_labels(labels, rows.shape[0])
-        bags = self._bags(bags, rows.shape[0])
+        train = validate.check_bool(train, "train")
+        seed = validate.check_seed(seed)
+        rows, dense = self.check_rows(X, dense)
+        labels = self.check_labels(labels, rows.shape[0])
+        bags = self.check_bags(bags, rows.shape[0])
         loss, grads, _ = self._loss_grads(rows, dense, labels, train, self._rng_for(seed), masks,
                                           bags=bags)
         loss += self._l2(grads)
@@ -399,22 +452,20 @@ class _EmbeddingMLP:
         Parameters as for :meth:`loss`. Computed in chunks of ``batch_size`` rows
         and averaged over all rows.
         """
-        batch_size = V.check_int(batch_size, "batch_size", low=1)
-        X, dense = self._inputs(X, dense)
+        batch_size = validate.check_int(batch_size, "batch_size", low=1)
+        X, dense = self.check_inputs(X, dense)
         n = X.shape[0]
-        if any(np.shape(y) != (n,) for y in labels):
-            self._check_labels(labels, n)                     # raises the usual message
-        in_blocks(lambda *ys: self._check_labels(ys, ys[0].shape[0]), labels)
-        bags = self._bags(bags, n)
+        labels = self.check_labels_in_blocks(labels, n)
+        bags = self.check_bags(bags, n)
         total = 0.0
         for s in range(0, n, batch_size):
-            d = None if dense is None else dense[s:s + batch_size]
-            logits, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
-                                      bags=slice_bags(bags, s, s + batch_size))
-            ys = self._check_labels(tuple(np.asarray(y[s:s + batch_size]) for y in labels),
-                                    min(batch_size, n - s))
+            e = min(s + batch_size, n)
+            d = None if dense is None else dense[s:e]                       # (b, n_dense)
+            logits, _ = self._forward(X[s:e] + self.offsets, d, train=False,
+                                      bags=slice_bags(bags, s, e))
+            ys = tuple(np.asarray(y[s:e]).astype(np.int8, copy=False) for y in labels)  # (b,) each
             part, _ = self._loss_at_logits(logits, ys)
-            total += part * min(batch_size, n - s)
+            total += part * (e - s)
         return total / n
 
     def get_config(self):
@@ -436,10 +487,30 @@ class _EmbeddingMLP:
     def save(self, path, optimizer=None):
         """Save the model (and optionally its optimizer) to ``path``, a ``.npz`` file.
 
-        See :func:`esmm_np.persist.save_model`; :func:`esmm_np.load_model` reads it.
+        Written atomically; :mod:`esmm_np.persist` describes the layout and
+        :func:`esmm_np.load_model` reads it. ``optimizer`` (SGD or Adam serving
+        this model) is saved too, so that training can resume where it stopped.
+        Returns the path written.
         """
-        from .persist import save_model   # local: persist imports this module
-        return save_model(self, path, optimizer=optimizer)
+        arrays = self.file_arrays(optimizer)
+        return write_file(path, lambda f: np.savez(f, **arrays))
+
+    def file_arrays(self, optimizer=None):
+        """What a model file holds: ``meta`` (JSON text), ``param/``, ``state/``, ``optim/`` arrays."""
+        name = type(self).__name__
+        if name not in FILE_CLASSES or not type(self).__module__.startswith("esmm_np."):
+            raise TypeError(f"cannot save a {name}: known model classes are {sorted(FILE_CLASSES)}")
+        meta = {"format": "esmm_np model", "format_version": FILE_FORMAT_VERSION,
+                "esmm_np_version": __version__, "class": name, "config": self.get_config(),
+                "rng_state": self.rng.bit_generator.state}
+        arrays = {f"param/{k}": w for k, w in self.params.items()}
+        arrays.update({f"state/{k}": a for k, a in self.state.items()})
+        if optimizer is not None:
+            optimizer.bind(self.params)     # refuses an optimizer that serves another model
+            meta["optimizer"] = optimizer.config()
+            arrays.update({f"optim/{k}": a for k, a in optimizer.state_arrays().items()})
+        arrays["meta"] = np.array(json.dumps(meta, allow_nan=False))   # text, not a pickle
+        return arrays
 
     def _rng_for(self, seed):
         return self.rng if seed is None else np.random.default_rng(seed)
@@ -512,12 +583,15 @@ class ESMM(_EmbeddingMLP):
                          l2_reg_dnn=l2_reg_dnn, n_dense=n_dense, dtype=dtype, seed=seed,
                          bn_momentum=bn_momentum, bag_dims=bag_dims, bag_pooling=bag_pooling)
         self.ctcvr_loss = check_choice(ctcvr_loss, "ctcvr_loss", ("logspace", "naive"))
-        if isinstance(loss_weights, str) or len(loss_weights) != 2:
+        if isinstance(loss_weights, (str, bytes, dict)) or not hasattr(loss_weights, "__len__"):
+            raise TypeError(f"loss_weights must be a pair of non-negative numbers "
+                            f"(w_ctr, w_ctcvr), got {loss_weights!r}")
+        if len(loss_weights) != 2:
             raise ValueError(f"loss_weights must be two non-negative numbers, got {loss_weights!r}")
-        self.loss_weights = tuple(V.check_float(w, f"loss_weights[{i}]", low=0)
+        self.loss_weights = tuple(validate.check_float(w, f"loss_weights[{i}]", low=0)
                                   for i, w in enumerate(loss_weights))
-        self.share_embedding = V.check_bool(share_embedding, "share_embedding")
-        self.tower_units = _as_units(tower_units, 2)
+        self.share_embedding = validate.check_bool(share_embedding, "share_embedding")
+        self.tower_units = check_tower_units(tower_units, 2)
         self.tables = ("embedding",) if self.share_embedding else ("ctr.embedding", "cvr.embedding")
         for name in self.tables:
             self.params[name] = self._new_table()
@@ -533,24 +607,22 @@ class ESMM(_EmbeddingMLP):
                       share_embedding=self.share_embedding)
         return config
 
-    def _table(self, tower):
-        return "embedding" if self.share_embedding else f"{tower}.embedding"
-
     def _forward(self, rows, dense, train, rng=None, masks=None, bags=None):
-        """Embeddings -> two towers -> two logits; returns logits and caches."""
+        """Embeddings -> every tower -> one logit each; returns logits and caches.
+
+        ``caches[t]`` is ``(TowerCache, EmbedCache)``; with a shared table
+        every tower reads the same ``h0`` and the same EmbedCache.
+        """
+        h0, emb_cache = self._embed(self.params[self.tables[0]], rows, dense, bags)   # (n, d_in)
         logits, caches = {}, {}
-        shared = None
         for t, units in zip(self.towers, self.tower_units):
-            if self.share_embedding and shared is not None:
-                h0, emb_cache = shared
-            else:
-                h0, emb_cache = self._embed(self.params[self._table(t)], rows, dense,
-                                            bags)                              # (n, d_in)
-                shared = (h0, emb_cache)
-            logits[t], caches[t] = tower_forward(
-                self.params, self.state, t, h0, self._tower_cfg(units), train, rng,
+            if not self.share_embedding and t != self.towers[0]:
+                h0, emb_cache = self._embed(self.params[f"{t}.embedding"], rows, dense,
+                                            bags)                                   # (n, d_in)
+            logits[t], tower_cache = tower_forward(                                 # (n,)
+                self.params, self.state, t, h0, self.tower_config(units), train, rng,
                 None if masks is None else masks[t])
-            caches[t] = (caches[t], emb_cache)
+            caches[t] = (tower_cache, emb_cache)
         return logits, caches
 
     def predict(self, X, dense=None, batch_size=65536, bags=None):
@@ -566,14 +638,15 @@ class ESMM(_EmbeddingMLP):
         -------
         dict with "p_ctr", "p_cvr", "p_ctcvr", each ndarray of shape (n,)
         """
-        batch_size = V.check_int(batch_size, "batch_size", low=1)
-        X, dense = self._inputs(X, dense)
-        bags = self._bags(bags, X.shape[0])
+        batch_size = validate.check_int(batch_size, "batch_size", low=1)
+        X, dense = self.check_inputs(X, dense)
+        bags = self.check_bags(bags, X.shape[0])
         out = {"p_ctr": [], "p_cvr": [], "p_ctcvr": []}
         for s in range(0, X.shape[0], batch_size):      # chunks bound the memory
             d = None if dense is None else dense[s:s + batch_size]
             logits, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
                                       bags=slice_bags(bags, s, s + batch_size))
+            check_logits(logits, s)
             p_ctr, p_cvr = L.sigmoid(logits["ctr"]), L.sigmoid(logits["cvr"])
             out["p_ctr"].append(p_ctr)
             out["p_cvr"].append(p_cvr)
@@ -593,10 +666,11 @@ class ESMM(_EmbeddingMLP):
         return super().loss(X, click, conversion, dense=dense, train=train, seed=seed, masks=masks,
                             bags=bags)
 
-    def _check_labels(self, labels, n):
+    def check_labels(self, labels, n):
+        """Validate ``(click, conversion)`` for ``n`` rows; return them as int8 arrays."""
         if len(labels) != 2:
             raise TypeError(f"ESMM needs two label arrays (click, conversion), got {len(labels)}")
-        return check_labels(labels[0], labels[1], n)
+        return validate.check_labels(labels[0], labels[1], n)
 
     def _loss_grads(self, rows, dense, labels, train, rng, masks=None, bags=None):
         """Forward and backward on validated input; embedding grads stay sparse.
@@ -609,12 +683,12 @@ class ESMM(_EmbeddingMLP):
         dh0_shared = None
         for t, units in zip(self.towers, self.tower_units):
             tower_cache, emb_cache = caches[t]
-            dh0 = tower_backward(dlogit[t], tower_cache, t, self._tower_cfg(units), grads)
-            if self.share_embedding:
-                # Both towers read the same h0: their gradients add before the lookup.
-                dh0_shared = dh0 if dh0_shared is None else dh0_shared + dh0
-            else:
-                grads[self._table(t)] = self._embed_backward(dh0, emb_cache)
+            dh0 = tower_backward(dlogit[t], tower_cache, t, self.tower_config(units),
+                                 grads)                                             # (n, d_in)
+            if not self.share_embedding:
+                grads[f"{t}.embedding"] = self._embed_backward(dh0, emb_cache)
+            else:   # both towers read the same h0: their gradients add before the lookup
+                dh0_shared = dh0 if dh0_shared is None else dh0_shared + dh0        # (n, d_in)
         if self.share_embedding:
             grads["embedding"] = self._embed_backward(dh0_shared, emb_cache)
         return loss, grads, caches
@@ -640,9 +714,9 @@ class ESMM(_EmbeddingMLP):
 
     def _fold_bn(self, caches):
         for t in self.towers:           # every tower checked before any moves
-            _check_batch_stats(t, caches[t][0])
+            check_batch_stats(t, caches[t][0])
         for t in self.towers:
-            _fold_running_stats(self.state, t, caches[t][0], self.bn_momentum)
+            fold_running_stats(self.state, t, caches[t][0], self.bn_momentum)
 
 
 # ------------------------------------------------------- one-tower classifier
@@ -665,7 +739,7 @@ class TowerModel(_EmbeddingMLP):
                          batch_norm=batch_norm, l2_reg_embedding=l2_reg_embedding,
                          l2_reg_dnn=l2_reg_dnn, n_dense=n_dense, dtype=dtype, seed=seed,
                          bn_momentum=bn_momentum, bag_dims=bag_dims, bag_pooling=bag_pooling)
-        (self.tower_units,) = _as_units(tower_units, 1)
+        (self.tower_units,) = check_tower_units(tower_units, 1)
         self.tables, self.towers = ("embedding",), ("net",)
         self.params["embedding"] = self._new_table()
         p, s = init_tower(self.rng, "net", self.d_in, self.tower_units, activation,
@@ -681,19 +755,21 @@ class TowerModel(_EmbeddingMLP):
     def _forward(self, rows, dense, train, rng=None, masks=None, bags=None):
         h0, emb_cache = self._embed(self.params["embedding"], rows, dense, bags)  # (n, d_in)
         logit, tower_cache = tower_forward(self.params, self.state, "net", h0,
-                                           self._tower_cfg(self.tower_units), train, rng, masks)
+                                           self.tower_config(self.tower_units), train, rng,
+                                           masks)                                   # (n,)
         return logit, (tower_cache, emb_cache)
 
     def predict(self, X, dense=None, batch_size=65536, bags=None):
         """Inference-mode probability; returns ``{"p": ndarray of shape (n,)}``."""
-        batch_size = V.check_int(batch_size, "batch_size", low=1)
-        X, dense = self._inputs(X, dense)
-        bags = self._bags(bags, X.shape[0])
+        batch_size = validate.check_int(batch_size, "batch_size", low=1)
+        X, dense = self.check_inputs(X, dense)
+        bags = self.check_bags(bags, X.shape[0])
         ps = []
         for s in range(0, X.shape[0], batch_size):
             d = None if dense is None else dense[s:s + batch_size]
             logit, _ = self._forward(X[s:s + batch_size] + self.offsets, d, train=False,
                                      bags=slice_bags(bags, s, s + batch_size))
+            check_logits({"net": logit}, s)
             ps.append(L.sigmoid(logit))
         return {"p": np.concatenate(ps)}
 
@@ -701,7 +777,8 @@ class TowerModel(_EmbeddingMLP):
         """Mean BCE(y, p) plus L2, and gradients keyed like ``params``."""
         return super().loss(X, y, dense=dense, train=train, seed=seed, masks=masks, bags=bags)
 
-    def _check_labels(self, labels, n):
+    def check_labels(self, labels, n):
+        """Validate ``(y,)`` for ``n`` rows; return it as a 1-tuple of an int8 array."""
         if len(labels) != 1:
             raise TypeError(f"TowerModel needs one label array, got {len(labels)}")
         return (check_binary(labels[0], n, "y"),)
@@ -710,7 +787,8 @@ class TowerModel(_EmbeddingMLP):
         logit, (tower_cache, emb_cache) = self._forward(rows, dense, train, rng, masks, bags=bags)
         loss, dlogit = self._loss_at_logits(logit, labels)
         grads = {}
-        dh0 = tower_backward(dlogit, tower_cache, "net", self._tower_cfg(self.tower_units), grads)
+        dh0 = tower_backward(dlogit, tower_cache, "net", self.tower_config(self.tower_units),
+                             grads)                                                 # (n, d_in)
         grads["embedding"] = self._embed_backward(dh0, emb_cache)
         return loss, grads, tower_cache
 
@@ -719,5 +797,5 @@ class TowerModel(_EmbeddingMLP):
         return bce_with_logits(logit, labels[0])
 
     def _fold_bn(self, cache):
-        _check_batch_stats("net", cache)
-        _fold_running_stats(self.state, "net", cache, self.bn_momentum)
+        check_batch_stats("net", cache)
+        fold_running_stats(self.state, "net", cache, self.bn_momentum)

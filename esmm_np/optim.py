@@ -32,7 +32,7 @@ from . import validate as V
 from .layers import SparseRows, sparse_to_dense
 
 
-class _Optimizer:
+class Optimizer:
     """What both optimisers share: the model they serve and their saved state.
 
     An optimiser keeps per-parameter state (velocities, moments) keyed by
@@ -43,7 +43,7 @@ class _Optimizer:
     """
 
     #: names of the per-parameter state dicts, saved by :meth:`state_arrays`
-    _slots = ()
+    slots = ()
 
     def bind(self, params, record=True):
         """Record ``params``' shapes on first use; afterwards refuse a different set.
@@ -75,10 +75,10 @@ class _Optimizer:
 
     def state_arrays(self):
         """Per-parameter state as ``{"slot/param name": ndarray}`` (copies not made)."""
-        return {f"{slot}/{k}": a for slot in self._slots for k, a in getattr(self, slot).items()}
+        return {f"{slot}/{k}": a for slot in self.slots for k, a in getattr(self, slot).items()}
 
 
-class SGD(_Optimizer):
+class SGD(Optimizer):
     """``w -= lr * v`` with ``v = momentum * v + g`` (``v = g`` when momentum is 0).
 
     Parameters
@@ -89,7 +89,7 @@ class SGD(_Optimizer):
         For sparse gradients with momentum: update only the batch's rows.
     """
 
-    _slots = ("velocity",)
+    slots = ("velocity",)
 
     def __init__(self, lr=0.01, momentum=0.0, lazy=False):
         self.lr = V.check_float(lr, "lr", low=0, low_open=True)
@@ -128,12 +128,13 @@ class SGD(_Optimizer):
                 w -= self.lr * v
 
 
-class Adam(_Optimizer):
+class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with the ESMM paper's settings.
 
     ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g**2``,
     ``w -= lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m / (1 - b1**t)``
-    and ``v_hat = v / (1 - b2**t)``.
+    and ``v_hat = v / (1 - b2**t)``. :func:`adam_textbook_step` is that
+    update written out, the plain form this one is tested against.
 
     Parameters
     ----------
@@ -144,7 +145,7 @@ class Adam(_Optimizer):
         See the module docstring.
     """
 
-    _slots = ("m", "v")
+    slots = ("m", "v")
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, lazy=False):
         self.lr = V.check_float(lr, "lr", low=0, low_open=True)
@@ -193,6 +194,31 @@ class Adam(_Optimizer):
                     _adam_dense(w[lo:hi], m[lo:hi], v[lo:hi], g_block, b1, b2, lr_t, eps_t)
             else:
                 _adam_dense(w, m, v, g, b1, b2, lr_t, eps_t)
+
+
+def adam_textbook_step(w, m, v, g, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """One Adam step exactly as Algorithm 1 of Kingma & Ba (2015) writes it.
+
+    The plain form :class:`Adam` is tested against (tests/test_speed_paths.py);
+    :class:`Adam` folds the two bias corrections into the step size instead,
+    which changes only rounding.
+
+    Parameters
+    ----------
+    w, m, v, g : ndarray of one shape
+        Parameter, first and second moment, gradient. Not modified.
+    t : int >= 1, the step number (the first step is 1)
+
+    Returns
+    -------
+    w, m, v : the new parameter and moments, new arrays
+    """
+    m = beta1 * m + (1 - beta1) * g                 # biased first moment
+    v = beta2 * v + (1 - beta2) * (g * g)           # biased second raw moment
+    m_hat = m / (1 - beta1 ** t)                    # bias-corrected first moment
+    v_hat = v / (1 - beta2 ** t)                    # bias-corrected second moment
+    w = w - lr * m_hat / (np.sqrt(v_hat) + eps)     # the update
+    return w, m, v
 
 
 def _adam_dense(w, m, v, g, b1, b2, lr_t, eps_t):

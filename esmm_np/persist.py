@@ -15,9 +15,12 @@ hold numbers and text only, never code; it then rebuilds the model from its
 configuration and checks that the file holds exactly the arrays that model
 has, with the same shapes and dtype, all finite, before copying them in.
 
-A new model class joins by adding itself to :data:`MODEL_CLASSES` and
-reporting its constructor arguments in ``get_config``; new options are new
-keys of that dict.
+The writing side is ``model.save`` (:meth:`esmm_np.model.ESMM.save`,
+which builds the arrays above in ``file_arrays``); this module reads. It
+imports the model classes, never the other way round. A new model class
+joins by being imported into :data:`MODEL_CLASSES` here, named in
+``esmm_np.model.FILE_CLASSES``, and reporting its constructor arguments in
+``get_config``; new options are new keys of that dict.
 """
 
 import json
@@ -25,22 +28,22 @@ import zipfile
 
 import numpy as np
 
-from .data.files import write_file
-from .model import ESMM, TowerModel
+from .escm2 import ESCM2
+from .model import FILE_FORMAT_VERSION, ESMM, TowerModel
 from .optim import SGD, Adam
-from .validate import is_int
+from .validate import check_bool, is_int
 
 #: Version of the file layout; a file with a higher number is refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = FILE_FORMAT_VERSION
 
-#: The classes a file may name.
-MODEL_CLASSES = {"ESMM": ESMM, "TowerModel": TowerModel}
+#: The classes a file may name, imported explicitly (no registry written at import time).
+MODEL_CLASSES = {"ESMM": ESMM, "ESCM2": ESCM2, "TowerModel": TowerModel}
 
 OPTIMIZER_CLASSES = {"SGD": SGD, "Adam": Adam}
 
 
 def save_model(model, path, optimizer=None):
-    """Write ``model`` (and optionally ``optimizer``'s state) to ``path``.
+    """Write ``model`` (and optionally ``optimizer``'s state) to ``path``: ``model.save``.
 
     Parameters
     ----------
@@ -57,19 +60,7 @@ def save_model(model, path, optimizer=None):
     name = type(model).__name__
     if MODEL_CLASSES.get(name) is not type(model):
         raise TypeError(f"cannot save a {name}: known model classes are {sorted(MODEL_CLASSES)}")
-    from . import __version__
-
-    meta = {"format": "esmm_np model", "format_version": FORMAT_VERSION,
-            "esmm_np_version": __version__, "class": name, "config": model.get_config(),
-            "rng_state": model.rng.bit_generator.state}
-    arrays = {f"param/{k}": w for k, w in model.params.items()}
-    arrays.update({f"state/{k}": a for k, a in model.state.items()})
-    if optimizer is not None:
-        optimizer.bind(model.params)     # refuses an optimizer that serves another model
-        meta["optimizer"] = optimizer.config()
-        arrays.update({f"optim/{k}": a for k, a in optimizer.state_arrays().items()})
-    arrays["meta"] = np.array(json.dumps(meta, allow_nan=False))      # a unicode array: text, not a pickle
-    return write_file(path, lambda f: np.savez(f, **arrays))
+    return model.save(path, optimizer=optimizer)
 
 
 def load_model(path, with_optimizer=False):
@@ -93,6 +84,7 @@ def load_model(path, with_optimizer=False):
         version, holds an object (pickled) array, or its arrays do not match
         its configuration (missing, extra, wrong shape or dtype, NaN or inf).
     """
+    with_optimizer = check_bool(with_optimizer, "with_optimizer")
     arrays = _read_arrays(path)
     meta = _read_meta(path, arrays.pop("meta", None))
     cls = MODEL_CLASSES.get(meta.get("class"))
@@ -195,7 +187,7 @@ def _load_optimizer(path, config, arrays, model):
     opt.bind(model.params)
     for key, a in arrays.items():
         _, slot, name = key.split("/", 2)
-        if slot not in opt._slots or name not in model.params:
+        if slot not in opt.slots or name not in model.params:
             raise ValueError(f"{path}: unexpected optimizer array {key!r}")
         w = model.params[name]
         if a.shape != w.shape or a.dtype != w.dtype or not np.all(np.isfinite(a)):

@@ -1,24 +1,119 @@
-"""The minibatch training loop shared by ESMM and the one-tower baselines."""
+"""The minibatch training loop shared by ESMM and the one-tower baselines.
+
+:func:`fit` reads in three parts: *check* every option and array before
+anything changes, *prepare* the epoch's batches, the step budget and the
+validation points, then the loop itself, visible in one place. Early
+stopping is :class:`EarlyStopping`: the validation values of a run, the
+best point so far (a :class:`BestPoint`) and the patience count.
+"""
 
 import time
+from collections import namedtuple
 
 import numpy as np
 
-from . import validate as V
+from . import validate
 from .data.bags import check_ids_in_blocks, in_blocks, slice_bags, take_bags
 from .data.dataset import clean_dataset
-from .optim import Adam, _Optimizer
+from .optim import Adam, Optimizer
 from .threads import blas_limited
-from .validate import check_dense, check_ids
 
 #: Rows per shuffling block when the data are memory-mapped (rounded up to whole batches).
 SHUFFLE_BLOCK = 1 << 16
+
+#: The validation point with the lowest value so far: its value, epoch (0-based),
+#: step, index among the validations, and copies of the parameters and BN statistics.
+BestPoint = namedtuple("BestPoint", ["value", "epoch", "step", "index", "params", "state"])
+
+
+class EarlyStopping:
+    """The validation points of one run: keeps the best, says when patience has run out.
+
+    Parameters
+    ----------
+    patience : int or None
+        Stop once this many validations in a row have not improved on the
+        best one; None never stops.
+    min_steps : int
+        Patience cannot stop before this many optimiser steps.
+
+    Attributes
+    ----------
+    values : list of float, the validation value of each validation
+    steps : list of int, the step of each validation
+    best : BestPoint or None, the lowest value so far (the first of equal ones)
+    """
+
+    def __init__(self, patience=None, min_steps=0):
+        self.patience, self.min_steps = patience, min_steps
+        self.values, self.steps = [], []
+        self.best = None
+
+    def update(self, model, value, step, epoch):
+        """Record one validation, copying the model if it is the best; True: stop now."""
+        self.values.append(value)
+        self.steps.append(step)
+        if self.best is None or value < self.best.value:
+            # Copies, not views: training goes on updating the live arrays in place.
+            self.best = BestPoint(value, epoch, step, len(self.values) - 1,
+                                  {k: w.copy() for k, w in model.params.items()},
+                                  {k: s.copy() for k, s in model.state.items()})
+        waited = len(self.values) - 1 - self.best.index
+        return self.patience is not None and waited >= self.patience and step >= self.min_steps
+
+    def restore(self, model):
+        """Copy the best point's parameters and BN statistics back into ``model``, in place."""
+        for k, w in self.best.params.items():
+            model.params[k][...] = w        # in place: model.params stays the same arrays
+        for k, s in self.best.state.items():
+            model.state[k][...] = s
+
+
+class ValidationSet:
+    """The held-out impressions of a run and the criterion early stopping minimises.
+
+    Parameters
+    ----------
+    model : the model being trained
+    validation : tuple ``(X_val, *labels_val[, dense_val][, bags_val])``, as :func:`fit` takes
+    n_labels : int, how many label arrays the model takes
+    stop_on : "loss" or callable, as :func:`fit` takes
+
+    The arrays are checked here, once, by a first :meth:`eval_loss` call.
+    """
+
+    def __init__(self, model, validation, n_labels, stop_on="loss"):
+        if not isinstance(validation, (tuple, list)) or len(validation) < 1 + n_labels:
+            raise TypeError(f"validation must be a tuple (X_val, {n_labels} label array(s)[, "
+                            f"dense_val][, bags_val]), got {type(validation).__name__}")
+        validation = list(validation)
+        self.kw = {"bags": validation.pop()} if isinstance(validation[-1], dict) else {}
+        self.X, self.labels = validation[0], tuple(validation[1:1 + n_labels])
+        self.dense = validation[1 + n_labels] if len(validation) > 1 + n_labels else None
+        self.stop_on = stop_on
+        model.eval_loss(self.X, *self.labels, dense=self.dense, **self.kw)   # checks them all
+
+    def positives(self):
+        """Positives of the label array with the fewest (for ESMM, the conversions)."""
+        return min(int(np.count_nonzero(np.asarray(y))) for y in self.labels)
+
+    def value(self, model):
+        """The criterion at the model's current parameters (lower is better)."""
+        if self.stop_on == "loss":
+            return model.eval_loss(self.X, *self.labels, dense=self.dense, **self.kw)
+        kw = dict(self.kw) if self.dense is None else {"dense": self.dense, **self.kw}
+        value = self.stop_on(model, self.X, *self.labels, **kw)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(
+                value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"stop_on must return a number (lower is better), got {value!r}")
+        return float(value)
 
 
 @blas_limited   # one BLAS thread: faster for these small products, and no stall on a busy machine
 def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None, seed=0,
         verbose=True, callback=None, invalid="raise", validation=None, patience=None,
-        eval_every=None, min_steps=0, max_steps=None, bags=None, shuffle="auto"):
+        eval_every=None, min_steps=0, max_steps=None, bags=None, shuffle="auto",
+        stop_on="loss", min_val_positives=0):
     """Train ``model`` in place by minibatch gradient descent.
 
     Parameters
@@ -56,7 +151,8 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     patience : int, optional
         With ``validation``: stop once this many validations in a row have not
         improved the validation loss (and at least ``min_steps`` steps are
-        done). Default: run the whole budget.
+        done). Default: run the whole budget. :class:`EarlyStopping` keeps
+        the count and the best point.
     eval_every : int, optional
         Validate every ``min(eval_every, steps per epoch)`` optimiser steps
         instead of once per epoch, and before that at steps 25, 50, 100, ...
@@ -78,6 +174,19 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         memory and shuffles its rows, so an epoch over memory-mapped data needs
         memory for a block, not for the data (and reads the file in long runs).
         "auto" (default): "blocks" when any input is a ``numpy.memmap``, else "full".
+    stop_on : "loss" or callable
+        What early stopping minimises on ``validation``. "loss" (default): the
+        model's data loss in inference mode, :meth:`eval_loss` (for ESMM the
+        weighted sum of its two losses). A callable is called as
+        ``stop_on(model, X_val, *labels_val)`` (plus ``dense=dense_val`` and
+        ``bags=bags_val`` when the validation tuple has them) and returns a
+        number, lower is better.
+    min_val_positives : int
+        With ``validation``: when the validation label array with the fewest
+        positives (for ESMM the conversions) has fewer than this many, the
+        validation cannot pick a point. Then ``fit`` does not validate, trains
+        for the whole step budget and records ``stopped="budget"``. Default 0
+        (always validate).
 
     Returns
     -------
@@ -85,7 +194,9 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         ``"loss"``: mean training loss of each epoch (the last one possibly
         partial); ``"batch_loss"``: every step's loss; ``"seconds"``: wall
         time of each epoch; ``"steps"``: optimiser steps taken; ``"stopped"``:
-        ``"patience"`` or ``"cap"`` (the budget ran out); ``"kept"``: the step
+        ``"patience"``, ``"cap"`` (the budget ran out) or ``"budget"`` (too few
+        validation positives, see ``min_val_positives``; ``"val_positives"``
+        holds their number); ``"kept"``: the step
         whose parameters the model ends with. With ``invalid="drop"``,
         ``"clean_report"``: the :class:`~esmm_np.data.CleanReport`; with
         ``validation``, ``"val_loss"`` and ``"val_steps"`` per validation and
@@ -96,29 +207,37 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     FloatingPointError
         When a step's loss or a gradient is NaN or inf; the message names the
         epoch and step. The model (parameters and batch-norm statistics) and
-        the optimizer keep the state they had before that step.
+        the optimizer keep the state they had before that step. Also when a
+        validation value is NaN or inf; the model then keeps the parameters of
+        the step just validated.
     """
-    # Every option is checked before anything changes (the model, the optimizer).
-    V.check_choice(invalid, "invalid", ("raise", "drop"))
-    V.check_choice(shuffle, "shuffle", ("auto", "full", "blocks"))
+    # ---- check: every option, then the data, before anything changes
+    validate.check_choice(invalid, "invalid", ("raise", "drop"))
+    validate.check_choice(shuffle, "shuffle", ("auto", "full", "blocks"))
     mapped = any(isinstance(a, np.memmap) for a in
                  (X, dense, *labels, *(a for t in (bags or {}).values() for a in t)))
     blocks = shuffle == "blocks" or (shuffle == "auto" and mapped)
-    epochs = V.check_int(epochs, "epochs", low=1)
-    batch_size = V.check_int(batch_size, "batch_size", low=1)
-    verbose = V.check_bool(verbose, "verbose")
-    seed = V.check_seed(seed)
+    epochs = validate.check_int(epochs, "epochs", low=1)
+    batch_size = validate.check_int(batch_size, "batch_size", low=1)
+    verbose = validate.check_bool(verbose, "verbose")
+    seed = validate.check_seed(seed)
     if patience is not None:
-        patience = V.check_int(patience, "patience", low=1)
+        patience = validate.check_int(patience, "patience", low=1)
     if eval_every is not None:
-        eval_every = V.check_int(eval_every, "eval_every", low=1)
+        eval_every = validate.check_int(eval_every, "eval_every", low=1)
     if max_steps is not None:
-        max_steps = V.check_int(max_steps, "max_steps", low=1)
-    min_steps = V.check_int(min_steps, "min_steps", low=0)
+        max_steps = validate.check_int(max_steps, "max_steps", low=1)
+    min_steps = validate.check_int(min_steps, "min_steps", low=0)
+    min_val_positives = validate.check_int(min_val_positives, "min_val_positives", low=0)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {callback!r}")
+    if not (callable(stop_on) or (isinstance(stop_on, str) and stop_on == "loss")):
+        raise TypeError(f"stop_on must be \"loss\" or a callable(model, X_val, *labels_val) "
+                        f"returning a number, got {stop_on!r}")
+    if callable(stop_on) and validation is None:
+        raise ValueError("stop_on is a criterion on the validation set: give validation=")
     optimizer = Adam() if optimizer is None else optimizer
-    if not isinstance(optimizer, _Optimizer):
+    if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be an esmm_np SGD or Adam, got {optimizer!r}")
     optimizer.bind(model.params, record=False)   # refuses an optimizer that serves another model
     report = None
@@ -129,25 +248,9 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         if verbose:
             print(f"clean_dataset: dropped {report.n_invalid} of {report.n_in} rows with "
                   "click = 0 and conversion = 1", flush=True)
-    # Validate once for the whole run; batches are offset into table rows one at a time,
-    # so no shifted copy of the whole dataset is ever made.
-    if blocks:
-        # Block by block, keeping the arrays as they are (memory-mapped ones stay on disk);
-        # each block is converted when it is read.
-        X = check_ids_in_blocks(X, model.field_dims)
-        n = X.shape[0]
-        if dense is None or np.shape(dense)[0] != n:
-            check_dense(dense, n, model.n_dense, model.dtype)   # raises the usual message
-        else:
-            in_blocks(lambda d: check_dense(d, d.shape[0], model.n_dense, model.dtype), (dense,))
-        if not labels or any(np.shape(y)[:1] != (n,) for y in labels):
-            model._check_labels(labels, n)                      # raises the usual message
-        in_blocks(lambda *ys: model._check_labels(ys, ys[0].shape[0]), labels)
-    else:
-        X = check_ids(X, model.field_dims)
-        dense = check_dense(dense, X.shape[0], model.n_dense, model.dtype)
-        labels = model._check_labels(labels, X.shape[0])
-    bags = model._bags(bags, X.shape[0])
+    X, labels, dense, bags = _check_data(model, X, labels, dense, bags, blocks)
+
+    # ---- prepare: the batches of an epoch, the step budget, the validation points
     lazy = bool(getattr(optimizer, "lazy", False))
     rng = np.random.default_rng(seed)   # shuffling and dropout: nothing else draws from it
     n = X.shape[0]
@@ -173,32 +276,30 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     history = {"loss": [], "batch_loss": [], "seconds": []}
     if report is not None:
         history["clean_report"] = report
+    val, stopper, budget = None, None, False
     if validation is not None:
-        n_labels = len(labels)
-        if not isinstance(validation, (tuple, list)) or len(validation) < 1 + n_labels:
-            raise TypeError(f"validation must be a tuple (X_val, {n_labels} label array(s)[, "
-                            f"dense_val][, bags_val]), got {type(validation).__name__}")
-        validation = list(validation)
-        val_kw = {"bags": validation.pop()} if isinstance(validation[-1], dict) else {}
-        X_val, labels_val = validation[0], tuple(validation[1:1 + n_labels])
-        dense_val = validation[1 + n_labels] if len(validation) > 1 + n_labels else None
-        model.eval_loss(X_val, *labels_val, dense=dense_val, **val_kw)   # validate before training
-        history["val_loss"], history["val_steps"], best = [], [], None
+        val = ValidationSet(model, validation, len(labels), stop_on)
+        if min_val_positives > 0 and val.positives() < min_val_positives:
+            history["val_positives"] = val.positives()
+            val, budget = None, True
+            if verbose:
+                print(f"validation has {history['val_positives']} positive label(s), fewer than "
+                      f"min_val_positives={min_val_positives}: no early stopping, training "
+                      f"for the whole budget of {cap} steps", flush=True)
+        else:
+            stopper = EarlyStopping(patience, min_steps)
+            history["val_loss"], history["val_steps"] = stopper.values, stopper.steps
 
-    def validate(step, epoch):
-        """Record the validation loss, keep a copy of the best parameters; True = patience ran out."""
-        nonlocal best
-        val = model.eval_loss(X_val, *labels_val, dense=dense_val, **val_kw)
-        history["val_loss"].append(val)
-        history["val_steps"].append(step)
-        if best is None or val < best[0]:
-            # Copies, not views: training goes on updating the live arrays in place.
-            best = (val, epoch, step, len(history["val_loss"]) - 1,
-                    {k: w.copy() for k, w in model.params.items()},
-                    {k: v.copy() for k, v in model.state.items()})
-        waited = len(history["val_loss"]) - 1 - best[3]
-        return patience is not None and waited >= patience and step >= min_steps
+    def validate_at(step, epoch):
+        """One validation point; True when patience has run out."""
+        value = val.value(model)
+        if not np.isfinite(value):
+            raise FloatingPointError(
+                f"epoch {epoch + 1}, step {step}: the validation value is {value}. The model "
+                "keeps the parameters of this step; a smaller learning rate usually helps")
+        return stopper.update(model, value, step, epoch)
 
+    # ---- the loop
     optimizer.bind(model.params)   # everything is checked: from here on the optimizer is this model's
     step, epoch, stop = 0, 0, False
     while step < cap and not stop:
@@ -219,9 +320,9 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
             history["batch_loss"].append(loss)
             total += loss * rows.shape[0]
             seen += rows.shape[0]
-            if validation is not None and interval is not None and (
+            if val is not None and interval is not None and (
                     step % interval == 0 or step == cap or step in early):
-                stop = validate(step, epoch)
+                stop = validate_at(step, epoch)
             if stop or step >= cap:
                 break
         history["loss"].append(total / seen)
@@ -229,9 +330,9 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         line = f"epoch {epoch + 1}/{-(-cap // steps_per_epoch)}  loss {history['loss'][-1]:.5f}"
         if interval is not None or max_steps is not None or cap > epochs * steps_per_epoch:
             line += f"  step {step}/{cap}"
-        if validation is not None:
+        if val is not None:
             if interval is None:
-                stop = validate(step, epoch)
+                stop = validate_at(step, epoch)
             line += f"  validation loss {history['val_loss'][-1]:.5f}"
         if verbose:
             print(f"{line}  ({history['seconds'][-1]:.1f} s)", flush=True)
@@ -239,20 +340,43 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
             callback(epoch, history)
         epoch += 1
     history["steps"] = step
-    history["stopped"] = "patience" if stop else "cap"
+    history["stopped"] = "patience" if stop else "budget" if budget else "cap"
     history["kept"] = step
-    if validation is not None:
-        _, best_epoch, best_step, _, params, state = best
-        for k in params:
-            model.params[k][...] = params[k]    # in place: model.params stays the same arrays
-        for k in state:
-            model.state[k][...] = state[k]
-        history["best_epoch"] = best_epoch + 1
-        history["kept"] = best_step
-        if verbose and best_step < step:
-            print(f"restored the parameters of step {best_step} (epoch {best_epoch + 1}, "
+    if stopper is not None:
+        best = stopper.best
+        stopper.restore(model)
+        history["best_epoch"] = best.epoch + 1
+        history["kept"] = best.step
+        if verbose and best.step < step:
+            print(f"restored the parameters of step {best.step} (epoch {best.epoch + 1}, "
                   "lowest validation loss)", flush=True)
     return history
+
+
+def _check_data(model, X, labels, dense, bags, blocks):
+    """Validate the training arrays once for the whole run; return them clean.
+
+    Batches are offset into table rows one at a time, so no shifted copy of
+    the whole dataset is ever made. With ``blocks`` the arrays are checked
+    block by block and kept as they are (memory-mapped ones stay on disk);
+    each block is converted when it is read.
+    """
+    if blocks:
+        X = check_ids_in_blocks(X, model.field_dims)
+        n = X.shape[0]
+        if dense is None or np.shape(dense)[0] != n:
+            validate.check_dense(dense, n, model.n_dense, model.dtype)   # raises the usual message
+        else:
+            in_blocks(lambda d: validate.check_dense(d, d.shape[0], model.n_dense, model.dtype),
+                      (dense,))
+        if not labels or any(np.shape(y)[:1] != (n,) for y in labels):
+            model.check_labels(labels, n)                         # raises the usual message
+        in_blocks(lambda *ys: model.check_labels(ys, ys[0].shape[0]), labels)
+    else:
+        X = validate.check_ids(X, model.field_dims)
+        dense = validate.check_dense(dense, X.shape[0], model.n_dense, model.dtype)
+        labels = model.check_labels(labels, X.shape[0])
+    return X, labels, dense, model.check_bags(bags, X.shape[0])
 
 
 def _batch_bounds(n, batch_size, batch_norm):

@@ -21,6 +21,15 @@ def _where(idx):
     return shown + more
 
 
+def as_array(value, name):
+    """``np.asarray(value)``, with a sentence instead of NumPy's error for ragged nested lists."""
+    try:
+        return np.asarray(value)
+    except ValueError:   # "setting an array element with a sequence ... inhomogeneous shape"
+        raise ValueError(f"{name} must be a rectangular array: it is a nested sequence whose "
+                         "rows have different lengths") from None
+
+
 def check_field_dims(field_dims):
     """Return ``field_dims`` as a tuple of positive ints.
 
@@ -58,7 +67,7 @@ def check_ids(X, field_dims, name="X"):
     -------
     ndarray of shape (n, n_fields), integer dtype (not copied when already integer)
     """
-    X = np.asarray(X)
+    X = as_array(X, name)
     if X.dtype == bool or not np.issubdtype(X.dtype, np.integer):
         raise TypeError(f"{name} must hold integer ids, got dtype {X.dtype}")
     if X.ndim != 2:
@@ -109,7 +118,7 @@ def check_dense(dense, n, n_dense, dtype, name="dense"):
     if dense is None:
         raise ValueError(f"the model was built with n_dense={n_dense}, so {name} "
                          f"of shape (n, {n_dense}) is required")
-    dense = np.asarray(dense)
+    dense = as_array(dense, name)
     if not (np.issubdtype(dense.dtype, np.floating) or np.issubdtype(dense.dtype, np.integer)) \
             or dense.dtype == bool:
         raise TypeError(f"{name} must be numeric, got dtype {dense.dtype}")
@@ -146,7 +155,7 @@ def check_binary(y, n, name):
     -------
     ndarray of shape (n,), dtype int8
     """
-    y = np.asarray(y)
+    y = as_array(y, name)
     if not (y.dtype == bool or np.issubdtype(y.dtype, np.integer)
             or np.issubdtype(y.dtype, np.floating)):
         raise TypeError(f"{name} must be 0/1 numbers or booleans, got dtype {y.dtype}")

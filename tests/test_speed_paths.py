@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import esmm_np
+from esmm_np import embedding
 from esmm_np import layers as L
 from esmm_np import optim
 from esmm_np.layers import SparseRows
@@ -68,6 +69,27 @@ def test_embedding_backward_equals_unique_plus_add_at():
     np.testing.assert_array_equal(g.values, values)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_embedding_backward_equals_the_plain_add_at_form_in_the_package(dtype):
+    """embedding.embedding_backward_reference and scatter_add_rows_reference (np.add.at on
+    a zero table) are the plain forms: the sorted scatter-add gives them bit for bit."""
+    rng = np.random.default_rng(4)
+    V, k = 40, 3
+    ids = rng.integers(0, 15, size=(64, 4))                      # many repeats
+    table = rng.standard_normal((V, k)).astype(dtype)
+    e, cache = embedding.embedding_forward(table, ids)
+    de = rng.standard_normal(e.shape).astype(dtype)
+    fast = L.sparse_to_dense(embedding.embedding_backward(de, cache))
+    np.testing.assert_array_equal(fast, embedding.embedding_backward_reference(de, cache))
+    flat, rows = ids.ravel(), de.reshape(-1, k)
+    np.testing.assert_array_equal(L.sparse_to_dense(embedding.scatter_add_rows(flat, rows, V)),
+                                  embedding.scatter_add_rows_reference(flat, rows, V))
+    # The buffered one-liner is not the same thing: it keeps one write per repeated row.
+    buffered = np.zeros((V, k), dtype=dtype)
+    buffered[flat] += rows
+    assert not np.array_equal(buffered, fast)
+
+
 def test_embedding_forward_is_fancy_indexing():
     rng = np.random.default_rng(0)
     table = rng.standard_normal((20, 4))
@@ -79,13 +101,11 @@ def test_embedding_forward_is_fancy_indexing():
 # ---------------------------------------------------------------------- Adam
 
 def _textbook_adam(w, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
-    """Adam exactly as Algorithm 1 of Kingma & Ba writes it, in float64."""
+    """Adam exactly as Algorithm 1 of Kingma & Ba writes it (optim.adam_textbook_step), in float64."""
     w = w.astype(np.float64)
     m, v = np.zeros_like(w), np.zeros_like(w)
     for t, g in enumerate(grads, start=1):
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        w = w - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        w, m, v = optim.adam_textbook_step(w, m, v, g, t, lr, b1, b2, eps)
     return w
 
 
