@@ -17,6 +17,7 @@ import numpy as np
 from .baselines import TRAINERS, bag_kw, make_context, train_ctr_net
 from .config import model_arch
 from .scoring import intervals
+from .stopping import make_probe
 from ..data.simulator import simulate
 
 # ----------------------------------------------------------------- workers
@@ -77,6 +78,8 @@ def run_task(task):
     ctx = make_context(data, arch=task["arch"], train=task["train"], seed=task["seed"],
                        validation_fraction=task["validation_fraction"],
                        ctr_net=task["ctr_net"], options=task["options"])
+    if task["train"].get("criterion") == "measured":      # record, never choose: see .stopping
+        ctx.probes = {kind: make_probe(test, kind == "tower") for kind in ("tower", "two-tower")}
     out = {"seconds": None}
     if task["method"] == "_ctr_net":
         model, record = train_ctr_net(ctx)
