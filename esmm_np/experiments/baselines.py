@@ -231,10 +231,11 @@ def fit_network(model, X, labels, dense, validation, train, seed, verbose=False,
               "best_val_loss": float(min(h["val_loss"])) if h.get("val_loss") else None,
               "criterion": CRITERIA[kind] if crit is not None else "validation loss",
               "val_positives": positives}
+    if h.get("val_steps"):
+        record["val_steps"] = list(h["val_steps"])
     if crit is not None and crit.probed:
-        record.update(probe=crit.probed, val_steps=list(h["val_steps"]),
-                      adjacent_noise=adjacent_noise(list(h["val_steps"]), crit.probed,
-                                                    h["kept"]))
+        record.update(probe=crit.probed,
+                      adjacent_noise=adjacent_noise(record["val_steps"], crit.probed, h["kept"]))
     return record
 
 
