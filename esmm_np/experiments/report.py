@@ -16,6 +16,40 @@ SHORT = {"cvr_auc_clicked": "CVR AUC clicked", "cvr_soft_auc_clicked": "soft CVR
          "ctcvr_auc": "CTCVR AUC"}
 
 
+#: What each method trains on and how its pCVR is made (printed by the demo, shown in notebook 3).
+GLOSSARY = {
+    "BASE": ("clicked impressions, label = conversion",
+             "a CVR network; pCTCVR = pCTR × pCVR with a separate CTR network"),
+    "AMAN": ("BASE's rows plus a share of the unclicked impressions labelled 0 (share chosen "
+             "on the clicked validation rows)", "a CVR network, as BASE"),
+    "OVERSAMPLING": ("BASE's rows, every converted row present k times (k chosen on "
+                     "validation)", "a CVR network, as BASE"),
+    "UNBIAS": ("BASE's rows, each kept with probability 1 − pCTR", "a CVR network, as BASE"),
+    "UNBIAS-IPS": ("BASE's rows drawn with probability ∝ 1 / pCTR (inverse propensity)",
+                   "a CVR network, as BASE"),
+    "DIVISION": ("a CTR network and a CTCVR network, each on all impressions",
+                 "pCTCVR / pCTR (can exceed 1; clipped for scoring)"),
+    "ESMM-NS": ("all impressions: the CTR loss and the CTCVR loss", "its CVR tower, with a "
+                "separate embedding table per tower; pCTCVR = pCTR × pCVR"),
+    "ESMM": ("all impressions: the CTR loss and the CTCVR loss",
+             "its CVR tower, embeddings shared with the CTR tower; pCTCVR = pCTR × pCVR"),
+    "CTR-ONLY": ("nothing of its own (the shared CTR network)",
+                 "none: pCTR alone stands in for pCTCVR (a reference row)"),
+    "ESCM2-IPS": ("ESMM's losses plus a CVR loss on clicked rows weighted by 1 / pCTR",
+                  "its CVR tower, as ESMM"),
+    "ESCM2-DR": ("as ESCM2-IPS, with an imputation tower that predicts the CVR error "
+                 "(doubly robust)", "its CVR tower, as ESMM"),
+}
+
+
+def glossary_table(methods=None):
+    """The methods as Markdown: what each trains on and how its pCVR is made."""
+    names = [m for m in (methods or GLOSSARY) if m in GLOSSARY]
+    lines = ["| method | trains on | pCVR |", "|---|---|---|"]
+    lines += [f"| {m} | {GLOSSARY[m][0]} | {GLOSSARY[m][1]} |" for m in names]
+    return "\n".join(lines)
+
+
 def caveat(result):
     """'' for a full run; otherwise one line saying the numbers are not the table's."""
     label = result.get("label", "full")
