@@ -212,14 +212,17 @@ def noise_note(networks, what="table"):
 
 def stopping_rule(result):
     """One sentence naming the stopping rule of a run."""
-    t = result["config"]["train"]
+    t = result.get("effort") or result["config"]["train"]     # the rule the run applied
     if t.get("criterion", "loss") != "measured":
         return ("Stopping: every network on its full validation loss, constant learning rate.")
     return (f"Stopping: two-tower networks (ESMM, ESMM-NS, ESCM²) keep the validation point "
             f"with the lowest CTCVR log loss (L_ctcvr), single-task networks the lowest loss "
-            f"of their one task; the learning rate halves every {t['half_life']:,} steps; a "
-            f"validation set with fewer than {t.get('min_val_positives', 0)} positives does not "
-            "choose (a fixed budget instead).")
+            f"of their one task; validation every {t['eval_every']:,} steps (or every epoch "
+            f"if shorter), patience {t['patience']}, at least {t['min_steps']:,} steps (two "
+            f"epochs of the training set at most), cap {t['max_steps']:,}; the learning rate "
+            f"halves every {t['half_life']:,} steps; a validation set with fewer than "
+            f"{t.get('min_val_positives', 0)} positives does not choose (the network trains "
+            f"the fixed budget of {t['min_steps']:,} steps instead).")
 
 
 def division_note(result):
