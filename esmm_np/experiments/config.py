@@ -154,6 +154,8 @@ def effort_for(train, n_rows):
     the run gets the same rule. At the documented sizes (two epochs are more
     than ``min_steps``) the rule is unchanged.
     """
+    if train.get("fixed_effort"):            # set on purpose (the ten-times check): as given
+        return dict(train)
     two_epochs = 2 * -(-int(n_rows) // int(train["batch_size"]))
     floor = int(train.get("min_steps", 0))
     out = {**train, "min_steps": min(floor, two_epochs)}
