@@ -123,7 +123,7 @@ def unresolved_note(result, metrics=("cvr_soft_auc_clicked", "cvr_soft_auc_entir
     for metric in metrics:
         if metric not in iv:
             continue
-        tied = [n for n, e in iv[metric].items() if not excludes_zero(e)]
+        tied = [n for n, e in iv[metric].items() if n != ref and not excludes_zero(e)]
         if tied:
             parts.append(f"on {SHORT[metric]}: {', '.join(tied)}")
     if not parts:
