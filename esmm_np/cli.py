@@ -92,6 +92,8 @@ def _demo(args):
         print(f"esmm-np demo: {e}", file=sys.stderr)
         return 2
     world = result["world"]
+    print("\nThe methods (what each trains on, and how its pCVR is made):\n")
+    print(E.glossary_table(cfg.methods))
     print(f"\nIn this world clicked impressions have mean true CVR "
           f"{100 * world['true_cvr_clicked']:.2f}% and unclicked ones "
           f"{100 * world['true_cvr_unclicked']:.2f}%: a model trained on clicks learns the first.")

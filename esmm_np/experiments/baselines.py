@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..escm2 import ESCM2
+from .stopping import CRITERIA, Criterion, adjacent_noise, criterion_positives
 from ..metrics import auc
 from ..data.bags import take_bags
 from ..model import ESMM, TowerModel
@@ -162,6 +163,7 @@ class Context:
     ctr_net: object = None
     options: dict = field(default_factory=dict)
     verbose: bool = False
+    probes: dict = field(default_factory=dict)     # "tower"/"two-tower" -> probe(model)
 
 
 def bag_kw(d, idx=None):
@@ -180,35 +182,64 @@ def _model_kw(d):
     return {"bag_dims": d.bag_dims} if getattr(d, "bags", None) is not None else {}
 
 
-def fit_network(model, X, labels, dense, validation, train, seed, verbose=False, bags=None):
+def fit_network(model, X, labels, dense, validation, train, seed, verbose=False, bags=None,
+                probe=None):
     """Train one network under the shared budget; return its stopping record.
 
     ``train`` holds ``batch_size``, ``lr`` (Adam), and either ``epochs`` or
     the fair-effort rule: ``max_steps`` (the cap), ``min_steps``,
     ``eval_every`` and ``patience`` (validations without improvement), as in
-    :func:`esmm_np.fit`. ``bags``: the multi-valued fields of the training
-    rows, if any (a trailing dict in ``validation`` carries the validation rows').
+    :func:`esmm_np.fit`; and the stopping rule (:mod:`.stopping`):
+    ``criterion`` ("measured": the network's criterion with the
+    learning-rate decay of ``half_life`` steps; "loss": its full validation
+    loss at a constant learning rate) and ``min_val_positives`` (fewer
+    validation positives: a fixed budget of ``min_steps`` steps,
+    ``stopped="budget"``). ``bags``: the multi-valued fields of the training
+    rows, if any (a trailing dict in ``validation`` carries the validation
+    rows'). ``probe``: a metric on test rows recorded at every validation.
 
     Returns
     -------
     dict with ``steps``, ``kept`` (the step whose parameters are kept),
-    ``stopped`` (``"patience"`` or ``"cap"``), ``rows`` (training rows),
-    ``kept_first_validation`` (the best point was the very first one looked
-    at, so the optimum may lie earlier) and ``best_val_loss``.
+    ``stopped`` (``"patience"``, ``"cap"`` or ``"budget"``), ``rows``
+    (training rows), ``kept_first_validation`` (the best point was the very
+    first one looked at, so the optimum may lie earlier), ``best_val_loss``,
+    ``criterion``, ``val_positives``, and with a probe ``probe`` (its value
+    at every validation), ``val_steps`` and ``adjacent_noise``.
     """
+    optimizer = Adam(lr=train["lr"], lazy=train.get("lazy", False))
+    kind = "two-tower" if len(labels) == 2 else "tower"
+    stop_on, min_pos, crit = "loss", 0, None
+    max_steps = train.get("max_steps")
+    positives = None
+    if validation is not None:
+        positives = criterion_positives(kind, validation[1:1 + len(labels)])
+    if validation is not None and train.get("criterion", "loss") == "measured":
+        crit = Criterion(kind, optimizer, train.get("half_life"), probe)
+        stop_on, min_pos = crit, int(train.get("min_val_positives", 0))
+        if positives < min_pos:
+            max_steps = train.get("min_steps", 0) or max_steps   # the fixed budget
     h = fit(model, X, *labels, dense=dense, epochs=train.get("epochs", 1),
-            batch_size=train["batch_size"],
-            optimizer=Adam(lr=train["lr"], lazy=train.get("lazy", False)), seed=seed,
+            batch_size=train["batch_size"], optimizer=optimizer, seed=seed,
             verbose=verbose, validation=validation, patience=train.get("patience"),
             eval_every=train.get("eval_every"), min_steps=train.get("min_steps", 0),
-            max_steps=train.get("max_steps"), **({} if bags is None else {"bags": bags}))
-    return {"steps": h["steps"], "kept": h["kept"], "stopped": h["stopped"],
-            "rows": int(X.shape[0]),
-            "kept_first_validation": bool(h.get("val_steps")) and h["kept"] == h["val_steps"][0],
-            "best_val_loss": float(min(h["val_loss"])) if h.get("val_loss") else None}
+            max_steps=max_steps, stop_on=stop_on, min_val_positives=min_pos,
+            **({} if bags is None else {"bags": bags}))
+    record = {"steps": h["steps"], "kept": h["kept"], "stopped": h["stopped"],
+              "rows": int(X.shape[0]),
+              "kept_first_validation": bool(h.get("val_steps")) and h["kept"] == h["val_steps"][0],
+              "best_val_loss": float(min(h["val_loss"])) if h.get("val_loss") else None,
+              "criterion": CRITERIA[kind] if crit is not None else "validation loss",
+              "val_positives": positives}
+    if h.get("val_steps"):
+        record["val_steps"] = list(h["val_steps"])
+    if crit is not None and crit.probed:
+        record.update(probe=crit.probed,
+                      adjacent_noise=adjacent_noise(record["val_steps"], crit.probed, h["kept"]))
+    return record
 
 
-def _tower(ctx, idx, y, val_idx, val_y):
+def _tower(ctx, idx, y, val_idx, val_y, probe=None):
     """Train a TowerModel on rows ``idx`` of ``ctx.part`` (labels ``y``); returns (model, record)."""
     part, val = ctx.part, ctx.val
     model = TowerModel(part.field_dims, n_dense=part.n_dense, seed=ctx.seed, **_model_kw(part),
@@ -220,7 +251,7 @@ def _tower(ctx, idx, y, val_idx, val_y):
             bag_kw(val, val_idx).values())
     record = fit_network(model, part.X[idx], (y,),
                          None if part.dense is None else part.dense[idx], validation,
-                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part, idx))
+                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part, idx), probe=probe)
     return model, record
 
 
@@ -311,7 +342,7 @@ def _click_space(ctx, name, rows):
     rng = np.random.default_rng([ctx.seed, sum(map(ord, name))])
     idx, y = rows(ctx.part, rng)
     vidx, vy = (None, None) if ctx.val is None else rows(ctx.val, rng)
-    model, record = _tower(ctx, idx, y, vidx, vy)
+    model, record = _tower(ctx, idx, y, vidx, vy, probe=ctx.probes.get("tower"))
     return model, record
 
 
@@ -394,7 +425,8 @@ def _esmm(ctx, name, share=True, model_class=ESMM, net="ESMM net", **options):
     v = None if val is None else (val.X, val.click, val.conversion) + (
         () if val.dense is None else (val.dense,)) + tuple(bag_kw(val).values())
     record = fit_network(model, part.X, (part.click, part.conversion), part.dense, v,
-                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part))
+                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part),
+                         probe=ctx.probes.get("two-tower"))
     return ESMMMethod(name, model, {net: record})
 
 

@@ -14,8 +14,8 @@ from ..data.files import dumps_strict, read_text, write_file
 
 def regime_config():
     """The regime map's run: BASE and ESMM in each world, smaller worlds, two seeds."""
-    return ExperimentConfig(n_impressions=400_000, seeds=(0, 1), methods=("BASE", "ESMM"),
-                            sweep_fractions=(), n_boot=100)
+    return ExperimentConfig(n_impressions=400_000, world_seeds=(), seeds=(0, 1),
+                            methods=("BASE", "ESMM"), sweep_fractions=(), n_boot=100)
 
 
 def regime_map(cfg, rhos=(0.3, 0.6, 0.9), cvrs=(0.01, 0.03, 0.1), progress=print):

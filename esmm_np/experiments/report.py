@@ -16,6 +16,40 @@ SHORT = {"cvr_auc_clicked": "CVR AUC clicked", "cvr_soft_auc_clicked": "soft CVR
          "ctcvr_auc": "CTCVR AUC"}
 
 
+#: What each method trains on and how its pCVR is made (printed by the demo, shown in notebook 3).
+GLOSSARY = {
+    "BASE": ("clicked impressions, label = conversion",
+             "a CVR network; pCTCVR = pCTR × pCVR with a separate CTR network"),
+    "AMAN": ("BASE's rows plus a share of the unclicked impressions labelled 0 (share chosen "
+             "on the clicked validation rows)", "a CVR network, as BASE"),
+    "OVERSAMPLING": ("BASE's rows, every converted row present k times (k chosen on "
+                     "validation)", "a CVR network, as BASE"),
+    "UNBIAS": ("BASE's rows, each kept with probability 1 − pCTR", "a CVR network, as BASE"),
+    "UNBIAS-IPS": ("BASE's rows drawn with probability ∝ 1 / pCTR (inverse propensity)",
+                   "a CVR network, as BASE"),
+    "DIVISION": ("a CTR network and a CTCVR network, each on all impressions",
+                 "pCTCVR / pCTR (can exceed 1; clipped for scoring)"),
+    "ESMM-NS": ("all impressions: the CTR loss and the CTCVR loss", "its CVR tower, with a "
+                "separate embedding table per tower; pCTCVR = pCTR × pCVR"),
+    "ESMM": ("all impressions: the CTR loss and the CTCVR loss",
+             "its CVR tower, embeddings shared with the CTR tower; pCTCVR = pCTR × pCVR"),
+    "CTR-ONLY": ("nothing of its own (the shared CTR network)",
+                 "none: pCTR alone stands in for pCTCVR (a reference row)"),
+    "ESCM2-IPS": ("ESMM's losses plus a CVR loss on clicked rows weighted by 1 / pCTR",
+                  "its CVR tower, as ESMM"),
+    "ESCM2-DR": ("as ESCM2-IPS, with an imputation tower that predicts the CVR error "
+                 "(doubly robust)", "its CVR tower, as ESMM"),
+}
+
+
+def glossary_table(methods=None):
+    """The methods as Markdown: what each trains on and how its pCVR is made."""
+    names = [m for m in (methods or GLOSSARY) if m in GLOSSARY]
+    lines = ["| method | trains on | pCVR |", "|---|---|---|"]
+    lines += [f"| {m} | {GLOSSARY[m][0]} | {GLOSSARY[m][1]} |" for m in names]
+    return "\n".join(lines)
+
+
 def caveat(result):
     """'' for a full run; otherwise one line saying the numbers are not the table's."""
     label = result.get("label", "full")
@@ -82,6 +116,22 @@ def interval_table(result):
     return "\n".join(lines)
 
 
+def unresolved_note(result, metrics=("cvr_soft_auc_clicked", "cvr_soft_auc_entire")):
+    """Which methods this run cannot tell apart from the reference (interval includes zero)."""
+    iv, ref = result.get("intervals", {}), result.get("reference", "ESMM")
+    parts = []
+    for metric in metrics:
+        if metric not in iv:
+            continue
+        tied = [n for n, e in iv[metric].items() if n != ref and not excludes_zero(e)]
+        if tied:
+            parts.append(f"on {SHORT[metric]}: {', '.join(tied)}")
+    if not parts:
+        return ""
+    return (f"This run cannot order these against {ref} (their intervals include zero), "
+            "so it says nothing about which is ahead: " + "; ".join(parts) + ".")
+
+
 def choice_note(result):
     """Which AMAN rate and OVERSAMPLING k each seed chose on validation."""
     parts = []
@@ -113,11 +163,66 @@ def effort_note(result, sweep=None):
     if first:
         early = (f" {len(first)} kept their very first validation point, so their best may lie "
                  f"earlier: {', '.join(sorted({f'{m} {net}' for m, net in first}))}.")
+    budget = []
+    for where, networks in [("table", result["networks"])] + [
+            (f"sweep {float(frac):.0%}", cell["networks"]) for frac, cell in (sweep or {}).items()]:
+        budget += [(where, m, net, rec.get("val_positives")) for m, per_seed in networks.items()
+                   for nets in per_seed for net, rec in nets.items()
+                   if rec["stopped"] == "budget"]
+    fixed = ""
+    if budget:
+        where = sorted({f"{w}: {m} {net}" for w, m, net, _ in budget})
+        fewest = min(b[3] for b in budget)
+        fixed = (f" {len(budget)} had fewer validation positives than the stated minimum "
+                 f"({fewest} at the fewest), so their validation did not pick the point: they "
+                 f"trained the fixed budget of min_steps (stopped=\"budget\"): "
+                 f"{'; '.join(where[:8])}{' ...' if len(where) > 8 else ''}.")
     if not cap:
-        return f"All {n} networks stopped on patience (none on the step cap).{early}"
+        rest = n - len(budget)
+        return (f"{'All ' if not budget else ''}{rest} networks stopped on patience (none on "
+                f"the step cap).{fixed}{early}")
     listed = "; ".join(f"{w}: {m} seed #{i} {net}" for w, m, i, net in cap[:8])
     return (f"WARNING: {len(cap)} of {n} networks stopped on the step cap, not on patience "
-            f"({listed}{' ...' if len(cap) > 8 else ''}); their numbers may be undertrained.{early}")
+            f"({listed}{' ...' if len(cap) > 8 else ''}); their numbers may be undertrained."
+            f"{fixed}{early}")
+
+
+def noise_values(networks):
+    """method -> adjacent-validation noise of each of its CVR networks, in AUC points."""
+    out = {}
+    for m, per_run in networks.items():
+        vals = [100 * rec["adjacent_noise"] for nets in per_run for rec in nets.values()
+                if rec.get("adjacent_noise") is not None]
+        if vals:
+            out[m] = vals
+    return out
+
+
+def noise_note(networks, what="table"):
+    """One sentence: how much the kept point's test metric moves between adjacent validations."""
+    vals = noise_values(networks)
+    if not vals:
+        return ""
+    parts = ", ".join(f"{m} {np.mean(v):.2f} (max {np.max(v):.2f})" for m, v in vals.items())
+    return (f"Adjacent-validation noise ({what}): how far a probe on 20,000 test rows (soft "
+            "CVR AUC against the true CVR; without ground truth the clicked CVR AUC) moves "
+            "between the kept validation and its neighbours, mean |change| over the networks "
+            f"in points (it measures, it never chooses): {parts}.")
+
+
+def stopping_rule(result):
+    """One sentence naming the stopping rule of a run."""
+    t = result.get("effort") or result["config"]["train"]     # the rule the run applied
+    if t.get("criterion", "loss") != "measured":
+        return ("Stopping: every network on its full validation loss, constant learning rate.")
+    return (f"Stopping: two-tower networks (ESMM, ESMM-NS, ESCM²) keep the validation point "
+            f"with the lowest CTCVR log loss (L_ctcvr), single-task networks the lowest loss "
+            f"of their one task; validation every {t['eval_every']:,} steps (or every epoch "
+            f"if shorter), patience {t['patience']}, at least {t['min_steps']:,} steps (two "
+            f"epochs of the training set at most), cap {t['max_steps']:,}; the learning rate "
+            f"halves every {t['half_life']:,} steps; a validation set with fewer than "
+            f"{t.get('min_val_positives', 0)} positives does not choose (the network trains "
+            f"the fixed budget of {t['min_steps']:,} steps instead).")
 
 
 def division_note(result):
@@ -154,8 +259,11 @@ def report_text(result, sweep=None):
               f"impressions{each}{tested}, {n_seeds} training seed(s) in each. AUC in percent, "
               "bias in percentage points (mean pCVR minus mean true CVR); mean"
               + (f" ± std over {over}." if spread else "."), "", format_table(result), ""]
-    for note in result.get("notes", []):
-        parts += [note, ""]
+    for note in result.get("notes", []) + [stopping_rule(result) if "train" in
+                                           result.get("config", {}) else "",
+                                           noise_note(result.get("networks", {}))]:
+        if note:
+            parts += [note, ""]
     if result.get("intervals"):
         how = result.get("interval_construction", "")
         if n_worlds > 1:
@@ -166,6 +274,9 @@ def report_text(result, sweep=None):
                     "world-to-world spread)")
         parts += [f"Differences to {result.get('reference', 'ESMM')} in points, with {what}; "
                   "* = the interval excludes zero:", "", interval_table(result), ""]
+        note = unresolved_note(result)
+        if note:
+            parts += [note, ""]
     for note in (choice_note(result), division_note(result),
                  effort_note(result, sweep) if "networks" in result else ""):
         if note:
@@ -175,6 +286,10 @@ def report_text(result, sweep=None):
                else "paired bootstrap intervals over test rows")
         parts += [f"Sparsity sweep (CVR AUC in percent, mean over {over}; last columns: "
                   f"ESMM − BASE with 95% {how}):", "", sweep_table(sweep), ""]
+        for frac, cell in sweep.items():
+            note = noise_note(cell["networks"], f"sweep share {float(frac):.0%}")
+            if note:
+                parts += [note, ""]
     return "\n".join(parts).rstrip() + "\n"
 
 

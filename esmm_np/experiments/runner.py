@@ -232,8 +232,9 @@ def sparsity_sweep(cfg, progress=print, data=None):
 def budget_check(cfg, factor=10, seed=0, progress=print):
     """Retrain every sweep cell with ``factor`` times the effort; how far do the AUCs move?
 
-    The effort rule's patience, minimum and cap are all multiplied by
-    ``factor`` (validation stays every ``eval_every`` steps). If a cell's
+    The effort rule the run applies (:func:`effort_for`) has its patience,
+    minimum, cap and learning-rate half-life multiplied by ``factor``
+    (validation stays every ``eval_every`` steps); one world, one seed. If a cell's
     AUC moves by less than a point, the sweep measures the methods and not
     the budget.
 
@@ -242,10 +243,17 @@ def budget_check(cfg, factor=10, seed=0, progress=print):
     list of dicts: ``frac``, ``method``, ``auc`` and ``auc_more`` (entire-space
     CVR AUC, and soft), steps of both runs, and the ``move`` in points.
     """
-    base = ExperimentConfig(**{**asdict(cfg), "methods": (), "seeds": (seed,), "n_boot": 2})
-    more = ExperimentConfig(**{**asdict(base), "train": {
-        **cfg.train, "patience": factor * cfg.train["patience"],
-        "min_steps": factor * cfg.train["min_steps"], "max_steps": factor * cfg.train["max_steps"]}})
+    seeds = world_seeds(cfg)[:1]
+    base = ExperimentConfig(**{**asdict(cfg), "methods": (), "seeds": (seed,), "n_boot": 2,
+                               "world_seeds": seeds})
+    train, _ = make_world(base, seeds[0])
+    effort = effort_for(cfg.train, len_part(len(train), cfg.validation_fraction))
+    more_train = {**effort, "fixed_effort": True, "patience": factor * effort["patience"],
+                  "min_steps": factor * effort["min_steps"],
+                  "max_steps": factor * effort["max_steps"]}
+    if effort.get("half_life"):
+        more_train["half_life"] = factor * effort["half_life"]   # the decay stretched alike
+    more = ExperimentConfig(**{**asdict(base), "train": more_train})
     a = run_all(base, progress, sweep=True)[1]
     b = run_all(more, progress, sweep=True)[1]
     rows = []

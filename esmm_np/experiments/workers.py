@@ -18,6 +18,7 @@ from .baselines import bag_kw, make_context, train_ctr_net
 from .methods import TRAINERS
 from .config import model_arch
 from .scoring import intervals
+from .stopping import make_probe
 from ..data.simulator import simulate
 
 # ----------------------------------------------------------------- workers
@@ -78,6 +79,8 @@ def run_task(task):
     ctx = make_context(data, arch=task["arch"], train=task["train"], seed=task["seed"],
                        validation_fraction=task["validation_fraction"],
                        ctr_net=task["ctr_net"], options=task["options"])
+    if task["train"].get("criterion") == "measured":      # record, never choose: see .stopping
+        ctx.probes = {kind: make_probe(test, kind == "tower") for kind in ("tower", "two-tower")}
     out = {"seconds": None}
     if task["method"] == "_ctr_net":
         model, record = train_ctr_net(ctx)
