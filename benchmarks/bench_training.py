@@ -4,6 +4,7 @@ Run from the repository root:
 
     python benchmarks/bench_training.py            # full run: 2 minutes, up to 10 when busy
     python benchmarks/bench_training.py --quick    # smoke run: one to two minutes
+    python benchmarks/bench_training.py --only mmoe --quick   # the MMoE rows alone
 
 It prints, all measured in this one run on this machine:
 
@@ -21,6 +22,7 @@ It prints, all measured in this one run on this machine:
    Adam) for the table in the lazy pair. Each implementation runs in its own
    process (never two threading runtimes in one), and the processes alternate
    over rounds, so that a burst of load from elsewhere hits every column.
+   The same for an MMoE step (:data:`MMOE`; ``--only mmoe`` runs it alone).
 3. GFLOP/s of each step: the matmul FLOPs counted analytically (2 n d_in d_out
    per affine layer forward, twice that backward), divided by the step's time.
 4. One epoch of ``esmm_np.fit`` over 1 million simulated impressions at the
@@ -653,10 +655,8 @@ def main():
     if opts.only in (None, "mmoe"):   # ---- the MMoE step
         K, (e,), (t,) = MMOE["n_experts"], MMOE["expert_units"], MMOE["tower_units"]
         cases = [("paper", 1024, 10, 20 if q else 40), ("paper", 4096, 3, 5 if q else 12)]
-        print(f"One MMoE training step (esmm_np.MMoE, {K} experts of {e} on the paper's input, "
-              f"a softmax gate per task, towers {t}-1 on the mixtures), float32, as above; "
-              "PyTorch: the same network in eager mode.")
-        print("GFLOP/s counts the experts', gates' and towers' matmul FLOPs only.")
+        print(f"One MMoE training step (esmm_np.MMoE: {K} experts of {e} on the paper's input, a "
+              f"softmax gate per task, towers {t}-1), as above; GFLOP/s: experts, gates, towers.")
         results["mmoe_step"] = step_table("mmoe", cases, impls, rounds, threads, peak,
                                           torch_version)
         if torch_version:
