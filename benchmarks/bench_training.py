@@ -4,6 +4,7 @@ Run from the repository root:
 
     python benchmarks/bench_training.py            # full run: 2 minutes, up to 10 when busy
     python benchmarks/bench_training.py --quick    # smoke run: one to two minutes
+    python benchmarks/bench_training.py --only mmoe --quick   # the MMoE rows alone
 
 It prints, all measured in this one run on this machine:
 
@@ -21,6 +22,7 @@ It prints, all measured in this one run on this machine:
    Adam) for the table in the lazy pair. Each implementation runs in its own
    process (never two threading runtimes in one), and the processes alternate
    over rounds, so that a burst of load from elsewhere hits every column.
+   The same for an MMoE step (:data:`MMOE`; ``--only mmoe`` runs it alone).
 3. GFLOP/s of each step: the matmul FLOPs counted analytically (2 n d_in d_out
    per affine layer forward, twice that backward), divided by the step's time.
 4. One epoch of ``esmm_np.fit`` over 1 million simulated impressions at the
@@ -51,18 +53,30 @@ CONFIGS = {
     "notebook": ((4000, 3000, 40, 8), 8, (64, 32)),
 }
 
+#: The MMoE rows' network (``--only mmoe`` runs them alone): the paper's input (20
+#: fields of 10,000 ids, embeddings of 18, so h0 is 360 wide), 4 experts of one
+#: hidden layer of 200 (the width of ESMM's towers' first layer), one softmax
+#: gate per task, and each task's tower of 80 on its mixture: ESMM's 200-80
+#: towers with the first layer turned into 4 shared experts.
+MMOE = {"config": "paper", "n_experts": 4, "expert_units": (200,), "tower_units": (80,)}
+
 
 # ------------------------------------------------------------ helpers
 
 
-def step_flops(config, batch):
+def step_flops(config, batch, model="esmm"):
     """Matmul FLOPs of one training step: 6 n d_in d_out per affine layer, both towers.
+
+    For ``model="mmoe"``: the experts, the two gates and the towers on the
+    mixtures (the mixtures themselves are elementwise and count for nothing).
 
     Forward ``x @ W`` costs 2 n d_in d_out; backward ``dout @ W.T`` and
     ``x.T @ dout`` cost as much again each. Elementwise work is not counted.
     """
     field_dims, k, units = CONFIGS[config]
     d_in = len(field_dims) * k
+    if model == "mmoe":
+        return 6 * batch * sum(a * b for a, b in _mmoe_layers(d_in))
     per_tower = 0
     for d_out in tuple(units) + (1,):
         per_tower += d_in * d_out
@@ -70,9 +84,17 @@ def step_flops(config, batch):
     return 6 * batch * 2 * per_tower
 
 
-def n_parameters(config):
-    """Trainable scalars of the float32 ESMM of ``config``: the table and both towers."""
+def _mmoe_layers(d_in):
+    """(d_in, d_out) of every affine layer of :data:`MMOE`: experts, gates, both towers."""
+    K, (e,), (t,) = MMOE["n_experts"], MMOE["expert_units"], MMOE["tower_units"]
+    return [(d_in, e)] * K + [(d_in, K)] * 2 + [(e, t), (t, 1)] * 2
+
+
+def n_parameters(config, model="esmm"):
+    """Trainable scalars of the float32 ESMM (or MMoE) of ``config``: the table and the rest."""
     field_dims, k, units = CONFIGS[config]
+    if model == "mmoe":
+        return sum(field_dims) * k + sum(a * b + b for a, b in _mmoe_layers(len(field_dims) * k))
     total, d_in = sum(field_dims) * k, len(field_dims) * k
     for d_out in tuple(units) + (1,):
         total += 2 * (d_in * d_out + d_out)          # two towers, weights and biases
@@ -186,13 +208,18 @@ def _batch(config, batch, seed=0):
     return X, click, conversion
 
 
-def _numpy_stepper(config, batch, lazy):
-    """A float32 ESMM, its optimiser and a closure doing one training step."""
+def _numpy_stepper(config, batch, lazy, model="esmm"):
+    """A float32 ESMM (or :data:`MMOE`), its optimiser and a closure doing one training step."""
     import numpy as np
     sys.path.insert(0, ROOT)
     import esmm_np
     field_dims, k, units = CONFIGS[config]
-    model = esmm_np.ESMM(field_dims, embed_dim=k, tower_units=units, dtype=np.float32, seed=0)
+    if model == "mmoe":
+        model = esmm_np.MMoE(field_dims, embed_dim=k, n_experts=MMOE["n_experts"],
+                             expert_units=MMOE["expert_units"], tower_units=MMOE["tower_units"],
+                             dtype=np.float32, seed=0)
+    else:
+        model = esmm_np.ESMM(field_dims, embed_dim=k, tower_units=units, dtype=np.float32, seed=0)
     opt = esmm_np.Adam(lr=1e-3, lazy=lazy)
     X, click, conversion = _batch(config, batch)
     rows = X + model.offsets                       # what fit() hands train_loss
@@ -212,7 +239,7 @@ def _numpy_stepper(config, batch, lazy):
     return model, step, split
 
 
-def _torch_stepper(config, batch, lazy, threads, np_model=None):
+def _torch_stepper(config, batch, lazy, threads, np_model=None, model="esmm"):
     """The same network in PyTorch eager; returns (step closure, loss at np_model's weights)."""
     import numpy as np
     import torch
@@ -247,9 +274,46 @@ def _torch_stepper(config, batch, lazy, threads, np_model=None):
         loss_ctcvr = -(z * log_p + (1 - z) * log_1mp).mean()
         return loss_ctr + loss_ctcvr
 
-    net = Net()
+    class MMoENet(torch.nn.Module):
+        """:data:`MMOE`: ReLU experts, a softmax gate per task, a tower on each mixture."""
+
+        def __init__(self):
+            super().__init__()
+            K, (e,), (t,) = MMOE["n_experts"], MMOE["expert_units"], MMOE["tower_units"]
+            self.embedding = torch.nn.Embedding(sum(field_dims), k, sparse=lazy)
+            self.experts = torch.nn.ModuleList(
+                torch.nn.Sequential(torch.nn.Linear(d_in, e), torch.nn.ReLU()) for _ in range(K))
+            self.gates = torch.nn.ModuleList(torch.nn.Linear(d_in, K) for _ in range(2))
+            self.towers = torch.nn.ModuleList(
+                torch.nn.Sequential(torch.nn.Linear(e, t), torch.nn.ReLU(), torch.nn.Linear(t, 1))
+                for _ in range(2))
+
+        def forward(self, rows):
+            h0 = self.embedding(rows).reshape(rows.shape[0], d_in)
+            o = torch.stack([ex(h0) for ex in self.experts], dim=1)             # (n, K, e)
+            out = []
+            for gate, tower in zip(self.gates, self.towers):
+                psi = torch.softmax(gate(h0), dim=1)                             # (n, K)
+                out.append(tower((psi.unsqueeze(2) * o).sum(dim=1))[:, 0])       # (n,)
+            return out
+
+        def copy_from(self, params):
+            """esmm_np's MMoE weights into this network (same names, W transposed)."""
+            pairs = [(ex[0], f"expert{i}.W0", f"expert{i}.b0") for i, ex in enumerate(self.experts)]
+            for t, gate, tower in zip(("ctr", "cvr"), self.gates, self.towers):
+                pairs += [(gate, f"gate_{t}.W", f"gate_{t}.b"), (tower[0], f"{t}.W0", f"{t}.b0"),
+                          (tower[2], f"{t}.W_out", f"{t}.b_out")]
+            self.embedding.weight.copy_(torch.from_numpy(params["embedding"]))
+            for lin, w, b in pairs:
+                lin.weight.copy_(torch.from_numpy(params[w].T))
+                lin.bias.copy_(torch.from_numpy(params[b]))
+
+    net = MMoENet() if model == "mmoe" else Net()
     agreement = None
-    if np_model is not None:   # copy esmm_np's weights: both must compute the same loss
+    if np_model is not None and model == "mmoe":
+        with torch.no_grad():
+            net.copy_from(np_model.params)
+    elif np_model is not None:   # copy esmm_np's weights: both must compute the same loss
         with torch.no_grad():
             net.embedding.weight.copy_(torch.from_numpy(np_model.params["embedding"]))
             for t in ("ctr", "cvr"):
@@ -294,12 +358,12 @@ def worker_step(args):
     two cores slow both libraries several times over.
     """
     config, batch, impl = args["config"], args["batch"], args["impl"]
-    lazy = impl.endswith("lazy")
+    lazy, model = impl.endswith("lazy"), args.get("model", "esmm")
     split = None
     if impl.startswith("numpy"):
-        _, step, split = _numpy_stepper(config, batch, lazy)
+        _, step, split = _numpy_stepper(config, batch, lazy, model)
     else:
-        step, _ = _torch_stepper(config, batch, lazy, args["threads"])
+        step, _ = _torch_stepper(config, batch, lazy, args["threads"], model=model)
     for _ in range(args["warmup"]):
         step()
     times = []
@@ -314,12 +378,13 @@ def worker_step(args):
 def worker_agree(args):
     """Copy esmm_np's initial weights into the PyTorch network: the losses must agree."""
     out = {}
-    for config in CONFIGS:
-        model, _, _ = _numpy_stepper(config, 256, lazy=False)
+    for config, kind in args["which"]:
+        model, _, _ = _numpy_stepper(config, 256, False, kind)
         X, click, conversion = _batch(config, 256)
         np_loss = float(model.loss(X, click, conversion, train=False)[0])
-        _, torch_loss = _torch_stepper(config, 256, False, args["threads"], np_model=model)
-        out[config] = (np_loss, torch_loss)
+        _, torch_loss = _torch_stepper(config, 256, False, args["threads"], np_model=model,
+                                       model=kind)
+        out[f"{config}-{kind}"] = (np_loss, torch_loss)
     return out
 
 
@@ -439,6 +504,86 @@ def torch_available():
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def step_table(model, cases, impls, rounds, threads, peak, torch_version):
+    """Time ``cases`` of ``model`` ("esmm" or "mmoe") for every impl, print the rows, return them."""
+    header = (f"{'config':<9} {'batch':>5} {'Adam':<6} {'reps':>4} {'NumPy ms':>9} {'GFLOP/s':>8} "
+              f"{'% peak':>6} {'PyTorch ms':>10} {'NumPy/PT':>8} {'mem NumPy':>9} {'mem PT':>7} "
+              f"{'others':>6}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for config, batch, warmup, reps in cases:
+        times = {impl: [] for impl in impls}
+        mem = {impl: 0.0 for impl in impls}
+        others = {impl: 0.0 for impl in impls}
+        split = {impl: {"loss": [], "update": []} for impl in impls if impl.startswith("numpy")}
+        for _ in range(rounds):   # alternate, so that a burst of load hits every column
+            for impl in impls:
+                r = launch_timed("step", config=config, batch=batch, impl=impl, model=model,
+                                 warmup=warmup, reps=reps, threads=threads)
+                others[impl] = max(others[impl], r["others"])
+                times[impl] += r["times"]
+                mem[impl] = max(mem[impl], r["maxrss_mb"])
+                if r["split"]:
+                    for part in ("loss", "update"):
+                        split[impl][part] += r["split"][part]
+        flops = step_flops(config, batch, model)
+        for name in ("dense", "lazy"):
+            ms = median_ms(times[f"numpy-{name}"])
+            gflops = flops / (ms / 1e3) / 1e9
+            row = {"model": model, "config": config, "batch": batch, "adam": name,
+                   "reps": rounds * reps,
+                   "numpy_ms": ms, "numpy_min_ms": 1e3 * min(times[f"numpy-{name}"]),
+                   "gflops": gflops, "pct_peak": 100 * gflops / peak["gflops"], "flops": flops,
+                   "split_ms": {part: median_ms(ts) for part, ts in split[f"numpy-{name}"].items()},
+                   "mem_numpy_mb": mem[f"numpy-{name}"],
+                   "state_mb": 3 * 4 * n_parameters(config, model) / 2 ** 20}   # w, m, v float32
+            torch_cols, mem_pt = f"{'-':>10} {'-':>8}", "-"
+            if torch_version:
+                t_ms = median_ms(times[f"torch-{name}"])
+                row.update(torch_ms=t_ms, torch_min_ms=1e3 * min(times[f"torch-{name}"]),
+                           ratio=ms / t_ms, mem_torch_mb=mem[f"torch-{name}"])
+                torch_cols = f"{t_ms:>10.2f} {ms / t_ms:>8.2f}"
+                mem_pt = f"{mem[f'torch-{name}']:.0f} MB"
+            row["others"] = max(v for impl, v in others.items() if impl.endswith(name))
+            rows.append(row)
+            print(f"{config:<9} {batch:>5} {name:<6} {rounds * reps:>4} {ms:>9.2f} {gflops:>8.1f} "
+                  f"{row['pct_peak']:>5.0f}% {torch_cols} {row['mem_numpy_mb']:>6.0f} MB "
+                  f"{mem_pt:>7} {100 * row['others']:>5.0f}%")
+    print()
+    print("Where the NumPy step's time goes (medians, ms): forward + backward | Adam update")
+    for row in rows:
+        s = row["split_ms"]
+        print(f"  {row['config']:<9} {row['batch']:>5} {row['adam']:<6} "
+              f"{s['loss']:>7.2f} | {s['update']:>6.2f}   "
+              f"(parameters + Adam moments: {row['state_mb']:.0f} MB)")
+    return rows
+
+
+def agreement(which, threads, results):
+    """Copy esmm_np's initial weights into PyTorch's network(s) ``which``; print the worst gap."""
+    agree = launch("agree", threads=threads, which=which)
+    agree.pop("maxrss_mb")
+    results.setdefault("agree", {}).update(agree)
+    worst = max(abs(a - b) / abs(a) for a, b in agree.values())
+    print(f"Same network: with esmm_np's initial weights copied in, PyTorch's loss equals "
+          f"esmm_np's to {worst:.1e} relative (float32).")
+
+
+def _finish(results, opts):
+    """The closing lines (load after, what ``others`` means); the JSON file if asked."""
+    load_after = os.getloadavg()
+    results["load"] = (results.pop("load_before"), load_after)
+    print()
+    print(f"others: the share of the {len(os.sched_getaffinity(0))} cores that other processes "
+          f"used while a part was timed (for a step row, the")
+    print(f"busiest of its processes). Parts over {NOISY:.0%} were rerun, up to {TRIES[0]} "
+          f"tries, keeping the quietest. Load average after: {load_after[0]:.2f}.")
+    if opts.json:
+        from esmm_np.data.files import write_json   # atomic, strict JSON (no NaN tokens)
+        write_json(opts.json, results)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -454,6 +599,9 @@ def main():
     parser.add_argument("--max-wait", type=float, default=600.0,
                         help="seconds the run may spend in all waiting for other processes to "
                              "quiet down before a timed part (default 600; none with --quick)")
+    parser.add_argument("--only", choices=("esmm", "mmoe"),
+                        help="run only these step rows (after the matmul peak): esmm's, or the "
+                             "MMoE step's; skips the epoch")
     parser.add_argument("--json", help="also write the raw results to this file")
     opts = parser.parse_args()
 
@@ -477,7 +625,8 @@ def main():
           f"{load_before[0]:.2f} (other processes share these cores)")
     print()
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "quick": q, "numpy": np.__version__,
-               "blas": blas, "threads": threads, "torch": torch_version}
+               "blas": blas, "threads": threads, "torch": torch_version,
+               "load_before": load_before}
 
     idle = launch("idle")
     peak_n = 2048 if q else 4096
@@ -489,73 +638,33 @@ def main():
     print(f"memory floor (Python + NumPy + esmm_np imported): {idle['maxrss_mb']:.0f} MB")
     print()
 
-    # ---- one training step
     rounds = 1 if q else 2
-    cases = [("paper", 1024, 10, 20 if q else 40),
-             ("paper", 4096, 3, 5 if q else 12),
-             ("notebook", 1024, 20, 50 if q else 100)]
-    print("One training step (forward, backward, Adam), float32: median of "
-          f"{'the' if q else f'{rounds} rounds of'} reps after warm-up, NumPy and PyTorch")
-    print("in separate processes, alternated. GFLOP/s counts the towers' matmul FLOPs only; "
-          "% is of the matmul peak above.")
-    header = (f"{'config':<9} {'batch':>5} {'Adam':<6} {'reps':>4} {'NumPy ms':>9} {'GFLOP/s':>8} "
-              f"{'% peak':>6} {'PyTorch ms':>10} {'NumPy/PT':>8} {'mem NumPy':>9} {'mem PT':>7} "
-              f"{'others':>6}")
-    print(header)
-    print("-" * len(header))
-    results["step"] = []
     impls = ["numpy-dense", "numpy-lazy"] + (["torch-dense", "torch-lazy"] if torch_version else [])
-    for config, batch, warmup, reps in cases:
-        times = {impl: [] for impl in impls}
-        mem = {impl: 0.0 for impl in impls}
-        others = {impl: 0.0 for impl in impls}
-        split = {impl: {"loss": [], "update": []} for impl in impls if impl.startswith("numpy")}
-        for _ in range(rounds):   # alternate, so that a burst of load hits every column
-            for impl in impls:
-                r = launch_timed("step", config=config, batch=batch, impl=impl,
-                                 warmup=warmup, reps=reps, threads=threads)
-                others[impl] = max(others[impl], r["others"])
-                times[impl] += r["times"]
-                mem[impl] = max(mem[impl], r["maxrss_mb"])
-                if r["split"]:
-                    for part in ("loss", "update"):
-                        split[impl][part] += r["split"][part]
-        flops = step_flops(config, batch)
-        for name in ("dense", "lazy"):
-            ms = median_ms(times[f"numpy-{name}"])
-            gflops = flops / (ms / 1e3) / 1e9
-            row = {"config": config, "batch": batch, "adam": name, "reps": rounds * reps,
-                   "numpy_ms": ms, "numpy_min_ms": 1e3 * min(times[f"numpy-{name}"]),
-                   "gflops": gflops, "pct_peak": 100 * gflops / peak["gflops"], "flops": flops,
-                   "split_ms": {part: median_ms(ts) for part, ts in split[f"numpy-{name}"].items()},
-                   "mem_numpy_mb": mem[f"numpy-{name}"],
-                   "state_mb": 3 * 4 * n_parameters(config) / 2 ** 20}   # w, m, v in float32
-            torch_cols, mem_pt = f"{'-':>10} {'-':>8}", "-"
-            if torch_version:
-                t_ms = median_ms(times[f"torch-{name}"])
-                row.update(torch_ms=t_ms, torch_min_ms=1e3 * min(times[f"torch-{name}"]),
-                           ratio=ms / t_ms, mem_torch_mb=mem[f"torch-{name}"])
-                torch_cols = f"{t_ms:>10.2f} {ms / t_ms:>8.2f}"
-                mem_pt = f"{mem[f'torch-{name}']:.0f} MB"
-            row["others"] = max(v for impl, v in others.items() if impl.endswith(name))
-            results["step"].append(row)
-            print(f"{config:<9} {batch:>5} {name:<6} {rounds * reps:>4} {ms:>9.2f} {gflops:>8.1f} "
-                  f"{row['pct_peak']:>5.0f}% {torch_cols} {row['mem_numpy_mb']:>6.0f} MB "
-                  f"{mem_pt:>7} {100 * row['others']:>5.0f}%")
-    print()
-    print("Where the NumPy step's time goes (medians, ms): forward + backward | Adam update")
-    for row in results["step"]:
-        s = row["split_ms"]
-        print(f"  {row['config']:<9} {row['batch']:>5} {row['adam']:<6} "
-              f"{s['loss']:>7.2f} | {s['update']:>6.2f}   "
-              f"(parameters + Adam moments: {row['state_mb']:.0f} MB)")
-    if torch_version:
-        agree = launch("agree", threads=threads)
-        results["agree"] = agree
-        worst = max(abs(agree[c][0] - agree[c][1]) / abs(agree[c][0]) for c in CONFIGS)
-        print(f"Same network: with esmm_np's initial weights copied in, PyTorch's loss equals "
-              f"esmm_np's to {worst:.1e} relative (float32).")
-    print()
+    if opts.only in (None, "esmm"):   # ---- one training step
+        cases = [("paper", 1024, 10, 20 if q else 40),
+                 ("paper", 4096, 3, 5 if q else 12),
+                 ("notebook", 1024, 20, 50 if q else 100)]
+        print("One training step (forward, backward, Adam), float32: median of "
+              f"{'the' if q else f'{rounds} rounds of'} reps after warm-up, NumPy and PyTorch")
+        print("in separate processes, alternated. GFLOP/s counts the towers' matmul FLOPs only; "
+              "% is of the matmul peak above.")
+        results["step"] = step_table("esmm", cases, impls, rounds, threads, peak, torch_version)
+        if torch_version:
+            agreement([(c, "esmm") for c in CONFIGS], threads, results)
+        print()
+    if opts.only in (None, "mmoe"):   # ---- the MMoE step
+        K, (e,), (t,) = MMOE["n_experts"], MMOE["expert_units"], MMOE["tower_units"]
+        cases = [("paper", 1024, 10, 20 if q else 40), ("paper", 4096, 3, 5 if q else 12)]
+        print(f"One MMoE training step (esmm_np.MMoE: {K} experts of {e} on the paper's input, a "
+              f"softmax gate per task, towers {t}-1), as above; GFLOP/s: experts, gates, towers.")
+        results["mmoe_step"] = step_table("mmoe", cases, impls, rounds, threads, peak,
+                                          torch_version)
+        if torch_version:
+            agreement([("paper", "mmoe")], threads, results)
+        print()
+    if opts.only is not None:
+        _finish(results, opts)
+        return
 
     # ---- one epoch end to end
     n = 100_000 if q else 1_000_000
@@ -582,16 +691,7 @@ def main():
                   f"{'ok' if over <= 500 else 'OVER':>7} {100 * e['others']:>5.0f}%")
         print("target: peak resident memory <= the dataset's arrays + 500 MB "
               "(the peak includes the interpreter and NumPy, see the memory floor)")
-    load_after = os.getloadavg()
-    results["load"] = (load_before, load_after)
-    print()
-    print(f"others: the share of the {len(os.sched_getaffinity(0))} cores that other processes "
-          f"used while a part was timed (for a step row, the")
-    print(f"busiest of its processes). Parts over {NOISY:.0%} were rerun, up to {TRIES[0]} "
-          f"tries, keeping the quietest. Load average after: {load_after[0]:.2f}.")
-    if opts.json:
-        from esmm_np.data.files import write_json   # atomic, strict JSON (no NaN tokens)
-        write_json(opts.json, results)
+    _finish(results, opts)
 
 
 if __name__ == "__main__":

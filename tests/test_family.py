@@ -59,13 +59,12 @@ def test_bags_and_dense_with_plain_relu_pass_the_whole_model_check(name, space):
 
 
 def test_the_check_notices_a_mixture_backward_that_forgets_the_gate(monkeypatch):
-    original = gated.mixture_backward
+    for name in ("mixture_backward", "mixture_backward_matmul"):   # plain and fast forms
+        def wrong(dm, cache, original=getattr(gated, name)):
+            do, dpsi = original(dm, cache)
+            return do, np.zeros_like(dpsi)
 
-    def wrong(dm, cache):
-        do, dpsi = original(dm, cache)
-        return do, np.zeros_like(dpsi)
-
-    monkeypatch.setattr(gated, "mixture_backward", wrong)
+        monkeypatch.setattr(gated, name, wrong)
     # MMoE's and PLE's levels share this code path; MMoE is the quicker check.
     model, (X, click, conversion, dense) = familycheck.everything_on_example("mmoe")
     bad = _bad(G.check_model(model, X, click, conversion, dense=dense, tol=MODEL_TOL))
