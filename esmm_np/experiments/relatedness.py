@@ -386,35 +386,40 @@ def findings(sweep):
     def where(comp, metric, s):
         return [c for c in cells if sign(c["diffs"][metric][comp]) == s]
 
-    for comp in [k for k in comps if k.endswith("− SB")]:
+    for comp in [k for k in comps if k.endswith("− SB") and "CLICKED" not in k]:
         for metric, what in (("cvr_soft_auc_entire", "entire-space CVR"),
                              ("ctr_soft_auc", "CTR")):
             up, down = where(comp, metric, 1), where(comp, metric, -1)
-            out.append(f"- **{comp}, {what}**: ahead in {len(up)} of {n} cells "
+            out.append(f"- **Experts, {comp}, {what}**: ahead in {len(up)} of {n} cells "
                        f"({_cells(up)}); behind in {len(down)} ({_cells(down)}); "
                        f"unresolved in the rest.")
-    for comp in [k for k in comps if k.endswith("− ESMM")]:
-        up, down = where(comp, "cvr_soft_auc_entire", 1), where(comp, "cvr_soft_auc_entire", -1)
-        out.append(f"- **{comp}, entire-space CVR**: ahead of ESMM in {len(up)} of {n} cells "
-                   f"({_cells(up)}); behind in {len(down)} ({_cells(down)}).")
+    for comp in [k for k in comps if k.endswith("− ESMM") and "CLICKED" not in k]:
+        for metric, what in (("cvr_soft_auc_entire", "entire-space CVR"),
+                             ("ctr_soft_auc", "CTR")):
+            up, down = where(comp, metric, 1), where(comp, metric, -1)
+            out.append(f"- **{comp}, {what}**: ahead of ESMM in {len(up)} of {n} cells "
+                       f"({_cells(up)}); behind in {len(down)} ({_cells(down)}).")
     saw = []
     for comp in comps:
+        hits = []
         for c in cells:
             a = sign(c["diffs"]["cvr_soft_auc_entire"][comp])
             b = sign(c["diffs"]["ctr_soft_auc"][comp])
             if a * b == -1:
-                saw.append(f"{comp} at rho {c['rho']} / CVR {100 * c['cvr']:g}% "
-                           f"(CVR {'+' if a > 0 else '−'}, CTR {'+' if b > 0 else '−'})")
+                hits.append(f"rho {c['rho']} / CVR {100 * c['cvr']:g}% "
+                            f"(CVR {'+' if a > 0 else '−'}, CTR {'+' if b > 0 else '−'})")
+        if hits:
+            saw.append(f"{comp} in {len(hits)} of {n} cells: " + ", ".join(hits))
     out.append("- **Seesaw** (one task's soft AUC ahead, the other's behind, both intervals "
                "excluding 0): " + ("; ".join(saw) if saw else "in no comparison and no cell")
                + ".")
-    for comp in [k for k in comps if "-CLICKED −" in k]:
+    for comp in [k for k in comps if "-CLICKED −" in k and not k.endswith("ESMM")]:
         down = where(comp, "cvr_soft_auc_entire", -1)
         up = where(comp, "cvr_soft_auc_entire", 1)
-        out.append(f"- **{comp}, entire-space CVR** (the classic clicked-only CVR loss against "
-                   f"the entire space, same body): the entire space ahead in {len(down)} of "
-                   f"{n} cells ({_cells(down)}); the clicked space ahead in {len(up)} "
-                   f"({_cells(up)}).")
+        out.append(f"- **Entire space or clicked, {comp}, entire-space CVR** (same body, the "
+                   f"CVR loss on clicked impressions only against ESMM's product over every "
+                   f"impression): the entire space ahead in {len(down)} of {n} cells "
+                   f"({_cells(down)}); the clicked space ahead in {len(up)} ({_cells(up)}).")
     pol = [f"{m} {g} at rho {c['rho']} / CVR {100 * c['cvr']:g}% "
            f"(entropy / log K {d['normalised_entropy']:.2f}, largest weight "
            f"{max(d['mean_weight']):.2f})"
@@ -440,6 +445,17 @@ def save_sweep(sweep, out_dir, figure=True):
         return paths[:2]
     write_file(paths[2], lambda f: plot_gates(sweep, f))
     return paths
+
+
+def kept_steps(sweep):
+    """Per method: the median and range of the steps its networks kept, over every cell."""
+    parts = []
+    for m in sweep["methods"]:
+        kept = [r["kept"] for c in sweep["cells"] for runs in c["networks"][m]
+                for r in runs.values() if r.get("kept") is not None]
+        if kept:
+            parts.append(f"{m} median {int(np.median(kept))} ({min(kept)}–{max(kept)})")
+    return "; ".join(parts) or "not recorded"
 
 
 def family_doc(sweep, command, figure=None):
@@ -475,7 +491,7 @@ def family_doc(sweep, command, figure=None):
         "each world drawn, one row replicate. It covers the world-to-world spread as well as "
         "the test rows; with only "
         f"{len(sweep['world_seeds'])} worlds it understates the spread a new world could show "
-        "(the per-world differences are in relatedness.json). * : the interval excludes 0; "
+        "(the per-world differences are in the run's relatedness.json). * : the interval excludes 0; "
         "only starred differences are read as differences.",
         "",
         "## What the intervals support",
@@ -484,6 +500,11 @@ def family_doc(sweep, command, figure=None):
         "",
         "Every sentence above names the cells it holds in; a claim not listed for a cell is "
         "not supported there by this run.",
+        "",
+        "**Where training stopped** (the fair-effort rule: each network keeps the step of its "
+        "lowest validation loss): " + kept_steps(sweep) + ". A network that keeps an early "
+        "step is the rule's choice, not a failure, but differences between methods that "
+        "stop at different epochs are partly differences of stopping (issue 17).",
         "",
         "## Entire-space soft CVR AUC: differences",
         "",
