@@ -345,9 +345,13 @@ def plot_gates(sweep, path=None):
             for g in gates:
                 if (m, g) not in panels:
                     panels.append((m, g))
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.2 * max(len(panels), 1), 3.6),
-                             squeeze=False)
-    for ax, (m, g) in zip(axes[0], panels):
+    ncols = min(4, max(len(panels), 1))
+    nrows = -(-max(len(panels), 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.9 * nrows), squeeze=False)
+    fig.subplots_adjust(hspace=0.5, wspace=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for i, (ax, (m, g)) in enumerate(zip(axes.flat, panels)):
         grid = np.full((len(rhos), len(cvrs)), np.nan)
         for c in sweep["cells"]:
             d = c["gates"].get(m, {}).get(g)
@@ -363,9 +367,10 @@ def plot_gates(sweep, path=None):
         ax.set_xticks(range(len(cvrs)), [f"{100 * c:g}%" for c in cvrs])
         ax.set_yticks(range(len(rhos)), [str(r) for r in rhos])
         ax.set_xlabel("CVR given click")
-        ax.set_ylabel("rho")
+        if i % ncols == 0:
+            ax.set_ylabel("rho")
         ax.set_title(f"{m} {g}", fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), label="gate entropy / log K (0: one expert)")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="gate entropy / log K (0: one expert)")
     if path is None:
         return fig
     fig.savefig(path, dpi=110, bbox_inches="tight")
