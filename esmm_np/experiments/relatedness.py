@@ -430,10 +430,16 @@ def findings(sweep):
            f"{max(d['mean_weight']):.2f})"
            for c in cells for m, gates in c["gates"].items() for g, d in gates.items()
            if d["polarised"]]
-    n_gates = sum(len(g) for c in cells for g in c["gates"].values())
+    every = [(d["normalised_entropy"], max(d["mean_weight"]))
+             for c in cells for gates in c["gates"].values() for d in gates.values()]
+    spread = ""
+    if every:
+        spread = (f" Across all of them entropy / log K runs from {min(e for e, _ in every):.2f} "
+                  f"to {max(e for e, _ in every):.2f} and the largest mean weight of one expert "
+                  f"from {min(w for _, w in every):.2f} to {max(w for _, w in every):.2f}.")
     out.append(f"- **Polarised gates** (entropy / log K under {POLARISED} or one expert over "
-               f"{DOMINANT} of the mean weight): {len(pol)} of {n_gates} gate-cells"
-               + (": " + "; ".join(pol) if pol else "") + ".")
+               f"{DOMINANT} of the mean weight): {len(every) and len(pol)} of {len(every)} "
+               f"gate-cells" + (": " + "; ".join(pol) if pol else "") + "." + spread)
     return out
 
 
