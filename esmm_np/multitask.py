@@ -40,8 +40,8 @@ from . import validate
 from .experts import softmax_backward, softmax_forward
 from .losses import bce_with_logits, l2_penalty
 from .model import ESMM, check_tower_units
-from .tower import (ACTIVATION_BACKWARD, ACTIVATION_FORWARD, HiddenCache, TowerCache,
-                    check_batch_stats, fold_running_stats, init_tower, tower_backward,
+from .tower import (ACTIVATION_FORWARD, HiddenCache, TowerCache, check_batch_stats,
+                    fold_running_stats, hidden_backward, init_tower, tower_backward,
                     tower_forward)
 
 #: Where the CVR loss lives (see the module docstring).
@@ -109,19 +109,8 @@ def stack_backward(dh, cache, prefix, cfg, grads):
     -------
     dh_in : ndarray of shape (n, d_in)
     """
-    for i in reversed(range(len(cache.hidden))):
-        c = cache.hidden[i]
-        if c.dropout is not None:
-            dh = L.dropout_backward(dh, c.dropout)                                       # (n, u_i)
-        if cfg.activation == "prelu":
-            du, grads[f"{prefix}.alpha{i}"] = L.prelu_backward(dh, c.activation)         # (n, u_i)
-        else:
-            du = ACTIVATION_BACKWARD[cfg.activation](dh, c.activation)                         # (n, u_i)
-        if c.batchnorm is not None:
-            du, grads[f"{prefix}.gamma{i}"], grads[f"{prefix}.beta{i}"] = \
-                L.batchnorm_backward(du, c.batchnorm)                                    # (n, u_i)
-        dh, grads[f"{prefix}.W{i}"], grads[f"{prefix}.b{i}"] = L.affine_backward(du, c.affine)
-    return dh                                                                            # (n, d_in)
+    # The same walk as a tower's hidden layers: one implementation, in tower.py.
+    return hidden_backward(dh, cache, prefix, cfg, grads)                                # (n, d_in)
 
 
 # ------------------------------------------------------------------ a gate

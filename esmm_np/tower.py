@@ -119,6 +119,23 @@ def tower_backward(dlogit, cache, prefix, cfg, grads):
     """
     dh, grads[f"{prefix}.W_out"], grads[f"{prefix}.b_out"] = L.affine_backward(
         dlogit[:, None], cache.out)                                                      # (n, u_last)
+    return hidden_backward(dh, cache, prefix, cfg, grads)                                # (n, d_in)
+
+
+def hidden_backward(dh, cache, prefix, cfg, grads):
+    """Walk a tower's hidden layers in reverse (the tower without its logit layer).
+
+    Parameters
+    ----------
+    dh : ndarray of shape (n, u_last), gradient of the last hidden layer's output
+    cache : TowerCache (its ``hidden`` entries are read)
+    cfg : TowerConfig
+    grads : dict, filled with ``prefix.W{i}`` etc.
+
+    Returns
+    -------
+    dh : ndarray of shape (n, d_in), gradient of the stack's input
+    """
     for i in reversed(range(len(cache.hidden))):
         c = cache.hidden[i]
         dh = dh if c.dropout is None else L.dropout_backward(dh, c.dropout)              # (n, u_i)
