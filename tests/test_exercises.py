@@ -11,6 +11,7 @@ import pytest
 import esmm_np.exercises as ex
 from esmm_np import layers as L
 from esmm_np import losses
+from grading import fails_with
 
 
 @pytest.mark.parametrize("name", ex.NAMES)
@@ -29,25 +30,13 @@ def test_names_cover_the_issue():
         ex.check("softmax", print)
 
 
-def _fails_with(name, fn, capsys, *hint_words):
-    ok = ex.check(name, fn)
-    out = capsys.readouterr().out
-    assert not ok, out
-    assert "FAIL" in out
-    hints = [line for line in out.splitlines() if line.strip().startswith("hint:")]
-    assert hints, out
-    for word in hint_words:
-        assert any(word in h for h in hints), (word, hints)
-    return out
-
-
 # ------------------------------------------------------------ the issue's list
 
 def test_swapped_product_rule(capsys):
     def wrong(dp_ctcvr, cache):
         p_ctr, p_cvr = cache
         return dp_ctcvr * p_ctr, dp_ctcvr * p_cvr
-    _fails_with("ctcvr_backward", wrong, capsys, "swapped", "*other*")
+    fails_with("ctcvr_backward", wrong, capsys, "swapped", "*other*")
 
 
 def test_buffered_scatter(capsys):
@@ -57,20 +46,20 @@ def test_buffered_scatter(capsys):
         table = np.zeros((V, de.shape[1] // F), dtype=de.dtype)
         table[ids] += de.reshape(n, F, -1)
         return table
-    out = _fails_with("embedding_backward", wrong, capsys, "table[ids] += de", "buffered")
+    out = fails_with("embedding_backward", wrong, capsys, "table[ids] += de", "buffered")
     # it is right exactly when no id repeats: that case passes
     assert "distinct ids" in out and out.count(" NO") == 2   # repeated ids, in float64 and float32
 
 
 def test_sigmoid_derivative_with_plus(capsys):
-    _fails_with("sigmoid_backward", lambda dout, s: dout * s * (1 + s), capsys, "s * (1 + s)")
+    fails_with("sigmoid_backward", lambda dout, s: dout * s * (1 + s), capsys, "s * (1 + s)")
 
 
 def test_batchnorm_without_the_mean_terms(capsys):
     def wrong(dout, cache):
         xhat, gamma, inv_std, train = cache
         return dout * gamma * inv_std, np.sum(dout * xhat, axis=0), np.sum(dout, axis=0)
-    out = _fails_with("batchnorm_backward", wrong, capsys, "batch mean and variance")
+    out = fails_with("batchnorm_backward", wrong, capsys, "batch mean and variance")
     assert "inference mode " in out and out.count(" NO") == 3   # right in inference mode only
 
 
@@ -85,7 +74,7 @@ def test_ctcvr_loss_that_clips_the_product(capsys):
         dp = np.where(inside, dp, 0.0).astype(a.dtype)
         sa, sb = L.sigmoid(a), L.sigmoid(b)
         return float(loss), dp * sb * sa * (1 - sa), dp * sa * sb * (1 - sb)
-    out = _fails_with("ctcvr_bce_logspace", wrong, capsys, "clipped product", "log space")
+    out = fails_with("ctcvr_bce_logspace", wrong, capsys, "clipped product", "log space")
     assert "float64 " in out.split("extreme")[0]        # moderate logits: it passes there
 
 
@@ -97,40 +86,40 @@ def test_ctcvr_loss_from_the_unclipped_product(capsys):
         dp = (p - zf) / (p * (1 - p)) / len(a)
         sa, sb = L.sigmoid(a), L.sigmoid(b)
         return float(loss), dp * sb * sa * (1 - sa), dp * sa * sb * (1 - sb)
-    _fails_with("ctcvr_bce_logspace", wrong, capsys, "take logs first")
+    fails_with("ctcvr_bce_logspace", wrong, capsys, "take logs first")
 
 
 # ------------------------------------------------------------- more mistakes
 
 def test_sigmoid_that_overflows(capsys):
-    _fails_with("sigmoid", lambda x: 1 / (1 + np.exp(-x)), capsys, "overflow")
+    fails_with("sigmoid", lambda x: 1 / (1 + np.exp(-x)), capsys, "overflow")
 
 
 def test_sigmoid_with_the_wrong_sign(capsys):
-    _fails_with("sigmoid", lambda x: L.sigmoid(-x), capsys, "sigmoid(-x)")
+    fails_with("sigmoid", lambda x: L.sigmoid(-x), capsys, "sigmoid(-x)")
 
 
 def test_sigmoid_that_upcasts(capsys):
-    out = _fails_with("sigmoid", lambda x: L.sigmoid(x.astype(np.float64)), capsys, "dtype float64")
+    out = fails_with("sigmoid", lambda x: L.sigmoid(x.astype(np.float64)), capsys, "dtype float64")
     assert out.count(" NO") == 2                         # only the float32 cases
 
 
 def test_relu_gated_by_the_upstream_gradient(capsys):
-    _fails_with("relu_backward", lambda dout, mask: dout * (dout > 0), capsys, "sign of dout")
+    fails_with("relu_backward", lambda dout, mask: dout * (dout > 0), capsys, "sign of dout")
 
 
 def test_affine_bias_gradient_as_a_mean(capsys):
     def wrong(dout, cache):
         x, W = cache
         return dout @ W.T, x.T @ dout, dout.mean(axis=0)
-    _fails_with("affine_backward", wrong, capsys, "db is a mean")
+    fails_with("affine_backward", wrong, capsys, "db is a mean")
 
 
 def test_affine_without_the_batch_sum(capsys):
     def wrong(dout, cache):
         x, W = cache
         return dout @ W.T, x.T @ dout, dout          # (n, d): broadcasts, but is not db
-    out = _fails_with("affine_backward", wrong, capsys, "db has shape")
+    out = fails_with("affine_backward", wrong, capsys, "db has shape")
     assert "(1, 3), expected (3,)" in out           # the one-row case: no silent broadcast
 
 
@@ -138,7 +127,7 @@ def test_affine_transposed_weight_gradient(capsys):
     def wrong(dout, cache):
         x, W = cache
         return dout @ W.T, dout.T @ x, dout.sum(axis=0)
-    _fails_with("affine_backward", wrong, capsys, "transposed?")
+    fails_with("affine_backward", wrong, capsys, "transposed?")
 
 
 def test_batchnorm_ignoring_inference_mode(capsys):
@@ -147,7 +136,7 @@ def test_batchnorm_ignoring_inference_mode(capsys):
         dxhat = dout * gamma
         dx = inv_std * (dxhat - dxhat.mean(0) - xhat * (dxhat * xhat).mean(0))
         return dx, (dout * xhat).sum(0), dout.sum(0)
-    _fails_with("batchnorm_backward", wrong, capsys, "inference mode")
+    fails_with("batchnorm_backward", wrong, capsys, "inference mode")
 
 
 def test_batchnorm_missing_the_variance_path(capsys):
@@ -156,7 +145,7 @@ def test_batchnorm_missing_the_variance_path(capsys):
         dxhat = dout * gamma
         dx = inv_std * (dxhat - dxhat.mean(0)) if train else dxhat * inv_std
         return dx, (dout * xhat).sum(0), dout.sum(0)
-    _fails_with("batchnorm_backward", wrong, capsys, "not the one through the batch variance")
+    fails_with("batchnorm_backward", wrong, capsys, "not the one through the batch variance")
 
 
 def test_bce_from_probabilities(capsys):
@@ -164,14 +153,14 @@ def test_bce_from_probabilities(capsys):
         p = L.sigmoid(logit)
         loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
         return float(loss), (p - y) / len(y)
-    _fails_with("bce_with_logits", wrong, capsys, "without forming sigmoid(a)")
+    fails_with("bce_with_logits", wrong, capsys, "without forming sigmoid(a)")
 
 
 def test_bce_gradient_of_the_sum(capsys):
     def wrong(logit, y):
         loss, _ = losses.bce_with_logits(logit, y)
         return loss, L.sigmoid(logit) - y.astype(logit.dtype)
-    _fails_with("bce_with_logits", wrong, capsys, "n times too large")
+    fails_with("bce_with_logits", wrong, capsys, "n times too large")
 
 
 def test_bce_nan_never_passes(capsys):
@@ -180,7 +169,7 @@ def test_bce_nan_never_passes(capsys):
         d = d.copy()
         d[0] = np.nan
         return loss, d
-    _fails_with("bce_with_logits", wrong, capsys, "NaN or inf")
+    fails_with("bce_with_logits", wrong, capsys, "NaN or inf")
 
 
 def test_esmm_loss_ignoring_the_loss_weights(capsys):
@@ -191,7 +180,7 @@ def test_esmm_loss_ignoring_the_loss_weights(capsys):
             return model.loss(X, click, conversion)
         finally:
             model.loss_weights = w
-    _fails_with("esmm_loss", wrong, capsys, "loss weights")
+    fails_with("esmm_loss", wrong, capsys, "loss weights")
 
 
 def test_esmm_loss_with_one_tower_into_the_table(capsys):
@@ -212,7 +201,7 @@ def test_esmm_loss_with_one_tower_into_the_table(capsys):
                                    (w_ctr * d1 + w_ctcvr * da, w_ctcvr * db))}
         grads["embedding"] = L.sparse_to_dense(L.embedding_backward(dh["ctr"], emb_cache))
         return w_ctr * l1 + w_ctcvr * l2, grads
-    _fails_with("esmm_loss", wrong, capsys, "both towers read h0")
+    fails_with("esmm_loss", wrong, capsys, "both towers read h0")
 
 
 def test_esmm_loss_with_missing_keys(capsys):
@@ -220,13 +209,13 @@ def test_esmm_loss_with_missing_keys(capsys):
         loss, grads = model.loss(X, click, conversion)
         del grads["cvr.b_out"]
         return loss, grads
-    _fails_with("esmm_loss", wrong, capsys, "missing ['cvr.b_out']")
+    fails_with("esmm_loss", wrong, capsys, "missing ['cvr.b_out']")
 
 
 def test_not_written_yet(capsys):
     def blank(dout, cache):
         raise NotImplementedError
-    _fails_with("relu_backward", blank, capsys, "not written yet")
+    fails_with("relu_backward", blank, capsys, "not written yet")
 
 
 def test_a_function_that_writes_into_its_input_cannot_change_the_case(capsys):
@@ -248,7 +237,7 @@ def test_scatter_buffered_within_one_impression(capsys):
         for i in range(n):
             table[ids[i]] += de[i].reshape(F, -1)
         return table
-    out = _fails_with("embedding_backward", wrong, capsys, "several times")
+    out = fails_with("embedding_backward", wrong, capsys, "several times")
     assert out.count(" NO") == 2                   # the repeated-ids cases, float64 and float32
 
 
@@ -279,4 +268,4 @@ def _esmm_loss_zeroing_a_table(model, X, click, conversion):
 def test_writing_into_an_input_fails(name, wrong, where, capsys):
     # Each returns the right values but overwrites an array its caller still
     # needs; the right values alone would pass (the checker gives each call copies).
-    _fails_with(name, wrong, capsys, "wrote into its input", where)
+    fails_with(name, wrong, capsys, "wrote into its input", where)

@@ -10,20 +10,9 @@ import pytest
 
 import esmm_np.exercises as ex
 from esmm_np import experts, transfer
+from grading import fails_with
 
 E3 = ("softmax_forward", "softmax_backward", "mixture_backward", "attention_backward")
-
-
-def _fails_with(name, fn, capsys, *hint_words):
-    ok = ex.check(name, fn)
-    out = capsys.readouterr().out
-    assert not ok, out
-    assert "FAIL" in out
-    hints = [line for line in out.splitlines() if line.strip().startswith("hint:")]
-    assert hints, out
-    for word in hint_words:
-        assert any(word in h for h in hints), (word, hints)
-    return out
 
 
 def _passes(name, fn, capsys):
@@ -54,7 +43,7 @@ def test_softmax_without_the_max_shift_fails(capsys):
         e = np.exp(g)
         psi = e / e.sum(axis=1, keepdims=True)
         return psi, psi
-    out = _fails_with("softmax_forward", wrong, capsys, "subtract each row's max")
+    out = fails_with("softmax_forward", wrong, capsys, "subtract each row's max")
     # moderate logits do not need the shift: those cases pass
     moderate = out.split("moderate, float64")[1].split("\n")[0]
     assert moderate.endswith("yes"), out
@@ -65,7 +54,7 @@ def test_softmax_over_the_batch_axis_fails(capsys):
         e = np.exp(g - g.max(axis=0))
         psi = e / e.sum(axis=0)
         return psi, psi
-    _fails_with("softmax_forward", wrong, capsys, "batch axis")
+    fails_with("softmax_forward", wrong, capsys, "batch axis")
 
 
 def test_softmax_written_differently_passes(capsys):
@@ -81,19 +70,19 @@ def test_softmax_written_differently_passes(capsys):
 # ---------------------------------------------------------------- softmax, backward
 
 def test_softmax_backward_with_only_the_diagonal_fails(capsys):
-    _fails_with("softmax_backward", lambda dpsi, psi: psi * dpsi, capsys, "psi * dpsi",
+    fails_with("softmax_backward", lambda dpsi, psi: psi * dpsi, capsys, "psi * dpsi",
                 "delta_ik")
 
 
 def test_softmax_backward_with_the_true_diagonal_only_fails(capsys):
-    _fails_with("softmax_backward", lambda dpsi, psi: psi * (1 - psi) * dpsi, capsys,
+    fails_with("softmax_backward", lambda dpsi, psi: psi * (1 - psi) * dpsi, capsys,
                 "only the diagonal")
 
 
 def test_softmax_backward_without_the_psi_factor_fails(capsys):
     def wrong(dpsi, psi):
         return dpsi - np.sum(psi * dpsi, axis=1, keepdims=True)
-    _fails_with("softmax_backward", wrong, capsys, "factor psi is missing")
+    fails_with("softmax_backward", wrong, capsys, "factor psi is missing")
 
 
 def test_softmax_backward_through_the_full_jacobian_passes(capsys):
@@ -113,7 +102,7 @@ def test_mixture_backward_with_dpsi_summed_over_the_batch_fails(capsys):
         do = psi[:, :, None] * dm[:, None, :]
         dpsi = np.einsum("nkd,nd->k", o, dm)              # one number per expert
         return do, dpsi
-    _fails_with("mixture_backward", wrong, capsys, "dpsi is summed over the batch")
+    fails_with("mixture_backward", wrong, capsys, "dpsi is summed over the batch")
 
 
 def test_mixture_backward_without_the_gate_weight_fails(capsys):
@@ -121,7 +110,7 @@ def test_mixture_backward_without_the_gate_weight_fails(capsys):
         o, psi = cache
         do = np.repeat(dm[:, None, :], o.shape[1], axis=1)
         return do, np.sum(o * dm[:, None, :], axis=2)
-    out = _fails_with("mixture_backward", wrong, capsys, "without the gate weight")
+    out = fails_with("mixture_backward", wrong, capsys, "without the gate weight")
     assert "K = 1" in out and out.split("K = 1")[1].split("\n")[0].endswith("yes")  # psi = 1
 
 
@@ -165,22 +154,22 @@ def test_attention_backward_written_differently_passes(capsys):
 
 
 def test_attention_backward_without_the_key_path_fails(capsys):
-    _fails_with("attention_backward", lambda d, c: _attention(d, c, key=False), capsys,
+    fails_with("attention_backward", lambda d, c: _attention(d, c, key=False), capsys,
                 "missing the key path")
 
 
 def test_attention_backward_without_the_query_path_fails(capsys):
-    _fails_with("attention_backward", lambda d, c: _attention(d, c, query=False), capsys,
+    fails_with("attention_backward", lambda d, c: _attention(d, c, query=False), capsys,
                 "missing the query path")
 
 
 def test_attention_backward_without_the_scale_fails(capsys):
-    _fails_with("attention_backward", lambda d, c: _attention(d, c, scale=False), capsys,
+    fails_with("attention_backward", lambda d, c: _attention(d, c, scale=False), capsys,
                 "1/sqrt(d_att)")
 
 
 def test_attention_backward_with_dcand_from_the_values_only_fails(capsys):
-    _fails_with("attention_backward",
+    fails_with("attention_backward",
                 lambda d, c: _attention(d, c, key=False, query=False), capsys,
                 "value path only")
 
@@ -201,4 +190,4 @@ def test_every_listed_mistake_is_told_apart_by_some_case(capsys):
     from esmm_np.teach.mistakes_experts import MISTAKES
     for name in E3:
         for wrong, hint in MISTAKES[name]:
-            _fails_with(name, wrong, capsys, hint)
+            fails_with(name, wrong, capsys, hint)
