@@ -78,3 +78,17 @@ def test_recent_average_forgets_older_snapshots():
 def test_average_is_checked(bad):
     with pytest.raises((ValueError, TypeError), match="average"):
         _run(bad)
+
+
+def test_the_averaging_measurement_formats_what_it_measured():
+    from esmm_np.experiments.averaging import format_measure
+    entry = {"diff": -0.012, "diff_low": -0.02, "diff_high": -0.004}
+    out = {1: {"noise": {"ESMM": [0.5, 1.5], "BASE": [1.0]}, "kept": {"ESMM": [400, 800], "BASE": [600]},
+               "diff": {"BASE": entry}, "seconds": 90.0},
+           4: {"noise": {"ESMM": [0.2, 0.4]}, "kept": {"ESMM": [1000, 1200]}, "diff": {},
+               "seconds": 120.0}}
+    text = format_measure(out)
+    assert "| 1 | ESMM | 1.00 (1.50) | 600 |  |" in text
+    assert "| 1 | BASE | 1.00 (1.00) | 600 | -1.20 [-2.00, -0.40] * |" in text
+    assert "| 4 | ESMM | 0.30 (0.40) | 1100 |  |" in text
+    assert "k = 1: 1.5 min, k = 4: 2.0 min" in text
