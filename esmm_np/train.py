@@ -69,6 +69,37 @@ class EarlyStopping:
             model.state[k][...] = s
 
 
+class RecentAverage:
+    """The mean of the parameters at the last ``k`` validation points.
+
+    A network trained by minibatches moves a little at every step, so the
+    validation value of its live parameters jumps between validations and
+    which one happens to be lowest is partly luck. With ``k > 1`` each
+    validation scores, and early stopping keeps, the plain average of the
+    parameters at this validation and the ``k - 1`` before it (checkpoint
+    averaging; the batch-norm statistics stay the live ones). ``k = 1`` is
+    the live parameters themselves.
+    """
+
+    def __init__(self, k):
+        self.k, self.snapshots = k, []
+
+    def push(self, params):
+        """Record the live parameters of one validation point (copies)."""
+        self.snapshots.append({name: w.copy() for name, w in params.items()})
+        del self.snapshots[:-self.k]
+
+    def swap_in(self, model):
+        """Write the average into ``model.params`` in place; return the live values to put back."""
+        live = {name: w.copy() for name, w in model.params.items()}
+        for name, w in model.params.items():
+            total = np.zeros(w.shape, dtype=np.float64)
+            for snap in self.snapshots:
+                total += snap[name]
+            w[...] = total / len(self.snapshots)
+        return live
+
+
 class ValidationSet:
     """The held-out impressions of a run and the criterion early stopping minimises.
 
@@ -113,7 +144,7 @@ class ValidationSet:
 def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None, seed=0,
         verbose=True, callback=None, invalid="raise", validation=None, patience=None,
         eval_every=None, min_steps=0, max_steps=None, bags=None, shuffle="auto",
-        stop_on="loss", min_val_positives=0):
+        stop_on="loss", min_val_positives=0, average=1):
     """Train ``model`` in place by minibatch gradient descent.
 
     Parameters
@@ -187,6 +218,13 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         validation cannot pick a point. Then ``fit`` does not validate, trains
         for the whole step budget and records ``stopped="budget"``. Default 0
         (always validate).
+    average : int
+        With ``validation``: each validation scores the mean of the
+        parameters at the last ``average`` validation points
+        (:class:`RecentAverage`), and the model ends with the best such
+        mean. Averaging recent weights makes the kept point depend less on
+        which validation happened to be lowest. Default 1: the live
+        parameters, as without averaging.
 
     Returns
     -------
@@ -228,6 +266,7 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
         max_steps = validate.check_int(max_steps, "max_steps", low=1)
     min_steps = validate.check_int(min_steps, "min_steps", low=0)
     min_val_positives = validate.check_int(min_val_positives, "min_val_positives", low=0)
+    average = validate.check_int(average, "average", low=1)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {callback!r}")
     if not (callable(stop_on) or (isinstance(stop_on, str) and stop_on == "loss")):
@@ -287,16 +326,30 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
                       f"for the whole budget of {cap} steps", flush=True)
         else:
             stopper = EarlyStopping(patience, min_steps)
+            recent = RecentAverage(average)
             history["val_loss"], history["val_steps"] = stopper.values, stopper.steps
 
     def validate_at(step, epoch):
         """One validation point; True when patience has run out."""
-        value = val.value(model)
+        if average == 1:
+            value = val.value(model)
+            check_value(value, step, epoch)
+            return stopper.update(model, value, step, epoch)
+        recent.push(model.params)
+        live = recent.swap_in(model)           # score and keep the recent average ...
+        try:
+            value = val.value(model)
+            check_value(value, step, epoch)
+            return stopper.update(model, value, step, epoch)
+        finally:                               # ... then training goes on from the live weights
+            for name, w in live.items():
+                model.params[name][...] = w
+
+    def check_value(value, step, epoch):
         if not np.isfinite(value):
             raise FloatingPointError(
                 f"epoch {epoch + 1}, step {step}: the validation value is {value}. The model "
                 "keeps the parameters of this step; a smaller learning rate usually helps")
-        return stopper.update(model, value, step, epoch)
 
     # ---- the loop
     optimizer.bind(model.params)   # everything is checked: from here on the optimizer is this model's

@@ -224,6 +224,7 @@ def fit_network(model, X, labels, dense, validation, train, seed, verbose=False,
             verbose=verbose, validation=validation, patience=train.get("patience"),
             eval_every=train.get("eval_every"), min_steps=train.get("min_steps", 0),
             max_steps=max_steps, stop_on=stop_on, min_val_positives=min_pos,
+            average=train.get("average", 1),
             **({} if bags is None else {"bags": bags}))
     record = {"steps": h["steps"], "kept": h["kept"], "stopped": h["stopped"],
               "rows": int(X.shape[0]),

@@ -46,16 +46,19 @@ NULL_MEANS = ("undefined: the method has no prediction the metric needs (CTR-ONL
 
 
 def fair_effort(eval_every=200, patience=5, min_steps=2000, max_steps=60_000, batch_size=512,
-                lr=2e-3, criterion="measured", half_life=HALF_LIFE, min_val_positives=0):
+                lr=2e-3, criterion="measured", half_life=HALF_LIFE, min_val_positives=0,
+                average=1):
     """The training budget and stopping rule every network of a run gets.
 
     See the module docstring, and :mod:`esmm_np.experiments.stopping` for
     ``criterion`` ("measured" or "loss"), ``half_life`` and
-    ``min_val_positives`` (the configurations use :data:`MIN_VAL_POSITIVES`).
+    ``min_val_positives`` (the configurations use :data:`MIN_VAL_POSITIVES`),
+    and :func:`esmm_np.fit` for ``average`` (validate and keep the mean of the
+    weights at the last ``average`` validations; 1: the live weights).
     """
     return dict(batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
                 min_steps=min_steps, max_steps=max_steps, criterion=criterion,
-                half_life=half_life, min_val_positives=min_val_positives)
+                half_life=half_life, min_val_positives=min_val_positives, average=average)
 
 
 @dataclass
