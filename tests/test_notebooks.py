@@ -3,7 +3,7 @@
 Each runs in a fresh kernel on a copy in a temporary folder (so the committed,
 executed notebooks are not touched). ESMM_NP_QUICK=1 asks the notebooks
 that have a smaller test configuration to use it; they say so in their text.
-ESMM_NP_WORLD_SEED moves the simulated worlds of notebooks 1, 3 and 4: their
+ESMM_NP_WORLD_SEED moves the simulated worlds of notebooks 1, 3, 4 and 5: their
 prose claims are asserted, and the asserts must hold in more than one world.
 """
 
@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOKS = sorted(glob.glob(os.path.join(HERE, "..", "notebooks", "[0-9]*.ipynb")))
 #: Notebooks whose worlds follow ESMM_NP_WORLD_SEED, and the two world seeds the suite runs.
 WORLD_NOTEBOOKS = ("01_selection_bias.ipynb", "03_paper_experiments.ipynb",
-                   "04_what_esmm_gets_wrong.ipynb")
+                   "04_what_esmm_gets_wrong.ipynb", "05_experts_and_gates.ipynb")
 WORLD_SEEDS = ("0", "11")
 CASES = [(p, w) for p in NOTEBOOKS
          for w in (WORLD_SEEDS if os.path.basename(p) in WORLD_NOTEBOOKS else ("0",))]
