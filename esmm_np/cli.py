@@ -362,7 +362,7 @@ def main(argv=None):
     r.add_argument("--docs", help="also fill the regime section of this Markdown file")
     r.add_argument("--figure", help="with --docs: the figure's path as the doc links it")
     r.set_defaults(run=_regime)
-    from .experiments import relatedness                   # esmm-np relatedness (issue 19)
+    from .experiments import relatedness                   # esmm-np relatedness
     relatedness.add_parser(sub, fmt, _count(1))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)

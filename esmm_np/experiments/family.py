@@ -1,4 +1,4 @@
-"""The multi-task family as methods of the experiment runner (issue 19).
+"""The multi-task family as methods of the experiment runner.
 
 Each method trains one model on every training impression, under the same
 fair-effort rule as ESMM (:func:`~esmm_np.experiments.baselines.fit_network`),

@@ -1,4 +1,4 @@
-"""The relatedness sweep and the gate diagnostics (issue 19): MMoE's synthetic experiment.
+"""The relatedness sweep and the gate diagnostics: MMoE's synthetic experiment.
 
 Over the simulator's ``rho`` (task relatedness: the correlation of the
 conversion score with the click score) and the CVR given click, MMoE and PLE
@@ -515,7 +515,7 @@ def family_doc(sweep, command, figure=None):
         "**Where training stopped** (the fair-effort rule: each network keeps the step of its "
         "lowest validation loss): " + kept_steps(sweep) + ". A network that keeps an early "
         "step is the rule's choice, not a failure, but differences between methods that "
-        "stop at different epochs are partly differences of stopping (issue 17).",
+        "stop at different epochs are partly differences of stopping.",
         "",
         "## Entire-space soft CVR AUC: differences",
         "",

@@ -1,4 +1,4 @@
-"""How every network of a run picks the point it keeps (issue 17: stopping that measures the model).
+"""How every network of a run picks the point it keeps.
 
 Three rules, the same for every network that shares them:
 
