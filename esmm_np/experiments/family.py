@@ -80,7 +80,8 @@ def train_family(ctx, name):
     v = None if val is None else (val.X, val.click, val.conversion) + (
         () if val.dense is None else (val.dense,)) + tuple(bag_kw(val).values())
     record = fit_network(model, part.X, (part.click, part.conversion), part.dense, v,
-                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part))
+                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part),
+                         probe=ctx.probes.get("two-tower"))   # records, never chooses
     return ESMMMethod(name, model, {f"{name} net": record})
 
 
