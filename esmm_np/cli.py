@@ -109,6 +109,7 @@ def _method_names():
 def _experiment(args):
     from . import experiments as E
     from .experiments import runner
+    from .experiments.report import doc_section
     from .experiments.checks import TooSmall
 
     cfg = E.CONFIGS["quick" if args.quick else args.preset]()
@@ -151,7 +152,7 @@ def _experiment(args):
     _report(result, sweep, args.out)
     if args.docs:
         E.write_docs(result, sweep, args.docs, "esmm-np experiment " + " ".join(args.argv),
-                     section=None if cfg.preset == "default" else cfg.preset)
+                     section=doc_section(cfg.preset, cfg.methods))
         print(f"updated {args.docs}")
     return 0
 
@@ -256,6 +257,7 @@ def _check_outputs(parser, args):
     """Everything a command will write is checked before any training starts."""
     from . import experiments as E
     from .data.files import check_output_dir, check_writable_file, read_text
+    from .experiments.report import doc_section
 
     try:
         if getattr(args, "out", None) is not None:
@@ -263,9 +265,8 @@ def _check_outputs(parser, args):
         if getattr(args, "docs", None):
             check_writable_file(args.docs)
             text = read_text(args.docs)
-            section = getattr(args, "preset", "default")
-            section = "regime" if args.command == "regime-map" else (
-                None if section == "default" else section)
+            section = "regime" if args.command == "regime-map" else doc_section(
+                getattr(args, "preset", "default"), getattr(args, "methods", None))
             start, end = E.doc_markers(section)
             if start not in text or end not in text:
                 raise ValueError(f"{args.docs} has no {start} ... {end} section to fill")
@@ -328,7 +329,8 @@ def main(argv=None):
     e.add_argument("--confounder", type=_number(positive=False),
                    help="weight of the simulator's hidden confounder (default 0)")
     e.add_argument("--docs", help="also fill the generated section of this Markdown file "
-                                  "(docs/experiments.md; one section per preset)")
+                                  "(docs/experiments.md; one section per preset; --methods "
+                                  "ESMM plus family methods fill the preset's family section)")
     e.set_defaults(run=_experiment)
     a = sub.add_parser("aliccp", help="convert raw Ali-CCP files into a cache esmm_np loads")
     asub = a.add_subparsers(dest="action", required=True)

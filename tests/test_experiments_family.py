@@ -83,3 +83,21 @@ def test_gate_diagnostics_of_a_trained_mmoe():
         assert g["mean_weight"].shape == (4,) and 0 <= g["entropy"] <= g["max_entropy"]
     with pytest.raises(TypeError, match="has no gates"):
         F.gate_diagnostics(F.TRAINERS["SB"](ctx), ctx.val)
+
+
+def test_family_networks_record_the_adjacent_validation_noise_like_esmms():
+    from esmm_np.experiments.report import noise_values
+    from esmm_np.experiments.stopping import make_probe
+    data = esmm_np.simulate(20_000, seed=3, n_users=300, n_items=200)
+    test = esmm_np.simulate(5_000, seed=4, n_users=300, n_items=200)
+    ctx = B.make_context(data, arch=dict(embed_dim=4, tower_units=(8,), dtype=np.float32),
+                         train=fair_effort(eval_every=20, patience=2, min_steps=40,
+                                           max_steps=200, batch_size=256, lr=3e-3))
+    ctx.probes = {"two-tower": make_probe(test, False, n_rows=2_000)}
+    networks = {}
+    for name in ("SB", "MMOE-CLICKED", "AITM"):
+        (record,) = F.TRAINERS[name](ctx).networks.values()
+        assert len(record["probe"]) == len(record["val_steps"]) >= 2, name
+        assert 0 <= record["adjacent_noise"] <= 1, name
+        networks[name] = [{f"{name} net": record}]
+    assert set(noise_values(networks)) == {"SB", "MMOE-CLICKED", "AITM"}   # the noise line lists them

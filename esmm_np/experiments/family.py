@@ -23,7 +23,8 @@ per task. ``ctx.options["family"]`` may override any option per method
 :func:`ctr_scores` gives the CTR side (CTR AUC against clicks, soft CTR AUC
 against ``true_ctr``), and :func:`ctr_intervals` their paired intervals
 against ESMM: the seesaw is a trade between the two tasks. :func:`gate_diagnostics`
-reads a trained MMoE's or PLE's gates.
+reads a trained MMoE's or PLE's gates, :func:`gate_record` as results.json keeps
+them, and :func:`polarised` says whether a gate has polarised.
 """
 
 import numpy as np
@@ -79,7 +80,8 @@ def train_family(ctx, name):
     v = None if val is None else (val.X, val.click, val.conversion) + (
         () if val.dense is None else (val.dense,)) + tuple(bag_kw(val).values())
     record = fit_network(model, part.X, (part.click, part.conversion), part.dense, v,
-                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part))
+                         ctx.train, ctx.seed, ctx.verbose, **bag_kw(part),
+                         probe=ctx.probes.get("two-tower"))   # records, never chooses
     return ESMMMethod(name, model, {f"{name} net": record})
 
 
@@ -141,3 +143,34 @@ def gate_diagnostics(method, data):
     if not hasattr(model, "gates"):
         raise TypeError(f"{getattr(method, 'name', method)!r} has no gates (MMOE and PLE do)")
     return model.gates(data.X, data.dense, **bag_kw(data))
+
+
+#: A gate whose rows' mean entropy is below this share of log K has polarised: almost
+#: every row puts its weight on one expert (1 would be every row weighing all alike).
+POLARISED = 0.2
+
+
+def gate_record(method, data):
+    """:func:`gate_diagnostics` as plain numbers for results.json; None for a method without gates.
+
+    Returns
+    -------
+    dict gate -> dict with ``experts`` (names), ``mean_weight`` (list over
+    the experts, sums to one), ``entropy`` (nats), ``max_entropy`` (log K)
+    and ``entropy_ratio`` (entropy / log K, in [0, 1]).
+    """
+    if not hasattr(getattr(method, "model", None), "gates"):
+        return None
+    out = {}
+    for name, g in gate_diagnostics(method, data).items():
+        ratio = g["entropy"] / g["max_entropy"] if g["max_entropy"] > 0 else float("nan")
+        out[name] = {"experts": list(g["experts"]),
+                     "mean_weight": [float(w) for w in g["mean_weight"]],
+                     "entropy": float(g["entropy"]), "max_entropy": float(g["max_entropy"]),
+                     "entropy_ratio": float(ratio)}
+    return out
+
+
+def polarised(record, threshold=POLARISED):
+    """Has a gate of :func:`gate_record` polarised (entropy below ``threshold`` × log K)?"""
+    return bool(record["entropy_ratio"] < threshold)

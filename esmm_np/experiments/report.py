@@ -5,15 +5,20 @@ import time
 
 import numpy as np
 
-from .config import COLUMNS, INTERVAL_METRICS, NULL_MEANS, PAPER_TABLE2
+from .config import COLUMNS, NULL_MEANS, PAPER_TABLE2
+from .family import FAMILY_METHODS, POLARISED, polarised
 from .figures import plot
-from .scoring import sweep_mean, sweep_metric
+from .scoring import TABLE_INTERVALS, sweep_mean, sweep_metric
 from ..data.files import dumps_strict, read_text, write_file
 
 
 SHORT = {"cvr_auc_clicked": "CVR AUC clicked", "cvr_soft_auc_clicked": "soft CVR AUC clicked",
          "cvr_auc_entire": "CVR AUC entire", "cvr_soft_auc_entire": "soft CVR AUC entire",
-         "ctcvr_auc": "CTCVR AUC"}
+         "ctcvr_auc": "CTCVR AUC", "ctr_auc": "CTR AUC", "ctr_soft_auc": "soft CTR AUC"}
+
+#: The table's columns: the paper's (:data:`~esmm_np.experiments.config.COLUMNS`) and the
+#: CTR side (n/a for a method without pCTR), since the seesaw is a trade between the tasks.
+TABLE_COLUMNS = {**COLUMNS, "ctr_auc": "CTR AUC", "ctr_soft_auc": "soft CTR AUC"}
 
 
 #: What each method trains on and how its pCVR is made (printed by the demo, shown in notebook 3).
@@ -74,12 +79,12 @@ def format_table(result, paper=True):
             return "n/a"
         return f"{scale * mean:.2f}" + (f" ± {scale * std:.2f}" if n_seeds > 1 else "")
 
-    head = ["Method"] + list(COLUMNS.values())
+    head = ["Method"] + list(TABLE_COLUMNS.values())
     if paper:
         head += ["paper CVR AUC", "paper CTCVR AUC"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in summary:
-        row = [name] + [cell(m, name) for m in COLUMNS]
+        row = [name] + [cell(m, name) for m in TABLE_COLUMNS]
         if paper:
             row += [f"{v:.2f}" for v in PAPER_TABLE2[name]] if name in PAPER_TABLE2 else ["", ""]
         lines.append("| " + " | ".join(row) + " |")
@@ -106,7 +111,7 @@ def interval_table(result):
     """Each method minus the reference (ESMM), with 95% paired bootstrap intervals over test rows."""
     iv = result["intervals"]
     ref = result.get("reference", "ESMM")
-    metrics = [m for m in INTERVAL_METRICS if m in iv]
+    metrics = [m for m in TABLE_INTERVALS if iv.get(m)]
     names = [n for n in result["summary"] if n != ref]
     lines = ["| Method − " + ref + " | " + " | ".join(SHORT[m] for m in metrics) + " |",
              "|" + "---|" * (len(metrics) + 1)]
@@ -281,6 +286,12 @@ def report_text(result, sweep=None):
                  effort_note(result, sweep) if "networks" in result else ""):
         if note:
             parts += [note, ""]
+    if result.get("gates"):
+        parts += ["Gates of the MMoE and PLE networks on the test impressions (mean weight per "
+                  "expert over the rows; H / log K: the rows' mean gate entropy over its "
+                  "largest value, 0 when every row uses one expert, 1 when every row weighs "
+                  f"all alike; mean [min, max] over {over}):", "", gate_table(result), "",
+                  gate_note(result), ""]
     if sweep:
         how = ("intervals across worlds" if n_worlds > 1
                else "paired bootstrap intervals over test rows")
@@ -291,6 +302,40 @@ def report_text(result, sweep=None):
             if note:
                 parts += [note, ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def gate_table(result):
+    """The gates of :func:`~esmm_np.experiments.runner.gates_by_run` as Markdown, one row a gate."""
+    lines = ["| method | gate | experts | mean weight per expert | H / log K |",
+             "|---|---|---|---|---|"]
+    for m, runs in result.get("gates", {}).items():
+        for gate, first in runs[0]["gates"].items():
+            recs = [r["gates"][gate] for r in runs]
+            weights = np.mean([r["mean_weight"] for r in recs], axis=0)
+            ratio = [r["entropy_ratio"] for r in recs]
+            lines.append(f"| {m} | {gate} | {', '.join(first['experts'])} | "
+                         f"{' / '.join(f'{w:.2f}' for w in weights)} | {np.mean(ratio):.2f} "
+                         f"[{np.min(ratio):.2f}, {np.max(ratio):.2f}] |")
+    return "\n".join(lines)
+
+
+def gate_note(result, threshold=POLARISED):
+    """One sentence: do the gates polarise (H / log K below ``threshold``), and which?"""
+    runs = [(m, r, gate, g) for m, per in result.get("gates", {}).items() for r in per
+            for gate, g in r["gates"].items()]
+    if not runs:
+        return ""
+    ratios = [g["entropy_ratio"] for *_, g in runs]
+    rule = (f"a gate polarises when H / log K is below {threshold:g} (almost every row puts "
+            "its weight on one expert)")
+    hit = [(m, r, gate) for m, r, gate, g in runs if polarised(g, threshold)]
+    if not hit:
+        return (f"The gates do not polarise: {rule}, and none of the {len(runs)} gates "
+                f"trained does (H / log K from {min(ratios):.2f} to {max(ratios):.2f}).")
+    named = "; ".join(f"{m} {gate} (world {r['world']}, seed {r['seed']})"
+                      for m, r, gate in hit[:8])
+    return (f"Some gates polarise: {rule}; {len(hit)} of the {len(runs)} gates trained do: "
+            f"{named}{' ...' if len(hit) > 8 else ''}.")
 
 
 def results_json(result, sweep=None):
@@ -340,12 +385,35 @@ def doc_markers(section=None):
     return f"<!-- experiment:{section}:start -->", f"<!-- experiment:{section}:end -->"
 
 
+def is_family_run(methods):
+    """Are ``methods`` ESMM plus members of the multi-task family (and nothing else)?"""
+    methods = set(methods or ())
+    return ("ESMM" in methods and bool(methods & set(FAMILY_METHODS))
+            and methods <= {"ESMM", *FAMILY_METHODS})
+
+
+def doc_section(preset="default", methods=None):
+    """The generated section of docs/experiments.md a run fills (see :func:`doc_markers`).
+
+    One per preset: None (``experiment:``) for the default world, the preset's
+    name (``experiment:paper:``) otherwise; a run of ESMM and the multi-task
+    family (:func:`is_family_run`) fills the preset's family section instead
+    (``experiment:family:`` and ``experiment:family:paper:``).
+    """
+    base = None if preset == "default" else preset
+    if is_family_run(methods):
+        return "family" if base is None else f"family:{base}"
+    return base
+
+
 def write_docs(result, sweep, path, command, section=None):
     """Replace the generated section of a Markdown file with this run's tables.
 
     The section sits between the markers of :func:`doc_markers` (one pair
     per preset: ``<!-- experiment:start -->`` for the default world,
-    ``<!-- experiment:paper:start -->`` for the "paper" preset), so prose
+    ``<!-- experiment:paper:start -->`` for the "paper" preset, and
+    ``<!-- experiment:family:start -->`` / ``<!-- experiment:family:paper:start -->``
+    for a run of ESMM and the multi-task family: :func:`doc_section`), so prose
     around it is kept and every number inside it comes from the run.
     """
     start, end = doc_markers(section)

@@ -25,10 +25,9 @@ import numpy as np
 from .baselines import USES_CTR_NET, make_context
 from .methods import TRAINERS
 from .checks import check_world
-from .config import (ExperimentConfig, INTERVAL_METRICS, effort_for, make_world, model_arch,
-                     world_seeds)
+from .config import ExperimentConfig, effort_for, make_world, model_arch, world_seeds
 from .scoring import (ACROSS_WORLDS, ONE_WORLD, SWEEP_INTERVALS, SWEEP_INTERVALS_NO_TRUTH,
-                      across_worlds, config_dict,
+                      TABLE_INTERVALS, across_worlds, config_dict,
                       describe, score, summarise)
 from .workers import executor, get_world, make_task, run_intervals, run_tasks, world_key
 from ..metrics import auc, log_loss
@@ -122,7 +121,7 @@ def run_all(cfg, progress=print, data=None, sweep=True):
         jobs = {}
         if one_world:   # one world: paired bootstrap over test rows (and seeds) in it
             say(f"paired bootstrap intervals ({cfg.n_boot} replicates) ...")
-            for metric in (INTERVAL_METRICS if cfg.methods else ()):
+            for metric in (TABLE_INTERVALS if cfg.methods else ()):
                 jobs[("table", metric)] = pool.submit(run_intervals, worlds[first], preds[first],
                                                       reference, (metric,), cfg.n_boot)
             for frac in fracs:
@@ -142,7 +141,10 @@ def run_all(cfg, progress=print, data=None, sweep=True):
                          for m in cfg.methods},
             "choices": {m: [done[(ws, "table", m, s, None)]["choice"] for s in cfg.seeds]
                         for m in cfg.methods
-                        if done[(ws, "table", m, cfg.seeds[0], None)]["choice"]}}
+                        if done[(ws, "table", m, cfg.seeds[0], None)]["choice"]},
+            "gates": {m: [done[(ws, "table", m, s, None)]["gates"] for s in cfg.seeds]
+                      for m in cfg.methods
+                      if done[(ws, "table", m, cfg.seeds[0], None)].get("gates")}}
         if (ws, "table", "_ctr_net", cfg.seeds[0], None) in done:
             per_world[ws]["networks"]["_ctr_net"] = [
                 done[(ws, "table", "_ctr_net", s, None)]["networks"] for s in cfg.seeds]
@@ -160,16 +162,17 @@ def run_all(cfg, progress=print, data=None, sweep=True):
     result = {"config": config_dict(cfg), "world": info, "label": cfg.label,
               "worlds": list(worlds), "effort": effort, "notes": notes,
               "runs": flat(tables, "runs"), "networks": flat(tables, "networks"),
-              "choices": flat(tables, "choices"), "reference": reference}
+              "choices": flat(tables, "choices"), "reference": reference,
+              "gates": gates_by_run(per_world, cfg.seeds)}
     result["summary"] = summarise(result["runs"])
-    across = across_worlds([p["runs"] for p in tables], reference, INTERVAL_METRICS) \
+    across = across_worlds([p["runs"] for p in tables], reference, TABLE_INTERVALS) \
         if cfg.methods else {}
     for ws, p in per_world.items():
         p["differences"] = {metric: {n: e["per_world"][list(worlds).index(ws)]
                                      for n, e in per.items()} for metric, per in across.items()}
     result["per_world"] = {str(ws): p for ws, p in per_world.items()}
     if one_world:
-        result["intervals"] = {m: v for metric in INTERVAL_METRICS if ("table", metric) in ivs
+        result["intervals"] = {m: v for metric in TABLE_INTERVALS if ("table", metric) in ivs
                                for m, v in ivs[("table", metric)].items()}
         result["interval_construction"] = ONE_WORLD
     else:
@@ -191,6 +194,20 @@ def run_all(cfg, progress=print, data=None, sweep=True):
     result["seconds"] = time.perf_counter() - start
     say(f"done in {result['seconds']:.0f} s")
     return result, sweep_out
+
+
+def gates_by_run(per_world, seeds):
+    """method -> list over (world, seed) of ``{"world", "seed", "gates"}`` (MMOE and PLE only).
+
+    ``gates`` is :func:`~esmm_np.experiments.family.gate_record` of that
+    training on its world's test rows.
+    """
+    out = {}
+    for ws, p in per_world.items():
+        for m, per_seed in p["gates"].items():
+            out.setdefault(m, []).extend({"world": ws, "seed": s, "gates": g}
+                                         for s, g in zip(seeds, per_seed))
+    return out
 
 
 def len_part(n_train, validation_fraction):

@@ -6,11 +6,22 @@ from functools import lru_cache
 import numpy as np
 
 from .config import INTERVAL_METRICS
+from .family import CTR_METRICS, ctr_scores
 from ..metrics import evaluate_esmm, paired_bootstrap, seed_interval, soft_auc
+
+#: The table's metrics with an interval of their difference to ESMM: the CVR side
+#: (:data:`~esmm_np.experiments.config.INTERVAL_METRICS`) and the CTR side
+#: (:data:`~esmm_np.experiments.family.CTR_METRICS`), since the seesaw trades one for the other.
+TABLE_INTERVALS = INTERVAL_METRICS + CTR_METRICS
 
 
 def score(pred, test):
-    """evaluate_esmm, the soft AUCs against the true CVR, and DIVISION's pCVR above 1."""
+    """evaluate_esmm, the soft AUCs against the true CVR, the CTR side, and DIVISION's pCVR above 1.
+
+    The CTR side (:func:`~esmm_np.experiments.family.ctr_scores`): ``ctr_auc``
+    against the clicks and ``ctr_soft_auc`` against ``true_ctr``, NaN for a
+    method without ``p_ctr`` or test rows without the truth.
+    """
     scores = evaluate_esmm({k: pred[k] for k in ("p_ctr", "p_cvr", "p_ctcvr") if k in pred},
                            test)
     nan = float("nan")
@@ -19,6 +30,7 @@ def score(pred, test):
         clicked = test.click == 1
         scores["cvr_soft_auc_clicked"] = soft_auc(test.true_cvr[clicked], pred["p_cvr"][clicked])
         scores["cvr_soft_auc_entire"] = soft_auc(test.true_cvr, pred["p_cvr"])
+    scores.update(ctr_scores(pred, test))
     if "p_cvr_raw" in pred:
         raw = pred["p_cvr_raw"]
         scores["pcvr_above_1"] = float(np.mean(raw > 1))
@@ -39,6 +51,10 @@ def _target(metric, test):
         return None, test.true_cvr, "p_cvr"
     if metric == "ctcvr_auc":
         return None, test.click * test.conversion, "p_ctcvr"
+    if metric == "ctr_auc":
+        return None, test.click, "p_ctr"
+    if metric == "ctr_soft_auc" and getattr(test, "true_ctr", None) is not None:
+        return None, test.true_ctr, "p_ctr"
     return None
 
 

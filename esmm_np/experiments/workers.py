@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .baselines import bag_kw, make_context, train_ctr_net
+from .family import gate_record
 from .methods import TRAINERS
 from .config import model_arch
 from .scoring import intervals
@@ -72,6 +73,8 @@ def run_task(task):
     ``task`` is a dict: ``world`` (key), ``method`` (a TRAINERS name or
     "_ctr_net"), ``seed``, ``frac`` (share of the training data or None),
     ``arch``, ``train``, ``validation_fraction``, ``options``, ``ctr_net``.
+    The output's ``gates`` is :func:`~esmm_np.experiments.family.gate_record`
+    on the test rows (None for a method without gates).
     """
     start = time.perf_counter()
     train, test = get_world(task["world"])
@@ -91,7 +94,8 @@ def run_task(task):
         method = TRAINERS[task["method"]](ctx)
         pred = method.predict(test.X, test.dense, **bag_kw(test))
         out.update(networks=method.networks, choice=method.choice,
-                   pred={k: np.asarray(v, dtype=np.float32) for k, v in pred.items()})
+                   pred={k: np.asarray(v, dtype=np.float32) for k, v in pred.items()},
+                   gates=gate_record(method, test))      # MMOE and PLE: their gates on test
         if "p_cvr_raw" in pred:
             out["pred"]["p_cvr_raw"] = np.asarray(pred["p_cvr_raw"], dtype=np.float64)
     out["seconds"] = time.perf_counter() - start
