@@ -254,9 +254,11 @@ def report_text(result, sweep=None):
     if caveat(result):
         parts += [caveat(result), ""]
     tested = ""
-    if "test_clicks" in w:
-        tested = f" ({w['test_clicks']:,} test clicks, {w['test_conversions']:,} test conversions)"
     n_worlds = len(result.get("worlds", [0]))
+    if "test_clicks" in w:      # the first world's counts (each world has its own)
+        first = "the first world: " if n_worlds > 1 else ""
+        tested = (f" ({first}{w['test_clicks']:,} test clicks, "
+                  f"{w['test_conversions']:,} test conversions)")
     each = " each" if n_worlds > 1 else ""
     over = "worlds and training seeds" if n_worlds > 1 else "training seeds"
     spread = n_worlds * n_seeds > 1
