@@ -316,7 +316,9 @@ def main(argv=None):
     e.add_argument("--data", metavar="DIR",
                    help="run on a cache written by `esmm-np aliccp convert` instead of a "
                         "simulated world (metrics that need the true CVR are n/a)")
-    e.add_argument("--seeds", type=_count(0), nargs="+", help="training seeds inside every world (default: the preset's: 0 1 for default, 0 for paper and --quick)")
+    e.add_argument("--seeds", type=_count(0), nargs="+",
+                   help="training seeds inside every world (default: the preset's: "
+                        "0 1 for default, 0 for paper and --quick)")
     e.add_argument("--worlds", type=_count(1), metavar="K",
                    help="train in K simulated worlds (world seeds 0 .. K-1); intervals are "
                         "then across worlds (default: the preset's, see docs/experiments.md)")

@@ -83,7 +83,8 @@ def test_average_is_checked(bad):
 def test_the_averaging_measurement_formats_what_it_measured():
     from esmm_np.experiments.averaging import format_measure
     entry = {"diff": -0.012, "diff_low": -0.02, "diff_high": -0.004}
-    out = {1: {"noise": {"ESMM": [0.5, 1.5], "BASE": [1.0]}, "kept": {"ESMM": [400, 800], "BASE": [600]},
+    out = {1: {"noise": {"ESMM": [0.5, 1.5], "BASE": [1.0]},
+               "kept": {"ESMM": [400, 800], "BASE": [600]},
                "diff": {"BASE": entry}, "seconds": 90.0},
            4: {"noise": {"ESMM": [0.2, 0.4]}, "kept": {"ESMM": [1000, 1200]}, "diff": {},
                "seconds": 120.0}}
