@@ -103,10 +103,11 @@ def test_gate_diagnostics_per_world_and_seed_in_results_json(two_worlds):
             assert saved["per_world"][ws]["gates"][m][0] == runs[int(ws)]["gates"]
     table = R.gate_table(r)
     assert len(table.splitlines()) == 2 + 4                    # two methods, two gates each
-    ratios = [g["entropy_ratio"] for runs in r["gates"].values() for x in runs
-              for g in x["gates"].values()]
+    records = [g for runs in r["gates"].values() for x in runs for g in x["gates"].values()]
+    ratios = [g["entropy_ratio"] for g in records]
     note = R.gate_note(r)
-    if any(v < F.POLARISED for v in ratios):
+    if any(v < F.POLARISED or max(g["mean_weight"]) > F.DOMINANT
+           for v, g in zip(ratios, records)):
         assert note.startswith("Some gates polarise")
     else:
         assert note.startswith("The gates do not polarise") and f"{min(ratios):.2f}" in note
@@ -123,6 +124,16 @@ def test_gate_note_names_the_polarised_gates():
     note = R.gate_note(r)
     assert note.startswith("Some gates polarise") and "1 of the 2" in note
     assert "MMOE gate_ctr (world 3, seed 1)" in note and "gate_cvr" not in note
+
+
+def test_one_rule_says_whether_a_gate_polarised():
+    def rec(ratio, weights):
+        return {"entropy_ratio": ratio, "mean_weight": weights}
+    assert F.polarised(rec(0.3, [0.5, 0.5]))                  # low entropy
+    assert F.polarised(rec(0.9, [0.85, 0.15]))                # one expert dominant
+    assert not F.polarised(rec(0.9, [0.6, 0.4]))
+    from esmm_np.experiments import relatedness
+    assert (relatedness.POLARISED, relatedness.DOMINANT) == (F.POLARISED, F.DOMINANT)
     assert R.gate_note({"gates": {}}) == ""
 
 

@@ -145,9 +145,11 @@ def gate_diagnostics(method, data):
     return model.gates(data.X, data.dense, **bag_kw(data))
 
 
-#: A gate whose rows' mean entropy is below this share of log K has polarised: almost
-#: every row puts its weight on one expert (1 would be every row weighing all alike).
-POLARISED = 0.2
+#: A gate has polarised when its rows' mean entropy is below this share of log K (1 would
+#: be every row weighing all experts alike, 0 every row using one) ...
+POLARISED = 0.5
+#: ... or when one expert takes more than this share of its mean weight.
+DOMINANT = 0.8
 
 
 def gate_record(method, data):
@@ -171,6 +173,11 @@ def gate_record(method, data):
     return out
 
 
-def polarised(record, threshold=POLARISED):
-    """Has a gate of :func:`gate_record` polarised (entropy below ``threshold`` × log K)?"""
-    return bool(record["entropy_ratio"] < threshold)
+def polarised(record, threshold=POLARISED, dominant=DOMINANT):
+    """Has a gate of :func:`gate_record` polarised?
+
+    Yes when its entropy is below ``threshold`` × log K or one expert takes
+    more than ``dominant`` of its mean weight: the one rule the runner, the
+    relatedness sweep and notebook 5 use.
+    """
+    return bool(record["entropy_ratio"] < threshold or max(record["mean_weight"]) > dominant)

@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from .config import COLUMNS, NULL_MEANS, PAPER_TABLE2
-from .family import FAMILY_METHODS, POLARISED, polarised
+from .family import DOMINANT, FAMILY_METHODS, POLARISED, polarised
 from .figures import plot
 from .scoring import TABLE_INTERVALS, sweep_mean, sweep_metric
 from ..data.files import dumps_strict, read_text, write_file
@@ -328,8 +328,8 @@ def gate_note(result, threshold=POLARISED):
     if not runs:
         return ""
     ratios = [g["entropy_ratio"] for *_, g in runs]
-    rule = (f"a gate polarises when H / log K is below {threshold:g} (almost every row puts "
-            "its weight on one expert)")
+    rule = (f"a gate polarises when H / log K is below {threshold:g} or one expert takes more "
+            f"than {DOMINANT:g} of its mean weight")
     hit = [(m, r, gate) for m, r, gate, g in runs if polarised(g, threshold)]
     if not hit:
         return (f"The gates do not polarise: {rule}, and none of the {len(runs)} gates "
