@@ -38,7 +38,7 @@ from ..data.files import dumps_strict, write_file
 from ..metrics import soft_auc
 from .baselines import bag_kw, make_context
 from .config import ExperimentConfig, fair_effort
-from .family import gate_diagnostics
+from .family import DOMINANT, POLARISED, gate_diagnostics
 from .methods import TRAINERS
 from .scoring import config_dict, describe
 from .stopping import MIN_VAL_POSITIVES
@@ -52,9 +52,6 @@ RHOS = (-0.3, 0.3, 0.6, 0.95)
 CVRS = (0.02, 0.1)
 #: Metrics: soft AUC of p_cvr against true_cvr over every test row, of p_ctr against true_ctr.
 METRICS = {"cvr_soft_auc_entire": ("p_cvr", "true_cvr"), "ctr_soft_auc": ("p_ctr", "true_ctr")}
-#: The comparisons reported: (A, B) means A − B.
-POLARISED = 0.5
-DOMINANT = 0.8
 
 
 def comparisons(methods):
