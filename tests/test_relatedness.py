@@ -81,3 +81,30 @@ def test_the_sweep_refuses_one_world_and_unknown_methods():
     cfg.methods = ("ESMM", "NOPE")
     with pytest.raises(ValueError, match="unknown methods"):
         R.relatedness_sweep(cfg, (0.3,), (0.1,), progress=None)
+
+
+def test_the_budget_note_counts_networks_whose_validation_could_not_choose():
+    from esmm_np.experiments.stopping import MIN_VAL_POSITIVES
+    ok = {"kept": 300, "steps": 600, "stopped": "patience"}
+    fixed = {"kept": 400, "steps": 400, "stopped": "budget"}
+    sweep = {"cells": [
+        {"rho": 0.3, "cvr": 0.02, "networks": {"ESMM": [{"ESMM net": fixed}, {"ESMM net": ok}],
+                                               "SB": [{"SB net": fixed}, {"SB net": fixed}]}},
+        {"rho": 0.95, "cvr": 0.1, "networks": {"ESMM": [{"ESMM net": ok}, {"ESMM net": ok}],
+                                               "SB": [{"SB net": ok}, {"SB net": ok}]}}]}
+    note = R.budget_note(sweep)
+    assert note.startswith(f"3 of 8 networks had fewer than {MIN_VAL_POSITIVES} positives")
+    assert "(400 steps)" in note and "rho 0.3 / CVR 2%: 3" in note and "rho 0.95" not in note
+    for c in sweep["cells"]:
+        for runs in c["networks"].values():
+            for r in runs:
+                for rec in r.values():
+                    rec["stopped"] = "patience"
+    assert R.budget_note(sweep).startswith("Every one of the 8 networks")
+
+
+def test_the_documented_sweep_does_not_let_a_tiny_validation_set_choose():
+    from esmm_np.experiments.stopping import MIN_VAL_POSITIVES
+    cfg = R.relatedness_config()
+    assert cfg.train["min_val_positives"] == MIN_VAL_POSITIVES
+    assert cfg.train["criterion"] == "measured"

@@ -38,9 +38,10 @@ from ..data.files import dumps_strict, write_file
 from ..metrics import soft_auc
 from .baselines import bag_kw, make_context
 from .config import ExperimentConfig, fair_effort
-from .family import gate_diagnostics
+from .family import DOMINANT, POLARISED, gate_diagnostics
 from .methods import TRAINERS
 from .scoring import config_dict, describe
+from .stopping import MIN_VAL_POSITIVES
 from .workers import executor, forget_world, get_world, make_task, world_key
 
 #: The sweep's methods: the reference, the shared bottom, the experts (entire space)
@@ -51,9 +52,6 @@ RHOS = (-0.3, 0.3, 0.6, 0.95)
 CVRS = (0.02, 0.1)
 #: Metrics: soft AUC of p_cvr against true_cvr over every test row, of p_ctr against true_ctr.
 METRICS = {"cvr_soft_auc_entire": ("p_cvr", "true_cvr"), "ctr_soft_auc": ("p_ctr", "true_ctr")}
-#: The comparisons reported: (A, B) means A − B.
-POLARISED = 0.5
-DOMINANT = 0.8
 
 
 def comparisons(methods):
@@ -78,7 +76,9 @@ def relatedness_config(quick=False):
                             methods=METHODS,
                             arch=dict(embed_dim=8, tower_units=(32, 16), dtype="float32"),
                             train=fair_effort(eval_every=100, patience=3, min_steps=400,
-                                              max_steps=2000, batch_size=512, lr=3e-3),
+                                              max_steps=2000, batch_size=512, lr=3e-3,
+                                              min_val_positives=MIN_VAL_POSITIVES),
+                            validation_fraction=0.25,
                             sweep_fractions=(), n_boot=30, workers=2, label="small")
 
 
@@ -458,6 +458,31 @@ def save_sweep(sweep, out_dir, figure=True):
     return paths
 
 
+def budget_note(sweep):
+    """How many networks had too few validation positives to choose, and in which cells."""
+    n, cells, steps = 0, [], set()
+    total = 0
+    for c in sweep["cells"]:
+        hit = 0
+        for m, runs_list in c["networks"].items():
+            for runs in runs_list:
+                for r in runs.values():
+                    total += 1
+                    if r.get("stopped") == "budget":
+                        hit += 1
+                        steps.add(r.get("steps"))
+        if hit:
+            cells.append(f"rho {c['rho']:g} / CVR {100 * c['cvr']:g}%: {hit}")
+        n += hit
+    if not n:
+        return (f"Every one of the {total} networks had at least {MIN_VAL_POSITIVES} positives "
+                "in its validation rows, so each kept the point its criterion chose.")
+    budget = ", ".join(f"{s:,}" for s in sorted(x for x in steps if x is not None))
+    return (f"{n} of {total} networks had fewer than {MIN_VAL_POSITIVES} positives in their "
+            f"validation rows: their validation did not choose, they trained the fixed budget "
+            f"({budget} steps) and are recorded stopped=\"budget\" ({'; '.join(cells)}).")
+
+
 def kept_steps(sweep):
     """Per method: the median and range of the steps its networks kept, over every cell."""
     parts = []
@@ -512,10 +537,11 @@ def family_doc(sweep, command, figure=None):
         "Every sentence above names the cells it holds in; a claim not listed for a cell is "
         "not supported there by this run.",
         "",
-        "**Where training stopped** (the fair-effort rule: each network keeps the step of its "
-        "lowest validation loss): " + kept_steps(sweep) + ". A network that keeps an early "
-        "step is the rule's choice, not a failure, but differences between methods that "
-        "stop at different epochs are partly differences of stopping.",
+        "**Where training stopped** (the fair-effort rule of docs/experiments.md: two-tower "
+        "networks keep the validation point with the lowest L_ctcvr, single-task ones their "
+        "own loss's): " + kept_steps(sweep) + ". " + budget_note(sweep) + " A network that "
+        "keeps an early step is the rule's choice, not a failure, but differences between "
+        "methods that stop at different epochs are partly differences of stopping.",
         "",
         "## Entire-space soft CVR AUC: differences",
         "",
