@@ -332,24 +332,23 @@ def fit(model, X, *labels, dense=None, epochs=1, batch_size=256, optimizer=None,
     def validate_at(step, epoch):
         """One validation point; True when patience has run out."""
         if average == 1:
-            value = val.value(model)
-            check_value(value, step, epoch)
-            return stopper.update(model, value, step, epoch)
+            return score_and_keep(step, epoch)
         recent.push(model.params)
         live = recent.swap_in(model)           # score and keep the recent average ...
         try:
-            value = val.value(model)
-            check_value(value, step, epoch)
-            return stopper.update(model, value, step, epoch)
+            return score_and_keep(step, epoch)
         finally:                               # ... then training goes on from the live weights
             for name, w in live.items():
                 model.params[name][...] = w
 
-    def check_value(value, step, epoch):
+    def score_and_keep(step, epoch):
+        """The validation value of the model as it stands; early stopping records it."""
+        value = val.value(model)
         if not np.isfinite(value):
             raise FloatingPointError(
                 f"epoch {epoch + 1}, step {step}: the validation value is {value}. The model "
                 "keeps the parameters of this step; a smaller learning rate usually helps")
+        return stopper.update(model, value, step, epoch)
 
     # ---- the loop
     optimizer.bind(model.params)   # everything is checked: from here on the optimizer is this model's

@@ -6,13 +6,7 @@ import pytest
 import esmm_np
 from esmm_np.train import EarlyStopping
 
-
-def _toy(n, seed, dims=(6, 4)):
-    rng = np.random.default_rng(seed)
-    X = np.stack([rng.integers(0, d, n) for d in dims], axis=1)
-    click = (rng.random(n) < 1 / (1 + np.exp(-(X[:, 0] - 2.5)))).astype(np.int8)
-    conversion = click * (rng.random(n) < 0.3 + 0.1 * X[:, 1]).astype(np.int8)
-    return X, click, conversion
+from batches import toy_impressions as _toy
 
 
 def _fit(**kw):

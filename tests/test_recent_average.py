@@ -6,13 +6,7 @@ import pytest
 import esmm_np
 from esmm_np.train import RecentAverage
 
-
-def _toy(n, seed, dims=(6, 4)):
-    rng = np.random.default_rng(seed)
-    X = np.stack([rng.integers(0, d, n) for d in dims], axis=1)
-    click = (rng.random(n) < 1 / (1 + np.exp(-(X[:, 0] - 2.5)))).astype(np.int8)
-    conversion = click * (rng.random(n) < 0.3 + 0.1 * X[:, 1]).astype(np.int8)
-    return X, click, conversion
+from batches import toy_impressions as _toy
 
 
 def _run(average, patience=None):
@@ -34,16 +28,48 @@ def _run(average, patience=None):
 
 def test_average_one_is_the_live_weights_bit_for_bit():
     m1, h1, _ = _run(1)
-    m0, h0, _ = _run(1)
     X, c, v = _toy(400, 1)
     Xv, cv, vv = _toy(300, 2)
     plain = esmm_np.ESMM([6, 4], embed_dim=4, tower_units=(8,), seed=0, dtype=np.float64)
     hp = esmm_np.fit(plain, X, c, v, batch_size=16, verbose=False, eval_every=5, max_steps=60,
                      optimizer=esmm_np.Adam(lr=0.05), validation=(Xv, cv, vv),
-                     stop_on=lambda m, *a: m.eval_loss(*a))
+                     stop_on=lambda m, *a: m.eval_loss(*a))          # no average= at all
     assert hp["val_loss"] == h1["val_loss"] and hp["kept"] == h1["kept"]
     for k in plain.params:
         assert np.array_equal(plain.params[k], m1.params[k])
+
+
+class _Halt(Exception):
+    """Raised by a stop_on to halt fit at a chosen validation."""
+
+
+def test_a_non_finite_averaged_value_stops_fit_and_keeps_the_live_weights():
+    X, c, v = _toy(400, 1)
+    Xv, cv, vv = _toy(300, 2)
+
+    def run(average, third):
+        """A model trained until its third validation, where stop_on returns ``third()``."""
+        model = esmm_np.ESMM([6, 4], embed_dim=4, tower_units=(8,), seed=0, dtype=np.float64)
+        calls = []
+
+        def stop_on(m, *a):
+            calls.append(1)
+            return third() if len(calls) == 3 else m.eval_loss(*a)
+
+        with pytest.raises((FloatingPointError, _Halt)) as err:
+            esmm_np.fit(model, X, c, v, batch_size=16, verbose=False, eval_every=5,
+                        max_steps=60, optimizer=esmm_np.Adam(lr=0.05),
+                        validation=(Xv, cv, vv), stop_on=stop_on, average=average)
+        return model, err
+
+    def halt():
+        raise _Halt
+
+    averaged, err = run(3, lambda: float("nan"))
+    assert err.type is FloatingPointError and "validation value is nan" in str(err.value)
+    live, _ = run(1, halt)          # the same training path, halted at the same validation
+    for k in averaged.params:       # the live weights of that step, not the average it scored
+        np.testing.assert_array_equal(averaged.params[k], live.params[k])
 
 
 def test_each_validation_scores_the_mean_of_the_last_k_live_weights():

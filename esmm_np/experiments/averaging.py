@@ -16,6 +16,7 @@ which weights are scored and kept, and so where patience ends the run).
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -29,9 +30,8 @@ def measure(ks=(1, 4), methods=("ESMM", "BASE"), cfg=None, progress=None):
     "diff": {method: across-world entry}, "seconds": float}}."""
     out = {}
     for k in ks:
-        run_cfg = cfg or ExperimentConfig()
-        run_cfg.methods = tuple(methods)
-        run_cfg.train = dict(run_cfg.train, average=int(k))
+        base = cfg or ExperimentConfig()
+        run_cfg = replace(base, methods=tuple(methods), train=dict(base.train, average=int(k)))
         start = time.perf_counter()
         result, _ = run_all(run_cfg, progress=progress, sweep=False)
         kept = {m: [rec["kept"] for nets in per_run for name, rec in nets.items()
