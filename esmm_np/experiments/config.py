@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .baselines import AMAN_RATES, EXTRA_METHODS, METHODS, OVERSAMPLING_KS
-from .stopping import HALF_LIFE, MIN_VAL_POSITIVES
+from .stopping import AVERAGE, HALF_LIFE, MIN_VAL_POSITIVES
 from ..data.simulator import simulate
 
 #: The ESMM paper's Table 2 (public dataset), AUC in percent: (CVR AUC, CTCVR AUC).
@@ -47,14 +47,15 @@ NULL_MEANS = ("undefined: the method has no prediction the metric needs (CTR-ONL
 
 def fair_effort(eval_every=200, patience=5, min_steps=2000, max_steps=60_000, batch_size=512,
                 lr=2e-3, criterion="measured", half_life=HALF_LIFE, min_val_positives=0,
-                average=1):
+                average=AVERAGE):
     """The training budget and stopping rule every network of a run gets.
 
     See the module docstring, and :mod:`esmm_np.experiments.stopping` for
     ``criterion`` ("measured" or "loss"), ``half_life`` and
     ``min_val_positives`` (the configurations use :data:`MIN_VAL_POSITIVES`),
     and :func:`esmm_np.fit` for ``average`` (validate and keep the mean of the
-    weights at the last ``average`` validations; 1: the live weights).
+    weights at the last ``average`` validations; 1: the live weights; the
+    default :data:`~esmm_np.experiments.stopping.AVERAGE`).
     """
     return dict(batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
                 min_steps=min_steps, max_steps=max_steps, criterion=criterion,

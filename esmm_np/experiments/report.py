@@ -8,7 +8,7 @@ import numpy as np
 from .config import COLUMNS, NULL_MEANS, PAPER_TABLE2
 from .family import DOMINANT, FAMILY_METHODS, POLARISED, polarised
 from .figures import plot
-from .scoring import TABLE_INTERVALS, sweep_mean, sweep_metric
+from .scoring import TABLE_INTERVALS, sweep_mean, sweep_metric, world_interval
 from ..data.files import dumps_strict, read_text, write_file
 
 
@@ -91,20 +91,59 @@ def format_table(result, paper=True):
     return "\n".join(lines)
 
 
-def format_interval(entry):
-    """'+1.23 [+0.40, +2.05]' in points; a star when the interval excludes zero."""
+#: A difference is called real only when its interval excludes zero and it is at least
+#: this many times the larger adjacent-validation noise of the two methods compared.
+NOISE_MULTIPLE = 2.0
+
+#: The legend of the tables' marks.
+MARKS = ("* = the interval excludes zero and the difference is at least "
+         f"{NOISE_MULTIPLE:g} times the larger adjacent-validation noise of the two methods "
+         "(the noise line above); ° = the interval excludes zero but the difference is "
+         "under that floor, so it is not called a difference")
+
+
+def format_interval(entry, floor=0.0):
+    """'+1.23 [+0.40, +2.05] *' in points.
+
+    ``*`` when the difference is :func:`resolved` against ``floor`` (a
+    fraction, as ``entry``), ``°`` when its interval excludes zero but it is
+    smaller than ``floor``.
+    """
     d, lo, hi = (100 * entry[k] for k in ("diff", "diff_low", "diff_high"))
     if np.isnan(d):
         return "n/a"
     if np.isnan(lo) or np.isnan(hi):
         return f"{d:+.2f} [n/a]"
-    return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" *" if excludes_zero(entry) else "")
+    mark = " *" if resolved(entry, floor) else (" °" if excludes_zero(entry) else "")
+    return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" + mark
 
 
 def excludes_zero(entry):
-    """Does the interval of a difference exclude zero (the star of the tables)?"""
+    """Does the interval of a difference exclude zero?"""
     lo, hi = entry["diff_low"], entry["diff_high"]
     return bool(lo > 0 or hi < 0)
+
+
+def resolved(entry, floor=0.0):
+    """Is a difference called real (the star): its interval excludes zero and |diff| >= floor?"""
+    return excludes_zero(entry) and bool(abs(entry["diff"]) >= floor)
+
+
+def noise_floor(networks, name, reference):
+    """:data:`NOISE_MULTIPLE` times the larger mean adjacent-validation noise of two methods.
+
+    A fraction (AUC units, as the intervals); 0 when neither has a probe.
+    """
+    vals = noise_values(networks)
+    means = [np.mean(vals[m]) / 100 for m in (name, reference) if m in vals]
+    return NOISE_MULTIPLE * max(means) if means else 0.0
+
+
+def noise_floors(result):
+    """method -> its :func:`noise_floor` against the run's reference."""
+    ref = result.get("reference", "ESMM")
+    nets = result.get("networks", {})
+    return {m: noise_floor(nets, m, ref) for m in result.get("summary", nets) if m != ref}
 
 
 def interval_table(result):
@@ -115,26 +154,72 @@ def interval_table(result):
     names = [n for n in result["summary"] if n != ref]
     lines = ["| Method − " + ref + " | " + " | ".join(SHORT[m] for m in metrics) + " |",
              "|" + "---|" * (len(metrics) + 1)]
+    floors = noise_floors(result)
     for name in names:
-        cells = [format_interval(iv[m][name]) if name in iv[m] else "n/a" for m in metrics]
+        cells = [format_interval(iv[m][name], floors.get(name, 0.0)) if name in iv[m] else "n/a"
+                 for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def unresolved_note(result, metrics=("cvr_soft_auc_clicked", "cvr_soft_auc_entire")):
-    """Which methods this run cannot tell apart from the reference (interval includes zero)."""
+    """Which methods this run cannot tell apart from the reference (not :func:`resolved`)."""
     iv, ref = result.get("intervals", {}), result.get("reference", "ESMM")
+    floors = noise_floors(result)
     parts = []
     for metric in metrics:
         if metric not in iv:
             continue
-        tied = [n for n, e in iv[metric].items() if n != ref and not excludes_zero(e)]
+        tied = [n for n, e in iv[metric].items()
+                if n != ref and not resolved(e, floors.get(n, 0.0))]
         if tied:
             parts.append(f"on {SHORT[metric]}: {', '.join(tied)}")
     if not parts:
         return ""
-    return (f"This run cannot order these against {ref} (their intervals include zero), "
-            "so it says nothing about which is ahead: " + "; ".join(parts) + ".")
+    return (f"This run cannot order these against {ref} (their intervals include zero, or "
+            "the difference is under the noise floor), so it says nothing about which is "
+            "ahead: " + "; ".join(parts) + ".")
+
+
+def space_pairs(result):
+    """(X, X-CLICKED) pairs of family methods that both ran in ``result`` over several worlds."""
+    if not result.get("across_worlds"):
+        return []
+    names = set(result.get("summary", {}))
+    return [(m, f"{m}-CLICKED") for m in FAMILY_METHODS
+            if m in names and f"{m}-CLICKED" in names]
+
+
+def pair_intervals(result):
+    """(X, X-CLICKED) -> metric -> across-world interval of X − X-CLICKED.
+
+    Each world's X − X-CLICKED is its X − ESMM minus its X-CLICKED − ESMM
+    (the same world, seeds and test rows), so the t interval over worlds is
+    built exactly as the tables' intervals against ESMM are.
+    """
+    aw = result.get("across_worlds", {})
+    out = {}
+    for x, xc in space_pairs(result):
+        out[(x, xc)] = {}
+        for metric, per in aw.items():
+            if x in per and xc in per:
+                diffs = np.subtract(per[x]["per_world"], per[xc]["per_world"])
+                out[(x, xc)][metric] = world_interval(diffs)
+    return out
+
+
+def pair_table(result):
+    """X − X-CLICKED per family architecture as Markdown (see :func:`pair_intervals`)."""
+    ivs = pair_intervals(result)
+    metrics = [m for m in TABLE_INTERVALS if any(m in v for v in ivs.values())]
+    lines = ["| X − X-CLICKED | " + " | ".join(SHORT[m] for m in metrics) + " |",
+             "|" + "---|" * (len(metrics) + 1)]
+    nets = result.get("networks", {})
+    for (x, xc), per in ivs.items():
+        floor = noise_floor(nets, x, xc)
+        cells = [format_interval(per[m], floor) if m in per else "n/a" for m in metrics]
+        lines.append(f"| {x} − {xc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def choice_note(result):
@@ -215,17 +300,29 @@ def noise_note(networks, what="table"):
             f"in points (it measures, it never chooses): {parts}.")
 
 
+#: Methods whose networks have two outputs and stop on L_ctcvr, in the order they are named.
+TWO_TOWER = ("ESMM", "ESMM-NS", "ESCM2-IPS", "ESCM2-DR") + FAMILY_METHODS
+
+
 def stopping_rule(result):
     """One sentence naming the stopping rule of a run."""
     t = result.get("effort") or result["config"]["train"]     # the rule the run applied
     if t.get("criterion", "loss") != "measured":
         return ("Stopping: every network on its full validation loss, constant learning rate.")
-    return (f"Stopping: two-tower networks (ESMM, ESMM-NS, ESCM²) keep the validation point "
-            f"with the lowest CTCVR log loss (L_ctcvr), single-task networks the lowest loss "
-            f"of their one task; validation every {t['eval_every']:,} steps (or every epoch "
-            f"if shorter), patience {t['patience']}, at least {t['min_steps']:,} steps (two "
-            f"epochs of the training set at most), cap {t['max_steps']:,}; the learning rate "
-            f"halves every {t['half_life']:,} steps; a validation set with fewer than "
+    methods = result.get("config", {}).get("methods") or TWO_TOWER
+    two = [m for m in TWO_TOWER if m in methods] or list(TWO_TOWER[:4])
+    single = ("; single-task networks (the CVR and CTR networks of the click-space methods "
+              "and of DIVISION) the lowest loss of their one task"
+              if any(m not in TWO_TOWER for m in methods) else "")
+    k = int(t.get("average", 1))
+    averaged = (f"each validation scores, and the run keeps, the mean of the weights at the "
+                f"last {k} validations; " if k > 1 else "")
+    return (f"Stopping: the two-output networks ({', '.join(two)}) keep the validation point "
+            f"with the lowest CTCVR log loss (L_ctcvr){single}; {averaged}validation every "
+            f"{t['eval_every']:,} steps (or every epoch if shorter), patience "
+            f"{t['patience']}, at least {t['min_steps']:,} steps (two epochs of the training "
+            f"set at most), cap {t['max_steps']:,}; the learning rate halves every "
+            f"{t['half_life']:,} steps; a validation set with fewer than "
             f"{t.get('min_val_positives', 0)} positives does not choose (the network trains "
             f"the fixed budget of {t['min_steps']:,} steps instead).")
 
@@ -280,10 +377,15 @@ def report_text(result, sweep=None):
                     f"({result['config']['n_boot']} replicates; they do not cover the "
                     "world-to-world spread)")
         parts += [f"Differences to {result.get('reference', 'ESMM')} in points, with {what}; "
-                  "* = the interval excludes zero:", "", interval_table(result), ""]
+                  + MARKS + ":", "", interval_table(result), ""]
         note = unresolved_note(result)
         if note:
             parts += [note, ""]
+        pairs = space_pairs(result)
+        if pairs:
+            parts += ["The entire-space product against the clicked-space CVR loss for the same "
+                      "architecture (X − X-CLICKED in points, the same construction and marks, "
+                      "the floor from the two methods' noise):", "", pair_table(result), ""]
     for note in (choice_note(result), division_note(result),
                  effort_note(result, sweep) if "networks" in result else ""):
         if note:
@@ -298,7 +400,8 @@ def report_text(result, sweep=None):
         how = ("intervals across worlds" if n_worlds > 1
                else "paired bootstrap intervals over test rows")
         parts += [f"Sparsity sweep (CVR AUC in percent, mean over {over}; last columns: "
-                  f"ESMM − BASE with 95% {how}):", "", sweep_table(sweep), ""]
+                  f"ESMM − BASE with 95% {how}; marks as above, each share against its own "
+                  "noise line below):", "", sweep_table(sweep), ""]
         for frac, cell in sweep.items():
             note = noise_note(cell["networks"], f"sweep share {float(frac):.0%}")
             if note:
@@ -348,6 +451,12 @@ def results_json(result, sweep=None):
     """
     payload = dict(result)
     payload["null_means"] = NULL_MEANS
+    if result.get("intervals"):
+        payload["noise_floor"] = noise_floors(result)
+        payload["star_rule"] = MARKS
+    pairs = pair_intervals(result) if "summary" in result else {}
+    if pairs:
+        payload["space_pairs"] = {f"{x} - {xc}": per for (x, xc), per in pairs.items()}
     if sweep:
         payload["sweep"] = {str(k): v for k, v in sweep.items()}
     return dumps_strict(payload, indent=1)
@@ -457,7 +566,7 @@ def sweep_table(sweep):
                                                  "diff_high": np.nan})
                 flipped = {"diff": -e["diff"], "diff_low": -e["diff_high"],
                            "diff_high": -e["diff_low"]}
-                cells.append(format_interval(flipped))
+                cells.append(format_interval(flipped, noise_floor(cell["networks"], o, ref)))
         lines.append(f"| {float(frac):.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -25,6 +25,11 @@ Three rules, the same for every network that shares them:
   records the noise that is left (:func:`adjacent_noise`): how much a
   probe metric on test rows moves between the kept validation and its
   neighbours. The probe only measures; it never chooses.
+- **A kept point that is an average** (:data:`AVERAGE`). Each validation
+  scores, and early stopping keeps, the mean of the weights at the last
+  ``AVERAGE`` validations (:func:`esmm_np.fit`'s ``average``), not the live
+  weights of one step: averaging halves ESMM's adjacent-validation noise in
+  the default worlds (docs/experiments.md, "Averaging recent weights").
 """
 
 import numpy as np
@@ -36,6 +41,8 @@ from ..metrics import auc, log_loss, soft_auc
 MIN_VAL_POSITIVES = 20
 #: Optimiser steps over which the learning rate halves.
 HALF_LIFE = 1000
+#: Validations whose weights are averaged into the point scored and kept (fit's ``average``).
+AVERAGE = 4
 #: Network kind -> what early stopping minimises on its validation rows.
 CRITERIA = {"two-tower": "CTCVR log loss (L_ctcvr)", "tower": "its own log loss"}
 
