@@ -8,6 +8,7 @@ import pytest
 
 from esmm_np import cli
 from esmm_np.experiments import relatedness as R
+from esmm_np.experiments.scoring import world_interval
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def test_quick_run_writes_its_files(quick_run):
     for name in ("relatedness.md", "relatedness.json"):
         assert (out / "res" / name).stat().st_size > 0
     text = (out / "family.md").read_text(encoding="utf-8")
-    assert "two-level bootstrap" in text and "Gate diagnostics" in text
+    assert "Student t over worlds" in text and "Gate diagnostics" in text
+    assert "Adjacent-validation noise" in text
     pytest.importorskip("matplotlib")
     for png in (out / "res" / "gates.png", out / "family_gates.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -48,6 +50,10 @@ def test_quick_json_structure_and_intervals(quick_run):
                 assert e["low"] <= e["diff"] <= e["high"]
                 assert len(e["per_world"]) == len(sweep["world_seeds"])
                 assert e["diff"] == pytest.approx(np.mean(e["per_world"]))
+                iv = world_interval(e["per_world"])           # the tables' t over worlds
+                assert (e["low"], e["high"]) == pytest.approx((iv["diff_low"], iv["diff_high"]))
+                assert R.starred(e) == ((e["low"] > 0 or e["high"] < 0)
+                                        and abs(e["diff"]) >= e["floor"])
                 a, b = comp.split(" − ")
                 assert e["diff"] == pytest.approx(cell["scores"][metric][a]
                                                   - cell["scores"][metric][b], abs=1e-12)
@@ -70,6 +76,7 @@ def test_two_level_interval_covers_the_worlds():
     assert e["diff"] == pytest.approx(0.02)
     assert e["low"] < 0.012 and e["high"] > 0.028     # the spread between the two worlds
     assert R.starred(e) and R.sign(e) == 1
+    assert not R.starred({**e, "floor": 0.05}) and R.sign({**e, "floor": 0.05}) == 0
 
 
 def test_the_sweep_refuses_one_world_and_unknown_methods():

@@ -7,18 +7,19 @@ and each is scored on the entire space (soft CVR AUC against ``true_cvr``
 over every test impression) and on the CTR side (soft CTR AUC against
 ``true_ctr``).
 
-**Intervals over worlds and rows (a two-level bootstrap).** In each world
-the test rows are resampled ``n_boot`` times, the same rows for every method
-(paired), and every method's AUCs (averaged over its training seeds) are
-computed on each replicate. A difference A − B then has, per world, its
-value on the full test set and ``n_boot`` replicate values. The reported
-difference is the mean over worlds of the per-world differences; its
-interval is the percentile interval of ``n_outer`` two-level replicates,
-each drawing the worlds with replacement and, for each world drawn, one of
-its row replicates, averaged. The interval so covers the world-to-world
-spread as well as the test rows (with few worlds it is still narrower than
-a t-interval over worlds would be; the per-world differences are in the
-JSON). A difference is starred only when its interval excludes zero.
+**Intervals over worlds.** In each world every method's AUCs (averaged over
+its training seeds) are computed on the world's test rows, so a difference
+A − B has one paired value per world. The reported difference is their mean,
+and its interval the Student t interval over worlds that the experiment
+tables use (:func:`esmm_np.experiments.scoring.world_interval`, whose
+coverage tests/test_worlds.py checks): each world's value carries its
+world's draw, its training seeds and its test rows. A difference is starred
+only when its interval excludes zero and it is at least
+:data:`~esmm_np.experiments.report.NOISE_MULTIPLE` times the larger
+adjacent-validation noise of the two methods in that cell
+(:func:`~esmm_np.experiments.report.noise_floor`), the rule of the tables.
+(:func:`two_level_interval`, a bootstrap over worlds and rows, is kept for
+comparison: with few worlds it is narrower than the t interval.)
 
 **Gates.** Every MMoE and PLE network reports, on its world's test rows,
 each gate's mean weight per expert and its mean entropy against ``log K``
@@ -41,7 +42,9 @@ from .config import ExperimentConfig, fair_effort
 from .family import DOMINANT, POLARISED, gate_diagnostics
 from .methods import TRAINERS
 from .scoring import config_dict, describe
-from .stopping import MIN_VAL_POSITIVES
+from .report import noise_floor, noise_values
+from .scoring import world_interval
+from .stopping import MIN_VAL_POSITIVES, make_probe
 from .workers import executor, forget_world, get_world, make_task, world_key
 
 #: The sweep's methods: the reference, the shared bottom, the experts (entire space)
@@ -91,6 +94,8 @@ def train_and_read(task):
     ctx = make_context(train, arch=task["arch"], train=task["train"], seed=task["seed"],
                        validation_fraction=task["validation_fraction"], ctr_net=None,
                        options=task["options"])
+    if task["train"].get("criterion") == "measured":      # record, never choose: see .stopping
+        ctx.probes = {kind: make_probe(test, kind == "tower") for kind in ("tower", "two-tower")}
     method = TRAINERS[task["method"]](ctx)
     pred = method.predict(test.X, test.dense, **bag_kw(test))
     out = {"pred": {k: np.asarray(pred[k], dtype=np.float32) for k in ("p_ctr", "p_cvr")},
@@ -167,6 +172,17 @@ def two_level_interval(per_world, n_outer=2000, seed=0, level=0.95):
             "per_world": [float(v) for v in values]}
 
 
+def across(per_world, floor=0.0):
+    """A difference's per-world values as the sweep stores them: the t interval over worlds.
+
+    Returns ``diff``, ``low``, ``high``, ``per_world`` and ``floor`` (the
+    noise floor a starred difference must reach, :func:`starred`).
+    """
+    e = world_interval(per_world)
+    return {"diff": e["diff"], "low": e["diff_low"], "high": e["diff_high"],
+            "per_world": e["per_world"], "floor": float(floor)}
+
+
 def relatedness_sweep(cfg, rhos=RHOS, cvrs=CVRS, progress=print):
     """MMoE and PLE against Shared-Bottom and ESMM over rho x CVR, in several worlds each.
 
@@ -217,7 +233,7 @@ def relatedness_sweep(cfg, rhos=RHOS, cvrs=CVRS, progress=print):
                 f"{done[k]['seconds']:.0f} s ({time.perf_counter() - start:.0f} s elapsed)")
         jobs = {wk: pool.submit(row_replicates, key,
                                 {m: [done[wk + (m, s)]["pred"] for s in cfg.seeds]
-                                 for m in methods}, cfg.n_boot, wk[2])
+                                 for m in methods}, 0, wk[2])
                 for wk, key in worlds.items()}
         reps = {wk: f.result() for wk, f in jobs.items()}
     pairs = comparisons(methods)
@@ -230,14 +246,14 @@ def relatedness_sweep(cfg, rhos=RHOS, cvrs=CVRS, progress=print):
                 cell["scores"][metric] = {m: float(np.mean([reps[k][metric][m]["value"]
                                                             for k in wk])) for m in methods}
                 cell["diffs"][metric] = {}
-                for a, b in pairs:
-                    per = [(reps[k][metric][a]["value"] - reps[k][metric][b]["value"],
-                            np.subtract(reps[k][metric][a]["boot"], reps[k][metric][b]["boot"]))
-                           for k in wk]
-                    cell["diffs"][metric][f"{a} − {b}"] = two_level_interval(per)
-            cell["gates"] = _gates(done, wk, cfg.seeds, methods)
             cell["networks"] = {m: [done[k + (m, s)]["networks"] for k in wk for s in cfg.seeds]
                                 for m in methods}
+            for metric in METRICS:
+                for a, b in pairs:
+                    per = [reps[k][metric][a]["value"] - reps[k][metric][b]["value"] for k in wk]
+                    cell["diffs"][metric][f"{a} − {b}"] = across(
+                        per, noise_floor(cell["networks"], a, b))
+            cell["gates"] = _gates(done, wk, cfg.seeds, methods)
             train, test = get_world(worlds[wk[0]])
             cell["rates"] = describe(train, test)
             for k in wk:
@@ -275,19 +291,36 @@ def _gates(done, wk, seeds, methods):
 # ---------------------------------------------------------------- the report
 
 def _fmt(e):
-    """A difference in AUC points with its interval, starred when the interval excludes 0."""
-    return (f"{100 * e['diff']:+.2f}{'*' if starred(e) else ''} "
-            f"[{100 * e['low']:+.2f}, {100 * e['high']:+.2f}]")
+    """A difference in AUC points with its interval: * when :func:`starred`, ° when its
+    interval excludes 0 but the difference is under its noise floor."""
+    mark = "*" if starred(e) else ("°" if e["low"] > 0 or e["high"] < 0 else "")
+    return f"{100 * e['diff']:+.2f}{mark} [{100 * e['low']:+.2f}, {100 * e['high']:+.2f}]"
 
 
 def starred(e):
-    """Whether a difference's interval excludes zero."""
-    return e["low"] > 0 or e["high"] < 0
+    """Is a difference read as one: its interval excludes zero and |diff| >= its ``floor``?"""
+    return bool((e["low"] > 0 or e["high"] < 0) and abs(e["diff"]) >= e.get("floor", 0.0))
 
 
 def sign(e):
-    """+1 / -1 when the interval is above / below zero, 0 when it covers it."""
-    return 1 if e["low"] > 0 else (-1 if e["high"] < 0 else 0)
+    """+1 / -1 when the difference is :func:`starred` above / below zero, 0 otherwise."""
+    return 0 if not starred(e) else (1 if e["diff"] > 0 else -1)
+
+
+def noise_line(sweep):
+    """One sentence: each method's adjacent-validation noise over the sweep's networks."""
+    vals = {}
+    for c in sweep["cells"]:
+        for m, v in noise_values(c["networks"]).items():
+            vals.setdefault(m, []).extend(v)
+    if not vals:
+        return "No network recorded an adjacent-validation noise."
+    parts = ", ".join(f"{m} {np.mean(v):.2f} (max {np.max(v):.2f})" for m, v in vals.items())
+    return ("**Adjacent-validation noise** (how far a probe on 20,000 test rows, the soft CVR "
+            "AUC against the true CVR, moves between a network's kept validation and its "
+            "neighbours; mean over the sweep's networks, in points; it measures, never "
+            f"chooses): {parts}. A cell's floor for A − B is twice the larger of A's and B's "
+            "noise in that cell.")
 
 
 def sweep_tables(sweep):
@@ -502,7 +535,7 @@ def family_doc(sweep, command, figure=None):
             f"{len(sweep['world_seeds'])} simulated worlds per cell (world seeds "
             f"{', '.join(map(str, sweep['world_seeds']))}), {cfg['n_impressions']:,} impressions "
             f"per world (a quarter of them the test rows), {len(cfg['seeds'])} training "
-            f"seed(s), {cfg['n_boot']} row replicates per world, label \"{cfg['label']}\"")
+            f"seed(s), label \"{cfg['label']}\"")
     parts = [
         "# The multi-task family on known truth: the relatedness sweep and the gates",
         "",
@@ -520,15 +553,18 @@ def family_doc(sweep, command, figure=None):
         "**Metrics.** Entire-space soft CVR AUC: `soft_auc(true_cvr, p_cvr)` over every test "
         "impression; soft CTR AUC: `soft_auc(true_ctr, p_ctr)`. Differences in AUC points.",
         "",
-        "**Intervals: a two-level bootstrap.** Per world, the test rows are resampled "
-        f"{cfg['n_boot']} times (paired: the same rows for every method); the difference "
+        "**Intervals: Student t over worlds.** In each world a difference is measured on "
+        "that world's test rows (paired: the same rows for every method); the difference "
         "reported is the mean over worlds of the per-world differences, and its 95% interval "
-        "the percentile interval of replicates that draw the worlds with replacement and, in "
-        "each world drawn, one row replicate. It covers the world-to-world spread as well as "
-        "the test rows; with only "
-        f"{len(sweep['world_seeds'])} worlds it understates the spread a new world could show "
-        "(the per-world differences are in the run's relatedness.json). * : the interval excludes 0; "
-        "only starred differences are read as differences.",
+        f"the Student t interval over the {len(sweep['world_seeds'])} worlds, as in "
+        "docs/experiments.md, so it covers the world-to-world spread, the training seeds and "
+        "the test rows (the per-world differences are in the run's relatedness.json). * : "
+        "the interval excludes 0 and the difference is at least twice the larger "
+        "adjacent-validation noise of the two methods in that cell; ° : the interval excludes "
+        "0 but the difference is under that floor. Only starred differences are read as "
+        "differences.",
+        "",
+        noise_line(sweep),
         "",
         "## What the intervals support",
         "",
