@@ -116,6 +116,11 @@ def test_the_averaging_measurement_formats_what_it_measured():
                "seconds": 120.0}}
     text = format_measure(out)
     assert "| 1 | ESMM | 1.00 (1.50) | 600 |  |" in text
-    assert "| 1 | BASE | 1.00 (1.00) | 600 | -1.20 [-2.00, -0.40] * |" in text
+    # excludes zero, but 1.20 is under twice the pair's noise (2 x 1.00): not starred
+    assert "| 1 | BASE | 1.00 (1.00) | 600 | -1.20 [-2.00, -0.40] ° |" in text
+    out[1]["noise"]["BASE"] = [0.5]                   # floor 2 x max(0.5, 1.0) = 2.0 still
+    assert "-1.20 [-2.00, -0.40] ° |" in format_measure(out)
+    out[1]["noise"] = {"ESMM": [0.4], "BASE": [0.5]}  # floor 1.0: now it is a difference
+    assert "-1.20 [-2.00, -0.40] * |" in format_measure(out)
     assert "| 4 | ESMM | 0.30 (0.40) | 1100 |  |" in text
     assert "k = 1: 1.5 min, k = 4: 2.0 min" in text

@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from .config import ExperimentConfig
-from .report import format_interval, noise_values
+from .report import NOISE_MULTIPLE, format_interval, noise_values
 from .runner import run_all
 
 
@@ -49,12 +49,15 @@ def format_measure(out):
     lines = ["| k (weights averaged) | method | adjacent-validation noise, mean (max) | "
              "median kept step | − ESMM, soft CVR AUC entire |", "|---|---|---|---|---|"]
     for k, rec in out.items():
+        ref = np.mean(rec["noise"].get("ESMM", [0.0])) / 100
         for m, vals in rec["noise"].items():
-            diff = format_interval(rec["diff"][m]) if m in rec["diff"] else ""
+            floor = NOISE_MULTIPLE * max(np.mean(vals) / 100, ref)    # the tables' star rule
+            diff = format_interval(rec["diff"][m], floor) if m in rec["diff"] else ""
             lines.append(f"| {k} | {m} | {np.mean(vals):.2f} ({np.max(vals):.2f}) | "
                          f"{int(np.median(rec['kept'][m]))} | {diff} |")
     secs = ", ".join(f"k = {k}: {rec['seconds'] / 60:.1f} min" for k, rec in out.items())
-    return "\n".join(lines) + f"\n\nRun times: {secs}."
+    return ("\n".join(lines) + f"\n\n* and ° as in the tables (the floor from this run's "
+            f"noise at each k). Run times: {secs}.")
 
 
 def main(argv=None):
