@@ -56,7 +56,7 @@ def format_measure(out):
             lines.append(f"| {k} | {m} | {np.mean(vals):.2f} ({np.max(vals):.2f}) | "
                          f"{int(np.median(rec['kept'][m]))} | {diff} |")
     secs = ", ".join(f"k = {k}: {rec['seconds'] / 60:.1f} min" for k, rec in out.items())
-    return ("\n".join(lines) + f"\n\n* and ° as in the tables (the floor from this run's "
+    return ("\n".join(lines) + f"\n\nMarks (* and °) as in the tables (the floor from this run's "
             f"noise at each k). Run times: {secs}.")
 
 
