@@ -19,8 +19,9 @@ nbclient = pytest.importorskip("nbclient")
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOKS = sorted(glob.glob(os.path.join(HERE, "..", "notebooks", "[0-9]*.ipynb")))
 #: Notebooks whose worlds follow ESMM_NP_WORLD_SEED, and the two world seeds the suite runs.
-WORLD_NOTEBOOKS = ("01_selection_bias.ipynb", "03_paper_experiments.ipynb",
-                   "04_what_esmm_gets_wrong.ipynb", "05_experts_and_gates.ipynb")
+WORLD_NOTEBOOKS = ("01_selection_bias.ipynb", "02_esmm_from_scratch.ipynb",
+                   "03_paper_experiments.ipynb", "04_what_esmm_gets_wrong.ipynb",
+                   "05_experts_and_gates.ipynb")
 WORLD_SEEDS = ("0", "11")
 CASES = [(p, w) for p in NOTEBOOKS
          for w in (WORLD_SEEDS if os.path.basename(p) in WORLD_NOTEBOOKS else ("0",))]
