@@ -3,7 +3,7 @@
 Each runs in a fresh kernel on a copy in a temporary folder (so the committed,
 executed notebooks are not touched). ESMM_NP_QUICK=1 asks the notebooks
 that have a smaller test configuration to use it; they say so in their text.
-ESMM_NP_WORLD_SEED moves the simulated worlds of notebooks 1, 3, 4 and 5: their
+ESMM_NP_WORLD_SEED moves the simulated worlds of notebooks 1 to 5: their
 prose claims are asserted, and the asserts must hold in more than one world.
 """
 
