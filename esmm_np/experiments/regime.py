@@ -40,13 +40,13 @@ METRICS = ("cvr_soft_auc_clicked", "cvr_soft_auc_entire")
 
 
 def regime_config():
-    """The regime map's run: BASE and ESMM, four small worlds per cell, one training seed.
+    """The regime map's run: BASE and ESMM, six small worlds per cell, one training seed.
 
     A quarter of each world's training impressions validate (as in the
     "paper" run), so that more of the sparse cells' networks have enough
     validation conversions to choose their point.
     """
-    return ExperimentConfig(n_impressions=200_000, world_seeds=(0, 1, 2, 3), seeds=(0,),
+    return ExperimentConfig(n_impressions=300_000, world_seeds=(0, 1, 2, 3, 4, 5), seeds=(0,),
                             methods=("BASE", "ESMM"), sweep_fractions=(), n_boot=0,
                             validation_fraction=0.25)
 
