@@ -266,8 +266,8 @@ def _check_outputs(parser, args):
         if getattr(args, "docs", None):
             check_writable_file(args.docs)
             text = read_text(args.docs)
-            section = "regime" if args.command == "regime-map" else doc_section(
-                getattr(args, "preset", "default"), getattr(args, "methods", None))
+            section = {"regime-map": "regime", "criteria": "criteria"}.get(args.command) or \
+                doc_section(getattr(args, "preset", "default"), getattr(args, "methods", None))
             start, end = E.doc_markers(section)
             if start not in text or end not in text:
                 raise ValueError(f"{args.docs} has no {start} ... {end} section to fill")
@@ -369,6 +369,8 @@ def main(argv=None):
     r.set_defaults(run=_regime)
     from .experiments import relatedness                   # esmm-np relatedness
     relatedness.add_parser(sub, fmt, _count(1))
+    from .experiments import criteria                      # esmm-np criteria
+    criteria.add_parser(sub, fmt, _count(1))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv[1:]

@@ -12,10 +12,11 @@
 - :mod:`.runner`: :func:`run_all`, the sweep, the effort checks;
 - :mod:`.report` and :mod:`.figures`: tables, notes, results.json, the docs section, figures;
 - :mod:`.regime`: ESMM − BASE across worlds (rho x CVR).
+- :mod:`.criteria`: which validation loss a two-tower network should stop on.
 """
 
-from . import (baselines, checks, config, figures, regime, report, runner, scoring, stopping,
-               workers)
+from . import (baselines, checks, config, criteria, figures, regime, report, runner, scoring,
+               stopping, workers)
 from .config import (PAPER_TABLE2, COLUMNS, INTERVAL_METRICS, NULL_MEANS, fair_effort,
                      ExperimentConfig, quick_config, paper_config, demo_config, CONFIGS,
                      make_world, model_arch)

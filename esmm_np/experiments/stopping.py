@@ -7,12 +7,13 @@ Three rules, the same for every network that shares them:
   log loss of its validation rows, L_ctcvr: the loss of its own training
   objective in which the CVR tower counts fully. Its full loss
   ``w_ctr·L_ctr + w_ctcvr·L_ctcvr`` is mostly L_ctr (about 88% in the
-  default world), so it kept points where L_ctr still fell while L_ctcvr had
-  turned up, and the CVR tower was past its best. A single-task network
-  (BASE's CVR tower and the other click-space towers, DIVISION's CTCVR and
-  CTR networks, the shared CTR network) stops on its one loss, as before.
-  :func:`~esmm_np.experiments.runner.stopping_curves` measures where each
-  criterion lands across worlds and presets (docs/experiments.md).
+  default world), in which the CVR tower hardly counts. A single-task
+  network (BASE's CVR tower and the other click-space towers, DIVISION's
+  CTCVR and CTR networks, the shared CTR network) stops on its one loss.
+  :func:`esmm_np.experiments.criteria.measure` compares L_ctcvr with the
+  training objective and the clicked rows' CVR loss along one training path
+  per world, in both presets (docs/experiments.md, "Which criterion to stop
+  on"): under the decay and averaging below, none is told apart from it.
 - **A validation set must be able to rank** (:data:`MIN_VAL_POSITIVES`).
   When the labels the criterion reads have fewer positives than that, the
   validation does not pick the point: the network trains the run's fixed
