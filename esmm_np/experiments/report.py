@@ -181,6 +181,63 @@ def unresolved_note(result, metrics=("cvr_soft_auc_clicked", "cvr_soft_auc_entir
             "ahead: " + "; ".join(parts) + ".")
 
 
+def order_marks(result):
+    """method -> metric -> how this run reads its difference to the reference.
+
+    ``"*"`` (:func:`resolved` against the pair's noise floor), ``"°"`` (the
+    interval excludes zero but the difference is under the floor) or ``"?"``
+    (the interval includes zero: the run cannot order the two); metrics where
+    the method has no difference (CTR-ONLY has no pCVR) are left out.
+    """
+    iv, ref = result.get("intervals", {}), result.get("reference", "ESMM")
+    floors = noise_floors(result)
+    out = {}
+    for metric in TABLE_INTERVALS:
+        for name, e in iv.get(metric, {}).items():
+            if name == ref or np.isnan(e["diff"]):
+                continue
+            mark = ("*" if resolved(e, floors.get(name, 0.0))
+                    else "°" if excludes_zero(e) else "?")
+            out.setdefault(name, {})[metric] = mark
+    return out
+
+
+def budget_count(result, sweep=None):
+    """(networks that trained the fixed budget because validation held too few positives, all)."""
+    sources = [result.get("networks", {})] + [c["networks"] for c in (sweep or {}).values()]
+    recs = [rec for nets in sources for per in nets.values() for run in per for rec in run.values()]
+    return sum(rec.get("stopped") == "budget" for rec in recs), len(recs)
+
+
+def quick_note(result, sweep=None):
+    """For a quick run: per method and column, starred, ° or not ordered; and what that means.
+
+    '' for any other run. Everything in it is read from ``result`` (its
+    intervals, noise floors and networks), so it says what this run resolved,
+    not what a full run would.
+    """
+    if result.get("label") != "quick":
+        return ""
+    ref = result.get("reference", "ESMM")
+    marks = order_marks(result)
+    lines = [f"Quick run: what it can order against {ref} (* starred, ° interval excludes zero "
+             "but under the noise floor, ? cannot order):", ""]
+    for name, per in marks.items():
+        groups = {k: [SHORT[m] for m, v in per.items() if v == k] for k in ("*", "°", "?")}
+        text = "; ".join(f"{k} {', '.join(v)}" for k, v in groups.items() if v)
+        lines.append(f"- {name}: {text}")
+    n_star = sum(v == "*" for per in marks.values() for v in per.values())
+    n_all = sum(len(per) for per in marks.values())
+    fixed, n_nets = budget_count(result, sweep)
+    lines += ["", f"{fixed} of its {n_nets} networks trained the fixed budget (their validation "
+              "rows held too few positives to choose). The quick configuration is for smoke "
+              "tests: it stars "
+              f"{n_star} of its {n_all} comparisons, and for the other {n_all - n_star} "
+              "(° and ? above) it does not reproduce whatever ordering the full run finds; "
+              "its starred ones hold in its own small worlds only."]
+    return "\n".join(lines)
+
+
 def space_pairs(result):
     """(X, X-CLICKED) pairs of family methods that both ran in ``result`` over several worlds."""
     if not result.get("across_worlds"):
@@ -379,6 +436,9 @@ def report_text(result, sweep=None):
         parts += [f"Differences to {result.get('reference', 'ESMM')} in points, with {what}; "
                   + MARKS + ":", "", interval_table(result), ""]
         note = unresolved_note(result)
+        if note:
+            parts += [note, ""]
+        note = quick_note(result, sweep)
         if note:
             parts += [note, ""]
         pairs = space_pairs(result)
