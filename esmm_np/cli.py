@@ -204,13 +204,14 @@ def _regime(args):
     cfg = E.regime_config()
     rhos, cvrs = (0.3, 0.6, 0.9), (0.01, 0.03, 0.1)
     if args.quick:
-        cfg.n_impressions, cfg.seeds, cfg.n_boot, cfg.label = 150_000, (0,), 50, "quick"
+        cfg.n_impressions, cfg.world_seeds, cfg.label = 60_000, (0, 1), "quick"
         rhos, cvrs = (0.3, 0.9), (0.03, 0.1)
-        print("QUICK regime map: small worlds and one seed; its numbers are not the documented "
+        print("QUICK regime map: two small worlds per cell; its numbers are not the documented "
               "map's.")
     cfg.workers = args.workers
     rmap = E.regime_map(cfg, rhos, cvrs)
     print()
+    print(E.regime_noise_line(rmap))
     print(E.regime_table(rmap))
     figure = True
     try:
@@ -360,7 +361,7 @@ def main(argv=None):
                        "with intervals", formatter_class=fmt)
     r.add_argument("--out", default="results", help="folder for regime.md/.json/.png")
     r.add_argument("--quick", action="store_true",
-                   help="four small worlds, one seed (a minute); not the documented map")
+                   help="four cells of two small worlds each; not the documented map")
     r.add_argument("--workers", type=_count(1), default=2,
                    help="worker processes, one BLAS thread each")
     r.add_argument("--docs", help="also fill the regime section of this Markdown file")

@@ -33,3 +33,4 @@ from .report import (SHORT, GLOSSARY, glossary_table, unresolved_note, noise_not
 from .figures import plot, plot_regime_map
 from .regime import (regime_config, regime_map, regime_table, save_regime_map,
                      write_regime_docs)
+from .regime import noise_line as regime_noise_line

@@ -111,7 +111,8 @@ def plot_regime_map(rmap, path=None, axes=None):
             i, j = rhos.index(c["rho"]), cvrs.index(c["cvr"])
             e = c["esmm_minus_base"][metric]
             grid[i, j] = 100 * e["diff"]
-            star = "*" if e["low"] > 0 or e["high"] < 0 else ""
+            excl = e["low"] > 0 or e["high"] < 0
+            star = "*" if e.get("starred", excl) else ("°" if excl else "")
             text[i, j] = f"{100 * e['diff']:+.2f}{star}\n[{100 * e['low']:+.2f}, {100 * e['high']:+.2f}]"
         lim = max(1.0, np.nanmax(np.abs(grid)))
         im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
@@ -124,7 +125,7 @@ def plot_regime_map(rmap, path=None, axes=None):
         ax.set_xlabel("CVR given click")
         ax.set_ylabel("rho (shared structure of CTR and CVR)")
         ax.set_title(f"ESMM − BASE, {title}", fontsize=9)
-        plt.colorbar(im, ax=ax, label="AUC points (* : interval excludes 0)")
+        plt.colorbar(im, ax=ax, label="AUC points (* : resolved, ° : under the noise floor)")
     if fig is not None:
         fig.tight_layout()
         if path is not None:
