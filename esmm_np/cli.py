@@ -14,7 +14,7 @@ MIN_IMPRESSIONS = 5000
 
 #: The parser's description (plain text: argparse prints it as is).
 DESCRIPTION = ("ESMM in NumPy, for learning: check the gradients, run a one-minute demo, "
-               "or reproduce the paper's experiments on a simulated world.")
+               "or reproduce the paper's experiments on simulated worlds.")
 
 
 def _gradcheck(args):
@@ -81,22 +81,37 @@ def _demo(args):
     cfg = E.demo_config()
     cfg.seeds = (args.seed,)
     cfg.n_impressions = args.n
-    print("esmm-np demo: simulate a world where the true CVR of every impression is known,")
-    print("train ESMM and the paper's baselines on it, and compare them on held-out impressions.")
+    if args.world_seeds is not None:
+        cfg.world_seeds = tuple(args.world_seeds)
+    elif args.worlds is not None:
+        cfg.world_seeds = tuple(range(args.worlds))
+    n_worlds = len(cfg.world_seeds)
+    these = "these worlds" if n_worlds > 1 else "this world"
+    print(f"esmm-np demo: simulate {n_worlds} world(s) where the true CVR of every impression "
+          "is known,")
+    print(f"train ESMM and the paper's baselines in each, and compare them on held-out "
+          "impressions.")
     print("AUC in percent; bias = mean pCVR - mean true CVR, in percentage points.\n")
     if args.workers is not None:
         cfg.workers = args.workers
     try:
-        result = runner.run_experiment(cfg)
+        result = runner.run_experiment(cfg, progress=print)
     except TooSmall as e:
         print(f"esmm-np demo: {e}", file=sys.stderr)
         return 2
-    world = result["world"]
+    infos = [w["world"] for w in result["per_world"].values()]
+    clicked = [100 * w["true_cvr_clicked"] for w in infos]
+    unclicked = [100 * w["true_cvr_unclicked"] for w in infos]
+
+    def span(values):
+        if len(values) == 1:
+            return f"{values[0]:.2f}%"
+        return f"{min(values):.2f}-{max(values):.2f}%"
+
     print("\nThe methods (what each trains on, and how its pCVR is made):\n")
     print(E.glossary_table(cfg.methods))
-    print(f"\nIn this world clicked impressions have mean true CVR "
-          f"{100 * world['true_cvr_clicked']:.2f}% and unclicked ones "
-          f"{100 * world['true_cvr_unclicked']:.2f}%: a model trained on clicks learns the first.")
+    print(f"\nIn {these} clicked test impressions have mean true CVR {span(clicked)} and "
+          f"unclicked ones {span(unclicked)}: a model trained on clicks learns the first.")
     _report(result, None, args.out)
     return 0
 
@@ -300,8 +315,13 @@ def main(argv=None):
                        formatter_class=fmt)
     d.add_argument("--out", default="esmm_demo", help="folder for table, JSON and figure")
     d.add_argument("--seed", type=_count(0), default=0, help="training seed")
-    d.add_argument("--n", type=_count(MIN_IMPRESSIONS), default=1_000_000,
-                   help="number of simulated impressions")
+    d.add_argument("--n", type=_count(MIN_IMPRESSIONS), default=300_000,
+                   help="number of simulated impressions in each world")
+    d.add_argument("--worlds", type=_count(1), default=4, metavar="K",
+                   help="simulated worlds (world seeds 0 .. K-1); with several, the "
+                        "intervals are across worlds")
+    d.add_argument("--world-seeds", type=_count(0), nargs="+", metavar="SEED",
+                   help="the world seeds themselves (instead of --worlds)")
     d.add_argument("--workers", type=_count(1), default=2,
                    help="worker processes, one BLAS thread each")
     d.set_defaults(run=_demo)

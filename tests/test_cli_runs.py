@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import esmm_np.experiments as E
 from esmm_np import cli
 from esmm_np.experiments import runner
 
@@ -26,8 +27,14 @@ def test_demo_at_its_smallest_accepted_size_completes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| ESMM |" in printed and "| ESCM2-DR |" in printed
     assert "nan" not in printed.replace("Explanation", "")
+    assert "95% intervals across 4 worlds" in printed       # the demo's intervals are over worlds
     names = set(os.listdir(out))
     assert {"table.md", "results.json"} <= names
+    with open(out / "results.json", encoding="utf-8") as f:
+        saved = json.load(f)
+    assert saved["interval_construction"] == E.scoring.ACROSS_WORLDS
+    assert len(saved["per_world"]) == 4
+    assert all(len(e["per_world"]) == 4 for e in saved["across_worlds"]["cvr_auc_entire"].values())
     pytest.importorskip("matplotlib")
     assert "figure.png" in names
 

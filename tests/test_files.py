@@ -206,7 +206,7 @@ def test_version_and_plain_help(capsys):
 
 @pytest.mark.parametrize("command, shown", [
     ("gradcheck", ["(default: 16)", "(default: 1e-05)", "(default: 1e-06)"]),
-    ("demo", ["(default: esmm_demo)", "(default: 0)", "(default: 1000000)"]),
+    ("demo", ["(default: esmm_demo)", "(default: 0)", "(default: 300000)", "(default: 4)"]),
     ("experiment", ["(default: results)"]),
 ])
 def test_defaults_are_shown(capsys, command, shown):
@@ -257,6 +257,13 @@ def test_demo_passes_seed_and_n(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         cli.main(["demo", "--seed", "3", "--n", "5000", "--out", str(tmp_path / "o")])
     assert seen["cfg"].seeds == (3,) and seen["cfg"].n_impressions == 5000
+    assert seen["cfg"].world_seeds == (0, 1, 2, 3)         # the documented default's worlds
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["demo", "--worlds", "2", "--out", str(tmp_path / "o")])
+    assert seen["cfg"].world_seeds == (0, 1)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["demo", "--world-seeds", "5", "7", "--out", str(tmp_path / "o")])
+    assert seen["cfg"].world_seeds == (5, 7)
 
 
 def test_license_file_is_mit():

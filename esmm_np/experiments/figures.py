@@ -53,7 +53,9 @@ def plot(result, sweep, path):
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, names, rotation=35, ha="right")
     ax.set_ylabel(f"method − {ref} (AUC points)")
-    ax.set_title(f"Difference to {ref}, 95% interval")
+    n_worlds = len(result.get("worlds", [0]))
+    ax.set_title(f"Difference to {ref}, 95% interval"
+                 + (f" across {n_worlds} worlds" if n_worlds > 1 else ""))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     ax = axes[2]

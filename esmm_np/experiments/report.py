@@ -60,8 +60,10 @@ def caveat(result):
     label = result.get("label", "full")
     if label == "full":
         return ""
-    return (f"NOTE: this is a {label} run ({result['world']['n_train']:,} training impressions, "
-            f"{len(result['config']['seeds'])} seed(s)); its numbers are not those of the "
+    n_worlds = len(result.get("worlds", [0]))
+    where = f" in each of {n_worlds} worlds" if n_worlds > 1 else ""
+    return (f"NOTE: this is a {label} run ({result['world']['n_train']:,} training impressions"
+            f"{where}, {len(result['config']['seeds'])} seed(s)); its numbers are not those of the "
             "documented table (docs/experiments.md) and its orderings may differ from it.")
 
 
@@ -395,8 +397,9 @@ def division_note(result):
         return (f"DIVISION's raw pCVR = pCTCVR / pCTR never exceeded 1 on the test impressions "
                 f"(largest value {top:.2f}).")
     count = share * result["world"]["n_test"]
+    per = "network (world and seed)" if len(result.get("worlds", [0])) > 1 else "seed"
     return (f"DIVISION's raw pCVR = pCTCVR / pCTR exceeded 1 on {100 * share:.3g}% of test "
-            f"impressions (about {count:,.0f} per seed; largest value {top:.2f}); the table "
+            f"impressions (about {count:,.0f} per {per}; largest value {top:.2f}); the table "
             "scores it clipped to 1.")
 
 
