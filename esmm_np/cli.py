@@ -109,7 +109,7 @@ def _demo(args):
         return f"{min(values):.2f}-{max(values):.2f}%"
 
     print("\nThe methods (what each trains on, and how its pCVR is made):\n")
-    print(E.glossary_table(cfg.methods))
+    print(E.glossary_table(cfg.methods, cfg))
     print(f"\nIn {these} clicked test impressions have mean true CVR {span(clicked)} and "
           f"unclicked ones {span(unclicked)}: a model trained on clicks learns the first.")
     _report(result, None, args.out)

@@ -28,6 +28,8 @@ def test_demo_at_its_smallest_accepted_size_completes(tmp_path, capsys):
     assert "| ESMM |" in printed and "| ESCM2-DR |" in printed
     assert "nan" not in printed.replace("Explanation", "")
     assert "95% intervals across 4 worlds" in printed       # the demo's intervals are over worlds
+    assert "(share fixed at 0.3 in this run)" in printed     # its glossary says what it fixed
+    assert "(k fixed at 5 in this run)" in printed
     names = set(os.listdir(out))
     assert {"table.md", "results.json"} <= names
     with open(out / "results.json", encoding="utf-8") as f:
@@ -37,6 +39,15 @@ def test_demo_at_its_smallest_accepted_size_completes(tmp_path, capsys):
     assert all(len(e["per_world"]) == 4 for e in saved["across_worlds"]["cvr_auc_entire"].values())
     pytest.importorskip("matplotlib")
     assert "figure.png" in names
+
+
+def test_the_glossary_names_a_knob_the_run_fixes_and_keeps_the_one_it_chooses():
+    searched = E.glossary_table(("AMAN", "OVERSAMPLING"), E.ExperimentConfig())
+    assert searched == E.glossary_table(("AMAN", "OVERSAMPLING"))
+    assert "chosen on the clicked validation rows" in searched and "k chosen on validation" in searched
+    fixed = E.glossary_table(("AMAN", "OVERSAMPLING"), E.demo_config())
+    assert "chosen" not in fixed
+    assert "share fixed at 0.3" in fixed and "k fixed at 5" in fixed
 
 
 def test_demo_below_the_smallest_size_is_refused_by_the_parser(capsys):

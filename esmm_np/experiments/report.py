@@ -47,11 +47,28 @@ GLOSSARY = {
 }
 
 
-def glossary_table(methods=None):
-    """The methods as Markdown: what each trains on and how its pCVR is made."""
+#: The part of a glossary entry that says a knob is chosen on validation, per method,
+#: with the configuration field that holds the candidates.
+CHOSEN = {"AMAN": ("(share chosen on the clicked validation rows)", "aman_rate", "share"),
+          "OVERSAMPLING": ("(k chosen on validation)", "oversampling_k", "k")}
+
+
+def glossary_table(methods=None, cfg=None):
+    """The methods as Markdown: what each trains on and how its pCVR is made.
+
+    With ``cfg`` (an ExperimentConfig), a knob that the run fixes instead of
+    choosing on validation (one candidate only) is named with its value.
+    """
     names = [m for m in (methods or GLOSSARY) if m in GLOSSARY]
     lines = ["| method | trains on | pCVR |", "|---|---|---|"]
-    lines += [f"| {m} | {GLOSSARY[m][0]} | {GLOSSARY[m][1]} |" for m in names]
+    for m in names:
+        trains_on, pcvr = GLOSSARY[m]
+        if cfg is not None and m in CHOSEN:
+            phrase, knob, what = CHOSEN[m]
+            values = tuple(getattr(cfg, knob))
+            if len(values) == 1:
+                trains_on = trains_on.replace(phrase, f"({what} fixed at {values[0]:g} in this run)")
+        lines.append(f"| {m} | {trains_on} | {pcvr} |")
     return "\n".join(lines)
 
 
